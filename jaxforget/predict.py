@@ -12,8 +12,6 @@ seeds; the same numbers, per seed, go to a JSON file.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import platform
 import sys
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Literal
 import numpy as np
 import tyro
 
-from jaxforget.store import MatrixData, load_matrix
+from jaxforget.store import MatrixData, atomic_write_json, load_matrix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,13 +104,6 @@ def _default_out(config: PredictConfig) -> Path:
     return config.matrix.with_name(f"predict_{config.matrix.stem}.json")
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def main(config: PredictConfig) -> dict:
     import jax
 
@@ -149,7 +140,7 @@ def main(config: PredictConfig) -> dict:
         **result.to_json(),
     )
     out = config.out or _default_out(config)
-    write_json_atomic(out, report)
+    atomic_write_json(out, report)
     print(f"wrote {out}")
     return report
 

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
+import json
 import math
+import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -146,3 +150,157 @@ def load_matrix(path: str | Path) -> MatrixData:
     if suffix in (".pkl", ".pickle"):
         return _load_pickle(path)
     raise ValueError(f"{path}: unknown matrix format {suffix!r}; expected a run directory, .npy, .npz, .csv or .pkl")
+
+
+# ------------------------------------------------------------------------------------------------
+# The run directory written by `python -m jaxforget.collect` (layout in docs/architecture.md).
+
+SCHEMA_VERSION = 1
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be used as asked (corrupt file, other config, incomplete rows)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same directory, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def atomic_write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(r, default=str) + "\n" for r in records).encode())
+
+
+def atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON-like values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1] or 'value'}: {a!r} != {b!r}"]
+
+
+class RunDir:
+    """``RUN/``: ``meta.json``, ``upstream.jsonl``, ``tasks.jsonl``, ``base.npz``, ``rows/``,
+    ``forgetting.npz``, ``tb/``, ``checkpoints/``.
+
+    Each finished task is one file ``rows/task_<index>.npz`` written atomically, so any number of
+    processes (``--shard i/n``) can fill one run directory and a killed run loses at most the task in
+    progress. ``forgetting.npz`` is assembled from the rows once all are present.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    meta_path = property(lambda self: self.root / "meta.json")
+    base_path = property(lambda self: self.root / "base.npz")
+    forgetting_path = property(lambda self: self.root / "forgetting.npz")
+    rows_dir = property(lambda self: self.root / "rows")
+    tb_dir = property(lambda self: self.root / "tb")
+    checkpoints_dir = property(lambda self: self.root / "checkpoints")
+
+    def row_path(self, index: int) -> Path:
+        return self.rows_dir / f"task_{index:05d}.npz"
+
+    def start(self, meta: dict[str, Any], *, compare: str = "config") -> bool:
+        """Create the run (writing ``meta.json``) or check that an existing one has the same
+        ``meta[compare]``. Returns True when resuming. Raises :class:`RunError` listing the
+        differing fields otherwise."""
+        if self.meta_path.exists():
+            old = self.read_meta()
+            diffs = _diff(old.get(compare), meta.get(compare))
+            if diffs:
+                raise RunError(
+                    f"{self.meta_path}: this run directory holds a run with another configuration "
+                    f"({'; '.join(diffs[:8])}). Resume with the same flags or choose another --out."
+                )
+            return True
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.meta_path, {"schema_version": SCHEMA_VERSION, **meta})
+        return False
+
+    def read_meta(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RunError(f"{self.meta_path}: unreadable ({e})") from None
+
+    def update_meta(self, **fields: Any) -> None:
+        atomic_write_json(self.meta_path, {**self.read_meta(), **fields})
+
+    def _load_npz(self, path: Path) -> dict[str, np.ndarray]:
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except Exception as e:  # zipfile/ValueError/OSError: any of them means the file is damaged
+            raise RunError(f"{path}: corrupted or unreadable ({type(e).__name__}: {e}); delete it to recompute") from None
+
+    def write_base(self, nll_before: np.ndarray, **extra: np.ndarray) -> None:
+        atomic_write_npz(self.base_path, nll_before=np.asarray(nll_before, np.float32), **extra)
+
+    def read_base(self) -> dict[str, np.ndarray] | None:
+        return self._load_npz(self.base_path) if self.base_path.exists() else None
+
+    def write_row(self, index: int, *, name: str, nll_after: np.ndarray, status: str = "ok", reason: str = "",
+                  **extra: np.ndarray) -> None:
+        """One task's result: ``nll_after [N]`` (NaN when failed), status ``ok``/``failed`` and reason."""
+        if status not in ("ok", "failed"):
+            raise ValueError(f"row status must be 'ok' or 'failed'; got {status!r}")
+        atomic_write_npz(self.row_path(index), name=np.asarray(name), nll_after=np.asarray(nll_after, np.float32),
+                         status=np.asarray(status), reason=np.asarray(reason), **extra)
+
+    def read_row(self, index: int) -> dict[str, Any]:
+        row = self._load_npz(self.row_path(index))
+        missing = {"name", "nll_after", "status"} - set(row)
+        if missing:
+            raise RunError(f"{self.row_path(index)}: missing fields {sorted(missing)}; delete it to recompute")
+        return row
+
+    def finished(self) -> list[int]:
+        """Indices of tasks with a row file (ok or failed), without reading them."""
+        if not self.rows_dir.exists():
+            return []
+        return sorted(int(p.stem.split("_")[1]) for p in self.rows_dir.glob("task_*.npz"))
+
+    def assemble(self, task_names: list[str], example_ids: list[str]) -> dict[str, np.ndarray]:
+        """Build ``forgetting.npz`` from ``base.npz`` and every row; RunError naming what is missing."""
+        base = self.read_base()
+        if base is None:
+            raise RunError(f"{self.base_path}: missing; the base model's NLL was never written")
+        M, N = len(task_names), len(example_ids)
+        missing = sorted(set(range(M)) - set(self.finished()))
+        if missing:
+            raise RunError(f"{self.rows_dir}: {len(missing)} of {M} task rows missing (tasks {missing[:10]})")
+        rows = [self.read_row(i) for i in range(M)]
+        for i, row in enumerate(rows):
+            if str(row["name"]) != task_names[i]:
+                raise RunError(f"{self.row_path(i)}: holds task {str(row['name'])!r}, expected {task_names[i]!r}")
+            if row["nll_after"].shape[-1] != N:
+                raise RunError(f"{self.row_path(i)}: {row['nll_after'].shape[-1]} examples, expected {N}")
+        nll_before = base["nll_before"]
+        nll_after = np.stack([r["nll_after"] for r in rows])
+        out = dict(Z=nll_after - nll_before[None], nll_before=nll_before, nll_after=nll_after,
+                   task_names=np.asarray(task_names), example_ids=np.asarray(example_ids),
+                   failed=np.asarray([str(r["status"]) == "failed" for r in rows]))
+        if all("nll_steps" in r for r in rows) and rows:
+            steps = np.stack([r["nll_steps"] for r in rows])  # [M, T, N]
+            out.update(Z_steps=steps - nll_before[None, None], steps=rows[0]["steps"])
+        atomic_write_npz(self.forgetting_path, **out)
+        return out
