@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import sys
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import tyro
 
 from jaxforget.store import MatrixData, atomic_write_json, load_matrix
 
@@ -146,12 +144,9 @@ def main(config: PredictConfig) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> dict:
-    config = tyro.cli(PredictConfig, args=argv)
-    try:
-        return main(config)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    from jaxforget.cli import run
+
+    return run(PredictConfig, main, argv)
 
 
 if __name__ == "__main__":

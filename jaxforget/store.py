@@ -300,7 +300,12 @@ class RunDir:
                    task_names=np.asarray(task_names), example_ids=np.asarray(example_ids),
                    failed=np.asarray([str(r["status"]) == "failed" for r in rows]))
         if all("nll_steps" in r for r in rows) and rows:
-            steps = np.stack([r["nll_steps"] for r in rows])  # [M, T, N]
-            out.update(Z_steps=steps - nll_before[None, None], steps=rows[0]["steps"])
+            # Tasks capped by epochs stop (and are measured) earlier: align rows on the union of the
+            # evaluated steps, NaN where a task was not measured at that step.
+            steps = np.unique(np.concatenate([r["steps"] for r in rows]))
+            Z_steps = np.full((M, steps.size, N), np.nan, np.float32)
+            for i, r in enumerate(rows):
+                Z_steps[i, np.searchsorted(steps, r["steps"])] = r["nll_steps"] - nll_before[None]
+            out.update(Z_steps=Z_steps, steps=steps)
         atomic_write_npz(self.forgetting_path, **out)
         return out

@@ -22,6 +22,14 @@ def test_rows_assemble_into_forgetting_npz(tmp_path):
     out = run.assemble(names, [f"ex{j}" for j in range(5)])
     np.testing.assert_allclose(out["Z"], np.repeat([[1.0], [2.0], [3.0]], 5, axis=1))
     assert out["Z_steps"].shape == (3, 2, 5) and out["steps"].tolist() == [5, 10]
+    np.testing.assert_allclose(out["Z_steps"][:, -1], out["Z"])
+    # a task stopped early by its epoch cap is aligned on the steps it was measured at
+    run.write_row(1, name="b", nll_after=np.arange(5) + 2.0, nll_steps=np.stack([np.arange(5) + 1.5]),
+                  steps=np.array([7]))
+    out = run.assemble(names, [f"ex{j}" for j in range(5)])
+    assert out["steps"].tolist() == [5, 7, 10]
+    assert np.isnan(out["Z_steps"][1, [0, 2]]).all() and np.allclose(out["Z_steps"][1, 1], 1.5)
+    assert np.allclose(out["Z_steps"][0, [0, 2]], [[0.5] * 5, [1.0] * 5]) and np.isnan(out["Z_steps"][0, 1]).all()
     data = load_matrix(run.root)
     np.testing.assert_allclose(data.Z, out["Z"])
     assert data.row_names == names and data.col_ids[4] == "ex4"

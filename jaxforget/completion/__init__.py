@@ -17,7 +17,8 @@ the jitted, validation-free cores (vmappable over problems); the short names val
 """
 
 from jaxforget.completion.additive import AdditiveFit, additive, col_mean_fit, fit_additive, row_mean_fit
-from jaxforget.completion.goodness import fit_table
+from jaxforget.completion._common import prepare
+from jaxforget.completion.goodness import LOW_RANK_ITERS, LOW_RANK_REG, fit_table, rank_fit
 from jaxforget.completion.knn import KNNFit, fit_knn, knn, similarity
 from jaxforget.completion.logistic import fit_logistic_mf, logistic_mf
 from jaxforget.completion.low_rank import (
@@ -35,9 +36,10 @@ from jaxforget.completion.protocol import METHODS, Method, ProtocolResult, evalu
 from jaxforget.completion.synthetic import Planted, planted_matrix
 
 __all__ = [
+    "LOW_RANK_ITERS", "LOW_RANK_REG",
     "AdditiveFit", "KNNFit", "LowRankFit", "METHODS", "Method", "Planted", "ProtocolResult",
     "additive", "all_metrics", "classification", "col_mean_fit", "evaluate", "fit_additive", "fit_knn",
     "fit_logistic_mf", "fit_low_rank", "fit_soft_impute", "fit_table", "fit_truncated_svd", "knn",
     "logistic_mf", "low_rank", "multiplicative", "planted_matrix", "precision_at_n", "r2", "reveal_mask",
-    "rmse", "roc_auc", "row_mean_fit", "similarity", "soft_impute", "split_rows", "truncated_svd",
+    "prepare", "rank_fit", "rmse", "roc_auc", "row_mean_fit", "similarity", "soft_impute", "split_rows", "truncated_svd",
 ]

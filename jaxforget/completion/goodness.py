@@ -9,8 +9,26 @@ import jax.numpy as jnp
 
 from jaxforget.completion._common import prepare
 from jaxforget.completion.additive import col_mean_fit, fit_additive, row_mean_fit
-from jaxforget.completion.low_rank import fit_low_rank, fit_truncated_svd
+from jaxforget.completion.low_rank import LowRankFit, fit_low_rank, fit_truncated_svd
 from jaxforget.completion.metrics import r2
+
+
+LOW_RANK_REG = 1e-3
+"""Ridge of the masked rank-k fits of the goodness-of-fit analysis (only used when Z has hidden entries)."""
+LOW_RANK_ITERS = 100
+"""ALS sweeps of those fits."""
+
+
+def rank_fit(Z: Any, mask: Any | None = None, *, rank: int, reg: float = LOW_RANK_REG, n_iters: int = LOW_RANK_ITERS,
+             seed: int = 0) -> LowRankFit:
+    """The uncentred rank-``rank`` fit of the goodness-of-fit analysis: the truncated SVD when ``Z`` is
+    fully observed, masked ALS with a small ridge otherwise."""
+    Z0, mask = prepare(Z, mask)
+    if not 1 <= rank <= min(Z0.shape):
+        raise ValueError(f"rank must be in [1, {min(Z0.shape)}] for Z with shape {tuple(Z0.shape)}; got {rank}")
+    if bool(jnp.all(mask)):
+        return fit_truncated_svd(Z0, rank=rank)
+    return fit_low_rank(Z0, mask, rank=rank, biased=False, reg=reg, reg_bias=0.0, n_iters=n_iters, seed=seed)
 
 
 def fit_table(
@@ -21,8 +39,8 @@ def fit_table(
     reg_row: float = 15.0,
     reg_col: float = 10.0,
     additive_epochs: int = 100,
-    low_rank_reg: float = 1e-3,
-    low_rank_iters: int = 100,
+    low_rank_reg: float = LOW_RANK_REG,
+    low_rank_iters: int = LOW_RANK_ITERS,
     seed: int = 0,
 ) -> dict[str, float]:
     """R^2 over the observed entries of: row means, column means, the additive model (ALS with the
@@ -36,21 +54,17 @@ def fit_table(
     bad = [k for k in ranks if not 1 <= k <= min(Z0.shape)]
     if bad:
         raise ValueError(f"ranks {bad} out of range [1, {min(Z0.shape)}] for Z with shape {Z0.shape}")
-    full = bool(jnp.all(mask))
 
-    def rank_fit(k: int):
-        if full:
-            return fit_truncated_svd(Z0, rank=k).predict()
-        return fit_low_rank(Z0, mask, rank=k, biased=False, reg=low_rank_reg, reg_bias=0.0,
-                            n_iters=low_rank_iters, seed=seed).predict()
+    def fitted(k: int):
+        return rank_fit(Z0, mask, rank=k, reg=low_rank_reg, n_iters=low_rank_iters, seed=seed).predict()
 
     table = {
         "row_mean": r2(Z0, row_mean_fit(Z0, mask), mask),
         "col_mean": r2(Z0, col_mean_fit(Z0, mask), mask),
         "additive": r2(Z0, fit_additive(Z0, mask, reg_row=reg_row, reg_col=reg_col,
                                         n_epochs=additive_epochs).predict(), mask),
-        "multiplicative": r2(Z0, rank_fit(1), mask),
+        "multiplicative": r2(Z0, fitted(1), mask),
     }
     for k in ranks:
-        table[f"rank_{k}"] = table["multiplicative"] if k == 1 else r2(Z0, rank_fit(k), mask)
+        table[f"rank_{k}"] = table["multiplicative"] if k == 1 else r2(Z0, fitted(k), mask)
     return {name: float(v) for name, v in table.items()}

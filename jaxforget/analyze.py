@@ -1,0 +1,605 @@
+"""``python -m jaxforget.analyze``: goodness of fit, heatmaps, correlations and residual patterns.
+
+    python -m jaxforget.analyze runs/default                 # a collected run: writes runs/default/analysis/
+    python -m jaxforget.analyze Z.npy --out analysis_z --max-rank 8
+    python -m jaxforget.analyze splits.pkl --sample-cols 5000 --seed 1
+
+Writes to ``--out``: ``report.md`` (the figures and tables below, tied together), ``analysis.json``
+(every number, the configuration, seeds and versions), ``fit_table.md``, and PNG figures:
+``heatmap_sorted.png``, ``rank1_residual.png``, ``component_<r>.png``, ``r2_vs_rank.png``,
+``task_distributions.png``, ``correlations_tasks.png`` / ``correlations_examples.png`` (when the run
+has statistics), ``residual_blocks.png`` (when a block is found), ``r2_over_steps.png`` (when the run
+has the per-step tensor). The same scalars and images go to TensorBoard under ``RUN/tb/analyze``
+(``OUT/tb`` for a bare matrix file).
+
+Run-directory files read besides ``forgetting.npz`` (all optional; a missing file or key only removes
+the statistics it carries; ``collect`` writes them):
+
+* ``forgetting.npz``: ``Z [M, N]``, ``task_names [M]``, ``example_ids [N]``, ``nll_before [N]`` (base
+  NLL per example), ``Z_steps [M, T, N]`` with ``steps [T]`` (forgetting at intermediate steps).
+* ``tasks.jsonl``, one JSON object per task: ``name`` (required, matches ``task_names``), ``source``
+  (string), ``n_train``, ``n_train_tokens``, ``steps``, ``train_loss_before``, ``train_loss_after``,
+  ``base_loss`` (numbers; ``train_loss_drop = before - after`` is derived).
+* ``upstream.jsonl``, one JSON object per example: ``id`` (required, matches ``example_ids``),
+  ``source`` (the domain; ``domain`` is accepted too), ``n_tokens``, ``nll_before``, ``text``.
+* ``meta.json``: copied into ``analysis.json`` as ``run_meta``.
+
+Lines are matched to rows / columns by name / id; files without names for the matrix (e.g. a
+matrix saved without ``task_names``) are matched by line order when the counts agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import tyro
+
+from jaxforget.store import MatrixData, atomic_write_json, load_matrix
+
+TASK_NUMERIC = ("train_loss_drop", "n_train_tokens", "base_loss", "n_train", "steps")
+EXAMPLE_NUMERIC = ("nll_before", "n_tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyzeConfig:
+    """Analyse a forgetting matrix: R² of simple models, sorted heatmaps, correlations, residual blocks."""
+
+    path: tyro.conf.Positional[Path]
+    """Run directory, .npy, .npz, .csv, or the reference code's pickle (train_mat/test_mat); NaN = not measured."""
+    out: Path | None = None
+    """Output directory. Default: RUN/analysis for a run directory, analysis_<name>/ beside a file."""
+    max_rank: int = 5
+    """Largest rank k of the R² table (rank 1..k) and number of components drawn."""
+    residual_rank: int = 1
+    """Rank of the fit whose residual is searched for blocks (1 = the multiplicative model)."""
+    max_blocks: int = 5
+    """Most residual blocks reported (searched one after another; the fit is redone without each block found)."""
+    block_permutations: int = 19
+    """Copies of the residual, each row randomly rotated, forming the block-search null (p-value floor 1/(1+this))."""
+    block_alpha: float = 0.05
+    """A block is reported when its permutation p-value is at most this."""
+    min_block_rows: int = 2
+    """Fewest tasks in a block."""
+    min_block_cols: int = 2
+    """Fewest examples in a block."""
+    sample_cols: int = 2000
+    """Heatmaps show at most this many examples, a seeded random sample (0 = all). Numbers use all."""
+    seed: int = 0
+    """Seed of the column sample, the block-search null and masked fits' initialisation."""
+    vmax: float | None = None
+    """Colour range ±vmax of the heatmaps (the paper uses 0.5). Default: the --vmax-quantile of |Z|."""
+    vmax_quantile: float = 0.99
+    """Quantile of |Z| used as the colour range when --vmax is not given (robust to outliers)."""
+    top_examples: int = 3
+    """Example texts (or ids) shown per block."""
+    drop_empty_rows: bool = False
+    """Leave out tasks without any measured entry (e.g. failed rows) instead of stopping with an error."""
+    tracker: Literal["tensorboard", "jsonl", "none"] = "tensorboard"
+    """Also log scalars and images to: TensorBoard (RUN/tb/analyze or OUT/tb), OUT/events.jsonl, or none."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the flag when a value is out of range."""
+        checks = [
+            (self.max_rank >= 1, f"--max-rank must be >= 1; got {self.max_rank}"),
+            (self.residual_rank >= 1, f"--residual-rank must be >= 1; got {self.residual_rank}"),
+            (self.max_blocks >= 0, f"--max-blocks must be >= 0; got {self.max_blocks}"),
+            (self.block_permutations >= 1, f"--block-permutations must be >= 1; got {self.block_permutations}"),
+            (0 < self.block_alpha <= 1, f"--block-alpha must be in (0, 1]; got {self.block_alpha}"),
+            (self.sample_cols >= 0, f"--sample-cols must be >= 0 (0 = all); got {self.sample_cols}"),
+            (self.vmax is None or self.vmax > 0, f"--vmax must be > 0; got {self.vmax}"),
+            (0 < self.vmax_quantile <= 1, f"--vmax-quantile must be in (0, 1]; got {self.vmax_quantile}"),
+            (self.top_examples >= 0, f"--top-examples must be >= 0; got {self.top_examples}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def out_dir(self) -> Path:
+        if self.out is not None:
+            return self.out
+        if self.path.is_dir():
+            return self.path / "analysis"
+        return self.path.with_name(f"analysis_{self.path.stem}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Run-directory side files
+
+
+@dataclasses.dataclass
+class RunMetadata:
+    """Statistics of a run aligned with the matrix; empty for a bare matrix file."""
+
+    task_stats: dict[str, list[Any]] = dataclasses.field(default_factory=dict)  # name -> [M] (None = unknown)
+    example_stats: dict[str, list[Any]] = dataclasses.field(default_factory=dict)  # name -> [N]
+    texts: list[str | None] | None = None  # [N] upstream texts, when upstream.jsonl has them
+    Z_steps: np.ndarray | None = None  # [M, T, N]
+    steps: list[int] | None = None  # [T]
+    meta: dict[str, Any] | None = None
+    files: list[str] = dataclasses.field(default_factory=list)  # side files read, for the report
+    notes: list[str] = dataclasses.field(default_factory=list)  # how lines were matched, what was skipped
+
+
+def _read_jsonl(path: Path, key: str) -> list[dict[str, Any]]:
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or key not in record:
+                raise ValueError(f"{path}, line {lineno}: expected a JSON object with a {key!r} field")
+            records.append(record)
+    return records
+
+
+def _align(records: list[dict], key: str, names: list[str], path: Path, what: str,
+           notes: list[str]) -> list[dict]:
+    """Records in matrix order: by name, or by line order when the matrix has no names for them."""
+    by_name: dict[str, dict] = {}
+    for record in records:
+        by_name.setdefault(str(record[key]), record)
+    if all(name in by_name for name in names):
+        return [by_name[name] for name in names]
+    if len(records) == len(names) and not any(name in by_name for name in names):
+        notes.append(f"{path.name}: no {key} matches the matrix's {what}; matched by line order")
+        return records
+    missing = next(name for name in names if name not in by_name)
+    found = sum(name in by_name for name in names)
+    raise ValueError(f"{path}: no line with {key} = {missing!r} ({found} of {len(names)} {what} found); "
+                     f"each {what[:-1]} of the matrix needs one line")
+
+
+def _number(record: dict | None, field: str, path: Path) -> float | None:
+    if record is None or record.get(field) is None:
+        return None
+    value = record[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{path}: field {field!r} must be a number; got {value!r} (line for {record!r:.80})")
+    return float(value)
+
+
+def read_run_metadata(run_dir: Path, data: MatrixData) -> RunMetadata:
+    """Task and example statistics, upstream texts and the per-step tensor of a run directory (see the
+    module docstring for the files and keys). Tolerates any of them being absent."""
+    md = RunMetadata()
+    M, N = data.Z.shape
+    npz = run_dir / "forgetting.npz"
+    with np.load(npz, allow_pickle=False) as f:
+        if "nll_before" in f:
+            nll = np.asarray(f["nll_before"], np.float64)
+            if nll.shape != (N,):
+                raise ValueError(f"{npz}: nll_before has shape {nll.shape}; expected ({N},)")
+            md.example_stats["nll_before"] = [float(v) if np.isfinite(v) else None for v in nll]
+        if "Z_steps" in f:
+            Zs = np.asarray(f["Z_steps"], np.float32)
+            if Zs.ndim != 3 or Zs.shape[0] != M or Zs.shape[2] != N:
+                raise ValueError(f"{npz}: Z_steps has shape {Zs.shape}; expected ({M}, T, {N})")
+            md.Z_steps = Zs
+            md.steps = [int(s) for s in f["steps"]] if "steps" in f else list(range(Zs.shape[1]))
+            if len(md.steps) != Zs.shape[1]:
+                raise ValueError(f"{npz}: steps has {len(md.steps)} entries for Z_steps with {Zs.shape[1]} steps")
+    tasks_path = run_dir / "tasks.jsonl"
+    if tasks_path.exists():
+        md.files.append(tasks_path.name)
+        tasks = _align(_read_jsonl(tasks_path, "name"), "name", data.row_names, tasks_path, "tasks", md.notes)
+        before = [_number(t, "train_loss_before", tasks_path) for t in tasks]
+        after = [_number(t, "train_loss_after", tasks_path) for t in tasks]
+        stats = {"train_loss_drop": [None if b is None or a is None else b - a for b, a in zip(before, after)]}
+        for field in TASK_NUMERIC[1:]:
+            stats[field] = [_number(t, field, tasks_path) for t in tasks]
+        stats["source"] = [None if t.get("source") is None else str(t["source"]) for t in tasks]
+        md.task_stats = {k: v for k, v in stats.items() if any(x is not None for x in v)}
+    upstream_path = run_dir / "upstream.jsonl"
+    if upstream_path.exists():
+        md.files.append(upstream_path.name)
+        ups = _align(_read_jsonl(upstream_path, "id"), "id", data.col_ids, upstream_path, "examples", md.notes)
+        stats = {field: [_number(u, field, upstream_path) for u in ups] for field in EXAMPLE_NUMERIC}
+        if "nll_before" in md.example_stats and not any(v is not None for v in stats["nll_before"]):
+            stats["nll_before"] = md.example_stats["nll_before"]  # from forgetting.npz
+        domain = [u.get("source", u.get("domain")) for u in ups]
+        stats["source"] = [None if d is None else str(d) for d in domain]
+        md.example_stats = {k: v for k, v in stats.items() if any(x is not None for x in v)}
+        if any(u.get("text") for u in ups):
+            md.texts = [None if u.get("text") is None else str(u["text"]) for u in ups]
+    meta_path = run_dir / "meta.json"
+    if meta_path.exists():
+        md.files.append(meta_path.name)
+        try:
+            md.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    return md
+
+
+# ----------------------------------------------------------------------------------------------
+# The analysis
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if not np.isfinite(v):
+            return "–"
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    cell = lambda v: _fmt(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _r2_markdown(r2: dict[str, float]) -> str:
+    labels = dict(row_mean="row mean only", col_mean="column mean only", additive="additive (μ + a_i + b_j)",
+                  multiplicative="multiplicative (α_i β_j, rank 1)")
+    rows = [[labels.get(k, k.replace("_", " ")), v] for k, v in r2.items()]
+    return _md_table(["model", "R²"], rows)
+
+
+def _corr_markdown(rows: list[dict]) -> str:
+    return _md_table(
+        ["effect", "statistic", "n", "Pearson r", "p", "Spearman ρ", "p"],
+        [[r["effect"], r["statistic"] + (f" = {r['level']}" if r["level"] is not None else ""), r["n"],
+          r["pearson"], r["pearson_p"], r["spearman"], r["spearman_p"]] for r in rows])
+
+
+def _note(row: dict) -> str:
+    return f"Pearson {_fmt(row['pearson'], 2)} (p {_fmt(row['pearson_p'], 2)}), " \
+           f"Spearman {_fmt(row['spearman'], 2)} (p {_fmt(row['spearman_p'], 2)})"
+
+
+def _versions() -> dict[str, str]:
+    import jax
+    import matplotlib
+
+    return dict(python=platform.python_version(), jax=jax.__version__, numpy=np.__version__,
+                matplotlib=matplotlib.__version__, backend=jax.default_backend())
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | None = None) -> dict[str, Any]:
+    """Run the whole analysis of ``data`` and write the outputs to ``config.out_dir``; returns what
+    ``analysis.json`` holds (plus ``files``: the written paths relative to the output directory)."""
+    from jaxforget import analysis as A
+    from jaxforget import viz
+    from jaxforget.completion import prepare
+    from jaxforget.tracking import open_tracker
+
+    config.validate()
+    md = metadata or RunMetadata()
+    out = config.out_dir
+    Z = np.asarray(data.Z, np.float32)
+    M, N = Z.shape
+    try:
+        Z0, mask = prepare(Z)
+    except ValueError as e:
+        empty = np.flatnonzero(~np.isfinite(Z).any(axis=1))
+        named = ", ".join(f"{i} ({data.row_names[i]})" for i in empty[:10])
+        raise ValueError(f"{data.source}: {e}" + (f"; rows without a measured entry: {named}" if empty.size else "")) \
+            from None
+    if config.residual_rank > min(M, N):
+        raise ValueError(f"--residual-rank {config.residual_rank} exceeds min(tasks, examples) = {min(M, N)}")
+    mask_np = np.asarray(mask)
+    out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
+    files: list[str] = []
+
+    def save(fig, name: str) -> str:
+        viz.save_png(fig, out / name)
+        files.append(name)
+        return name
+
+    # Goodness of fit and the effects.
+    good = A.goodness(Z0, mask, max_rank=config.max_rank, seed=config.seed)
+    k = min(config.max_rank, M, N)
+    U, s, V = A.components(A.rank_fit(Z0, mask, rank=k, seed=config.seed))
+    fit1 = A.rank_fit(Z0, mask, rank=1, seed=config.seed)
+    U1, s1, V1 = A.components(fit1)
+    alpha, beta = U1[:, 0] * s1[0], V1[:, 0]
+    row_order, col_order = A.effect_order(alpha, beta)
+    rank1 = np.asarray(fit1.predict())
+
+    # Displayed columns: all, or a seeded sample, then sorted by beta.
+    if config.sample_cols and N > config.sample_cols:
+        sample = np.random.default_rng(config.seed).choice(N, config.sample_cols, replace=False)
+        shown = sample[np.argsort(-beta[sample], kind="stable")]
+        sample_note = f"{len(shown):,} of {N:,} examples (random sample, seed {config.seed})"
+    else:
+        shown = col_order
+        sample_note = f"all {N:,} examples"
+    Zn = np.where(mask_np, Z, np.nan)
+    vmax = config.vmax or viz.symmetric_range(Zn, config.vmax_quantile)
+    sub = np.ix_(row_order, shown)
+    residual1 = Zn - rank1
+    sorted_names = [data.row_names[i] for i in row_order]
+    save(viz.heatmap(Zn[sub], vmax=vmax, row_labels=sorted_names,
+                     title=f"Z sorted by task effect α (rows) and example effect β (columns); {sample_note}"),
+         "heatmap_sorted.png")
+    save(viz.panels([("Z", Zn[sub]), (f"rank-1 fit α·β (R² {good['r2']['multiplicative']:.3f})", rank1[sub]),
+                     ("residual Z − α·β", residual1[sub])], vmax=vmax,
+                    suptitle=f"Multiplicative fit and residual, sorted by α and β; {sample_note}"),
+         "rank1_residual.png")
+    total = float(np.sum(np.where(mask_np, Z, 0.0) ** 2))
+    for r in range(k):
+        comp = s[r] * np.outer(U[:, r], V[:, r])
+        share = s[r] ** 2 / total if total > 0 else float("nan")
+        save(viz.heatmap(
+            comp[sub], vmax=float(np.quantile(np.abs(comp[sub]), config.vmax_quantile)) or 1.0,
+            title=f"component {r + 1} of the rank-{k} fit: σ = {s[r]:.3g} ({share:.1%} of ΣZ²); {sample_note}",
+            row_labels=sorted_names), f"component_{r + 1}.png")
+    save(viz.r2_curve(good["r2"]), "r2_vs_rank.png")
+    save(viz.task_distributions(Zn[row_order], sorted_names,
+                                title=f"Forgetting per task over {N:,} examples (tasks sorted by α)"),
+         "task_distributions.png")
+
+    # Correlations of the effects with run statistics.
+    task_corr = A.correlate_effects(alpha, md.task_stats, effect_name="alpha") if md.task_stats else []
+    example_corr = A.correlate_effects(beta, md.example_stats, effect_name="beta") if md.example_stats else []
+    for effect, stats, rows, name in (("α (task effect)", md.task_stats, task_corr, "correlations_tasks.png"),
+                                      ("β (example effect)", md.example_stats, example_corr,
+                                       "correlations_examples.png")):
+        if not stats:
+            continue
+        y = alpha if rows[0]["effect"] == "alpha" else beta
+        by_stat = {r["statistic"]: r for r in rows if r["level"] is None}
+        panel_list = [viz.Panel(values, y, stat, effect, _note(by_stat[stat]) if stat in by_stat else "")
+                      for stat, values in stats.items()]
+        save(viz.scatter_grid(panel_list, title=f"{effect} against run statistics"), name)
+
+    # Residual blocks after the rank-r fit (refitted without each block found).
+    search = A.find_blocks(Z0, mask, rank=config.residual_rank, max_blocks=config.max_blocks,
+                           n_permutations=config.block_permutations, alpha=config.block_alpha,
+                           min_rows=config.min_block_rows, min_cols=config.min_block_cols,
+                           seed=config.seed) if config.max_blocks else None
+    blocks = _block_records(search, data, md, config.top_examples) if search else []
+    if blocks:
+        fig, _ = viz.block_heatmap(search.residual, [(b.rows, b.cols) for b in search.blocks],
+                                   vmax=viz.symmetric_range(search.residual, config.vmax_quantile),
+                                   title=f"Residual of the rank-{config.residual_rank} fit without the blocks' "
+                                         "entries; blocks outlined",
+                                   max_cols=config.sample_cols or N, seed=config.seed)
+        save(fig, "residual_blocks.png")
+
+    # Forgetting over fine-tuning steps.
+    over_steps = A.r2_over_steps(md.Z_steps, md.steps) if md.Z_steps is not None else None
+    if over_steps:
+        save(viz.r2_over_steps([r["step"] for r in over_steps], [r["r2_rank1"] for r in over_steps],
+                               [r["mean"] for r in over_steps]), "r2_over_steps.png")
+
+    if config.tracker == "tensorboard":
+        tb_path = config.path / "tb" / "analyze" if config.path.is_dir() else out / "tb"
+    else:
+        tb_path = out / "events.jsonl"
+    result = dict(
+        source=data.source, shape=[M, N], counts=good["counts"], moments=good["moments"], fit_method=good["method"],
+        r2=good["r2"], singular_values=s, alpha=alpha, beta=beta,
+        display=dict(vmax=vmax, columns=sample_note, sample_seed=config.seed if len(shown) < N else None),
+        correlations=dict(tasks=task_corr, examples=example_corr),
+        blocks=dict(residual_rank=config.residual_rank, seed=config.seed, permutations=config.block_permutations,
+                    alpha=config.block_alpha, threshold=search.threshold if search else None,
+                    null_scores=search.null_scores if search else None, found=blocks),
+        over_steps=over_steps, run_files=md.files, notes=md.notes, run_meta=md.meta,
+        config={f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, versions=_versions(),
+        tracker=dict(kind=config.tracker, path=None if config.tracker == "none" else str(tb_path)),
+    )
+    fit_md = _r2_markdown(good["r2"])
+    (out / "fit_table.md").write_text(fit_md + "\n", encoding="utf-8")
+    files.append("fit_table.md")
+    report = render_report(result, fit_md, files, md)
+    (out / "report.md").write_text(report, encoding="utf-8")
+    files += ["report.md", "analysis.json"]
+    result["files"] = files
+    atomic_write_json(out / "analysis.json", _json_safe(result))
+
+    with open_tracker(config.tracker, tb_path) as tracker:
+        log_analysis(tracker, result, report, out, Z[mask_np])
+    return result
+
+
+def _block_records(search, data: MatrixData, md: RunMetadata, top_examples: int) -> list[dict[str, Any]]:
+    """The blocks of a :class:`jaxforget.analysis.BlockSearch` as report records: task names, the
+    examples with the largest residual (with their texts), and the domain over-representation test."""
+    from jaxforget import analysis as A
+
+    domains = md.example_stats.get("source")
+    records = []
+    for b in search.blocks:
+        in_block = np.zeros(data.Z.shape[1], bool)
+        in_block[b.cols] = True
+        col_mean = np.nanmean(search.residual[np.ix_(b.rows, b.cols)], axis=0) * b.sign
+        top = b.cols[np.argsort(-np.nan_to_num(col_mean, nan=-np.inf), kind="stable")[:top_examples]]
+        records.append(dict(
+            tasks=[data.row_names[i] for i in b.rows], rows=b.rows, cols=b.cols,
+            n_tasks=len(b.rows), n_examples=len(b.cols), sign=b.sign, mean_residual=b.mean_residual,
+            score=b.score, p_value=b.p_value, n_observed=b.n_observed,
+            top_examples=[dict(id=data.col_ids[j], text=(md.texts[j] if md.texts else None)) for j in top],
+            domain_enrichment=A.domain_enrichment(in_block, domains) if domains else None,
+        ))
+    return records
+
+
+def log_analysis(tracker, result: dict[str, Any], report: str, out: Path, entries: np.ndarray) -> None:
+    """The analysis' scalars (``r2/*``, ``z/*``, ``over_steps/*`` by step), its figures
+    (``analyze/<name>``), histograms of the effects and of Z's measured ``entries``, the report as
+    text and the configuration as hparams."""
+    tracker.scalars(result["r2"], prefix="r2/")
+    tracker.scalars(result["moments"], prefix="z/")
+    for row in result["over_steps"] or []:
+        if row["r2_rank1"] is not None:
+            tracker.scalar("over_steps/r2_rank1", row["r2_rank1"], row["step"])
+        if row["mean"] is not None:
+            tracker.scalar("over_steps/mean", row["mean"], row["step"])
+    for name in result["files"]:
+        if name.endswith(".png"):
+            tracker.image(f"analyze/{name[:-4]}", out / name)
+    tracker.histogram("effects/alpha", result["alpha"])
+    tracker.histogram("effects/beta", result["beta"])
+    tracker.histogram("z/entries", entries)
+    tracker.text("analyze/report", report)
+    tracker.hparams({k: v for k, v in result["config"].items() if k not in ("path", "out")},
+                    {f"r2/{k}": v for k, v in result["r2"].items()})
+
+
+def render_report(result: dict[str, Any], fit_md: str, files: list[str], md: RunMetadata) -> str:
+    """``report.md``: the tables and the figures in ``files`` (only those are linked)."""
+    have = set(files)
+    c, m = result["counts"], result["moments"]
+    lines = [f"# Forgetting analysis of `{result['source']}`", ""]
+    lines += [f"{c['n_tasks']} tasks × {c['n_examples']:,} upstream examples; {c['n_observed']:,} entries measured, "
+              f"{c['n_missing']:,} not measured (NaN; ignored by every fit) in {c['rows_with_missing']} rows and "
+              f"{c['cols_with_missing']} columns. Mean Z {m['mean']:.4g}, standard deviation {m['std']:.4g}, "
+              f"{m['frac_nonneg']:.1%} of entries ≥ 0.", ""]
+    for note in result["notes"]:
+        lines += [f"Note: {note}.", ""]
+
+    def image(name: str, alt: str) -> None:
+        if name in have:
+            lines.extend([f"![{alt}]({name})", ""])
+
+    method = "truncated SVD" if result["fit_method"] == "truncated_svd" else "masked uncentred factorisation"
+    lines += ["## How much of Z simple models explain", "",
+              f"R² over all measured entries ({method} for rank k).", "", fit_md, ""]
+    image("r2_vs_rank.png", "R² versus rank")
+    lines += ["## Z sorted by the fitted effects", "",
+              f"Rows by task effect α, columns by example effect β (multiplicative fit); colour range "
+              f"±{result['display']['vmax']:.3g}; {result['display']['columns']}.", ""]
+    image("heatmap_sorted.png", "sorted heatmap")
+    image("rank1_residual.png", "rank-1 fit and residual")
+    lines += ["## Leading components", ""]
+    for name in sorted((f for f in files if f.startswith("component_")), key=lambda f: int(f[10:-4])):
+        image(name, name[:-4].replace("_", " "))
+    lines += ["## Forgetting per task", ""]
+    image("task_distributions.png", "per-task distributions")
+
+    lines += ["## Correlations with run statistics", ""]
+    corr = result["correlations"]
+    if not corr["tasks"] and not corr["examples"]:
+        lines += ["No task or example statistics: the input is a bare matrix (or its run directory has no "
+                  "`tasks.jsonl` / `upstream.jsonl` / `nll_before`), so there is nothing to correlate.", ""]
+    else:
+        lines += ["Pearson and Spearman correlations, two-sided p-values (t distribution, n − 2 df); "
+                  "categorical statistics as the 0/1 indicator of each level.", ""]
+        lines += [_corr_markdown(corr["tasks"] + corr["examples"]), ""]
+        image("correlations_tasks.png", "task effect against task statistics")
+        image("correlations_examples.png", "example effect against example statistics")
+
+    b = result["blocks"]
+    lines += ["## Residual patterns", ""]
+    if b["threshold"] is None:
+        lines += ["Block search disabled (`--max-blocks 0`).", ""]
+    else:
+        lines += [f"Blocks of tasks × examples whose residual after the rank-{b['residual_rank']} fit stays large "
+                  f"(searched one after another, the fit redone without the blocks already found): "
+                  f"score = Σ residual / √(tasks · examples), kept when its permutation p-value "
+                  f"(against {b['permutations']} residuals with each row randomly rotated, seed {b['seed']}; "
+                  f"largest null score {b['threshold']:.3g}) is ≤ {b['alpha']}.", ""]
+        if not b["found"]:
+            lines += ["No significant block.", ""]
+        for i, blk in enumerate(b["found"], 1):
+            direction = "more" if blk["sign"] > 0 else "less"
+            tasks = ", ".join(f"`{t}`" for t in blk["tasks"][:20]) + (" …" if blk["n_tasks"] > 20 else "")
+            lines += [f"### Block {i}: {blk['n_tasks']} tasks × {blk['n_examples']} examples", "",
+                      f"{direction} forgetting than the fit predicts: mean residual {blk['mean_residual']:.4g} over "
+                      f"{blk['n_observed']} measured entries; score {blk['score']:.3g}, p = {blk['p_value']:.3g}.", "",
+                      f"Tasks: {tasks}", ""]
+            if blk["top_examples"]:
+                lines += ["Examples with the largest residual in the block:", ""]
+                for ex in blk["top_examples"]:
+                    text = ex["text"]
+                    shown = f": {' '.join(text.split())[:200]}" if text else ""
+                    lines.append(f"- `{ex['id']}`{shown}")
+                lines.append("")
+            if blk["domain_enrichment"]:
+                lines += ["Domains among the block's examples (two-proportion z-test, one-sided):", "",
+                          _md_table(["domain", "in block", "share in block", "share elsewhere", "z", "p"],
+                                    [[d["domain"], d["n_block"], d["frac_block"], d["frac_rest"], d["z"], d["p"]]
+                                     for d in blk["domain_enrichment"]]), ""]
+        image("residual_blocks.png", "residual with blocks")
+
+    if result["over_steps"]:
+        lines += ["## Forgetting over fine-tuning steps", "",
+                  _md_table(["step", "R² rank 1", "mean Z", "measured"],
+                            [[r["step"], r["r2_rank1"], r["mean"], r["n_observed"]] for r in result["over_steps"]]), ""]
+        image("r2_over_steps.png", "R² over steps")
+
+    lines += ["## Reproduce", "", "```", "python -m jaxforget.analyze " + _command_line(result["config"]), "```", "",
+              "All numbers, seeds and versions: [analysis.json](analysis.json); the R² table alone: "
+              "[fit_table.md](fit_table.md)." + (f" Run files read: {', '.join(md.files)}." if md.files else ""), ""]
+    return "\n".join(lines)
+
+
+def _command_line(config: dict[str, Any]) -> str:
+    defaults = AnalyzeConfig(path=Path("."))
+    parts = [str(config["path"])]
+    for key, value in config.items():
+        if key != "path" and value != getattr(defaults, key):
+            parts.append(f"--{key.replace('_', '-')} {value}")
+    return " ".join(parts)
+
+
+def drop_empty_rows(data: MatrixData, md: RunMetadata) -> tuple[MatrixData, RunMetadata]:
+    """``data`` and ``md`` without the rows that have no measured entry (noted in ``md.notes``)."""
+    keep = np.isfinite(data.Z).any(axis=1)
+    if keep.all():
+        return data, md
+    dropped = [data.row_names[i] for i in np.flatnonzero(~keep)]
+    idx = np.flatnonzero(keep)
+    data = dataclasses.replace(data, Z=data.Z[keep], row_names=[data.row_names[i] for i in idx], test_rows=None)
+    md = dataclasses.replace(
+        md, task_stats={k: [v[i] for i in idx] for k, v in md.task_stats.items()},
+        Z_steps=None if md.Z_steps is None else md.Z_steps[keep],
+        notes=md.notes + [f"left out {len(dropped)} task(s) without any measured entry: {', '.join(dropped[:20])}"])
+    return data, md
+
+
+def main(config: AnalyzeConfig) -> dict[str, Any]:
+    config.validate()
+    data = load_matrix(config.path)
+    metadata = read_run_metadata(config.path, data) if config.path.is_dir() else RunMetadata()
+    if config.drop_empty_rows:
+        data, metadata = drop_empty_rows(data, metadata)
+    M, N = data.Z.shape
+    print(f"matrix {data.source}: {M} tasks x {N} examples, {int(np.sum(~np.isfinite(data.Z)))} not measured"
+          + (f"; run files: {', '.join(metadata.files)}" if metadata.files else ""), flush=True)
+    result = analyze(data, config, metadata)
+    print(_r2_markdown(result["r2"]))
+    print(f"{len(result['blocks']['found'])} residual block(s); wrote {config.out_dir / 'report.md'} "
+          f"and {len(result['files'])} files in {config.out_dir}")
+    return result
+
+
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    from jaxforget.cli import run
+
+    return run(AnalyzeConfig, main, argv)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,231 @@
+"""Rendering and tokenisation: token ids plus a per-token loss mask, with a stated BOS/EOS policy.
+
+Conventions (the same as `jaxforget.models.target_mask`): `loss_mask[t]` is True when token t is a
+target, i.e. its log-probability given tokens < t enters the loss / the NLL; `loss_mask[0]` is
+always False (the first token has no prediction).
+
+BOS/EOS policy
+  - BOS: when `add_bos` (default), the sequence starts with the tokenizer's `bos_token_id`, or its
+    `eos_token_id` when it has no BOS (GPT-2/Pythia/OLMo separate documents with EOS). So the first
+    real token is predicted too. A chat template that already emits BOS is not given a second one.
+  - EOS: when `add_eos` (default), raw text and plain-template answers end with `eos_token_id`, and
+    it is a target (the model learns where a document / an answer ends). With a chat template, the
+    template's own end-of-turn text closes each assistant turn and is part of the target.
+  - Truncation to `max_len` tokens: upstream text keeps its beginning (`truncate="right"`); task
+    examples keep their end, where the answer is (`truncate="left"`, as the paper's reference
+    code), and keep BOS at position 0. Truncated examples are counted and logged.
+
+Plain template (used when the tokenizer has no chat template, or with `chat_template="never"`);
+every piece is tokenised on its own and the ids concatenated, so masks are exact at token level:
+    prompt/completion   "{prompt}" + target " {completion}" + target EOS
+                        (no space is inserted when the prompt is empty or ends with whitespace, or
+                        the completion starts with whitespace)
+    messages            system "{content}\\n"; user "User: {content}\\n";
+                        assistant "Assistant:" + target " {content}" + target ("\\n" if more
+                        messages follow, else EOS)
+    text                target "{text}" + target EOS (language modelling on the whole text)
+Chat template (`tokenizer.chat_template` set, `chat_template="auto"`): prompt/completion becomes
+[user, assistant]; the targets are the characters each assistant turn adds to the rendered
+conversation (rendering the conversation up to that turn with and without
+`add_generation_prompt`), mapped to tokens by offsets (a token is a target if it overlaps them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Literal, Sequence
+
+import numpy as np
+
+from jaxforget.data.readers import TaskExample, UpstreamExample
+
+log = logging.getLogger("jaxforget.data")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeConfig:
+    """How examples become token ids."""
+
+    max_len: int = 96
+    """Longest sequence in tokens (BOS and EOS included); longer examples are truncated."""
+    add_bos: bool = True
+    """Start every sequence with BOS (EOS when the tokenizer has no BOS)."""
+    add_eos: bool = True
+    """End raw text and plain-template answers with EOS, as a target."""
+    chat_template: Literal["auto", "never"] = "auto"
+    """'auto': use the tokenizer's chat template when it has one; 'never': always the plain template."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenized:
+    """One tokenised example."""
+
+    ids: np.ndarray
+    """(L,) int32 token ids, L <= max_len."""
+    loss_mask: np.ndarray
+    """(L,) bool; True where the token is a target (never at position 0)."""
+    id: str
+    """Upstream example id, or `file:line` of a task record."""
+    group: str
+    """Upstream source/domain, or task name."""
+    truncated: bool
+    """The example had more than max_len tokens before truncation."""
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+def bos_eos(tokenizer) -> tuple[int | None, int | None]:
+    """(BOS id to prepend, EOS id to append) under the policy above."""
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    return bos, eos
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def _finish(ids: list[int], mask: list[bool], *, bos: int | None, config: TokenizeConfig, truncate: str,
+            id_: str, group: str, where: str) -> Tokenized:
+    if config.add_bos and bos is not None and (not ids or ids[0] != bos):
+        ids, mask = [bos] + ids, [False] + mask
+    truncated = len(ids) > config.max_len
+    if truncated:
+        keep_bos = config.add_bos and bos is not None and ids[0] == bos
+        if truncate == "right":
+            ids, mask = ids[: config.max_len], mask[: config.max_len]
+        elif keep_bos:
+            ids, mask = [ids[0]] + ids[len(ids) - config.max_len + 1:], [False] + mask[len(mask) - config.max_len + 1:]
+        else:
+            ids, mask = ids[-config.max_len:], mask[-config.max_len:]
+    mask_arr = np.asarray(mask, bool)
+    mask_arr[:1] = False
+    if not mask_arr.any():
+        raise ValueError(f"{where}: no target token left after tokenisation and truncation to {config.max_len} "
+                         "tokens (raise max_len)")
+    return Tokenized(np.asarray(ids, np.int32), mask_arr, id_, group, truncated)
+
+
+def _check_tokenizer(tokenizer, config: TokenizeConfig) -> None:
+    if config.add_eos and tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos_token; set add_eos=False or give it one")
+    if config.max_len < 2:
+        raise ValueError(f"max_len must be >= 2, got {config.max_len}")
+
+
+def _log_truncated(out: Sequence[Tokenized], what: str, config: TokenizeConfig) -> None:
+    n = sum(t.truncated for t in out)
+    if n:
+        log.info("%s: truncated %d of %d examples to %d tokens", what, n, len(out), config.max_len)
+
+
+def tokenize_upstream(examples: Sequence[UpstreamExample], tokenizer,
+                      config: TokenizeConfig = TokenizeConfig()) -> list[Tokenized]:
+    """BOS + text + EOS, every token after BOS a target; truncation keeps the beginning."""
+    _check_tokenizer(tokenizer, config)
+    bos, eos = bos_eos(tokenizer)
+    out = []
+    for ex in examples:
+        ids = _encode(tokenizer, ex.text)
+        if not ids:
+            raise ValueError(f"{ex.where}: example {ex.id!r} is empty after tokenisation")
+        if config.add_eos:
+            ids = ids + [eos]
+        out.append(_finish(ids, [True] * len(ids), bos=bos, config=config, truncate="right", id_=ex.id,
+                           group=ex.source, where=ex.where))
+    _log_truncated(out, "upstream", config)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------
+
+def plain_segments(ex: TaskExample, *, eos: str | None) -> list[tuple[str, bool]]:
+    """The plain template as (text, is_target) pieces; `eos` is a marker for the EOS token (None: none)."""
+    tail = [(eos, True)] if eos is not None else []
+    if ex.kind == "text":
+        return [(ex.text, True)] + tail
+    if ex.kind == "prompt":
+        sep = "" if (not ex.prompt or ex.prompt[-1].isspace() or ex.completion[0].isspace()) else " "
+        return [(ex.prompt, False), (sep + ex.completion, True)] + tail
+    segs: list[tuple[str, bool]] = []
+    for k, (role, content) in enumerate(ex.messages):
+        last = k == len(ex.messages) - 1
+        if role == "system":
+            segs.append((content + "\n", False))
+        elif role == "user":
+            segs.append((f"User: {content}\n", False))
+        else:
+            segs += [("Assistant:", False), (" " + content, True)]
+            segs += tail if last else [("\n", True)]
+    return segs
+
+
+_EOS_MARK = "\x00<eos>"  # stands for the EOS id in segment lists; never tokenised as text
+
+
+def _plain_ids(ex: TaskExample, tokenizer, config: TokenizeConfig) -> tuple[list[int], list[bool]]:
+    """(ids, mask) by the plain template."""
+    ids: list[int] = []
+    mask: list[bool] = []
+    for text, target in plain_segments(ex, eos=_EOS_MARK if config.add_eos else None):
+        piece = [tokenizer.eos_token_id] if text == _EOS_MARK else _encode(tokenizer, text)
+        ids += piece
+        mask += [target] * len(piece)
+    return ids, mask
+
+
+def _as_messages(ex: TaskExample) -> list[dict[str, str]]:
+    if ex.kind == "messages":
+        return [dict(role=r, content=c) for r, c in ex.messages]
+    return [dict(role="user", content=ex.prompt), dict(role="assistant", content=ex.completion)]
+
+
+def _render(tokenizer, messages, **kw) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+
+
+def _chat_ids(ex: TaskExample, tokenizer) -> tuple[list[int], list[bool]]:
+    """(ids, mask) through the tokenizer's chat template."""
+    msgs = _as_messages(ex)
+    full = _render(tokenizer, msgs)
+    spans = []
+    for k, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        before = _render(tokenizer, msgs[:k], add_generation_prompt=True)
+        upto = _render(tokenizer, msgs[: k + 1])
+        if not (upto.startswith(before) and full.startswith(upto)):
+            raise ValueError(f"{ex.where}: the tokenizer's chat template does not render conversations as "
+                             "prefixes of each other, so answer tokens cannot be located; use "
+                             "chat_template='never' (the plain template)")
+        spans.append((len(before), len(upto)))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    mask = [any(s < e2 and e > s2 for s2, e2 in spans) for s, e in enc["offset_mapping"]]
+    return ids, mask
+
+
+def tokenize_tasks(examples: Sequence[TaskExample], tokenizer,
+                   config: TokenizeConfig = TokenizeConfig()) -> list[Tokenized]:
+    """Task examples rendered (chat template or plain template), loss on the answer tokens only."""
+    _check_tokenizer(tokenizer, config)
+    bos, _ = bos_eos(tokenizer)
+    use_chat = config.chat_template == "auto" and getattr(tokenizer, "chat_template", None)
+    out = []
+    for ex in examples:
+        ids, mask = (_chat_ids if use_chat and ex.kind != "text" else
+                     lambda e, t: _plain_ids(e, t, config))(ex, tokenizer)
+        # "Empty" = the answer tokens decode to nothing but whitespace and special tokens (a separator
+        # space, EOS or end-of-turn markers alone teach nothing about the task).
+        answer = [i for i, m in zip(ids, mask) if m]
+        if not tokenizer.decode(answer, skip_special_tokens=True).strip():
+            raise ValueError(f"{ex.where}: the answer of this {ex.kind!r} record is empty after tokenisation")
+        out.append(_finish(ids, mask, bos=bos, config=config, truncate="left", id_=ex.where, group=ex.task,
+                           where=ex.where))
+    _log_truncated(out, f"task {examples[0].task!r}" if examples else "tasks", config)
+    return out

@@ -1,0 +1,406 @@
+"""The one NNX decoder behind every supported family.
+
+Parameters are float32 `nnx.Param`s tagged with logical axis names (metadata `axes`); per-layer
+parameters are stacked on a leading 'layers' axis and the blocks run under `jax.lax.scan`, so a
+32-layer model compiles like a 1-layer one (small models unroll the scan: faster on CPU). The numerics are pure functions over arrays; the module
+only holds state. Shapes: B batch, T query length, S key length, D d_model, H heads, K kv heads,
+G = H // K, E head_dim, F d_ff, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxforget.models.config import ArchConfig, rope_inv_freq
+from jaxforget.models.sharding import constrain
+
+
+_NEG = float(np.finfo(np.float32).min)
+
+# LoRA target name -> the weight it adapts.
+LORA_TARGETS = {
+    "q": "wq",
+    "k": "wk",
+    "v": "wv",
+    "o": "wo",
+    "gate": "w_gate",
+    "up": "w_up",
+    "down": "w_down",
+}
+
+
+def param_specs(arch: ArchConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...], str]]:
+    """name -> (shape, logical axes, init) for every parameter the architecture has."""
+    D, H, K, E, F, V, L = (arch.d_model, arch.n_heads, arch.n_kv_heads, arch.head_dim, arch.d_ff,
+                           arch.vocab_size, arch.n_layers)
+    specs: dict[str, tuple[tuple[int, ...], tuple[str, ...], str]] = {
+        "embed": ((V, D), ("vocab", "embed"), "normal"),
+    }
+    if arch.position == "learned":
+        specs["pos_embed"] = ((arch.max_positions, D), ("positions", "embed"), "normal")
+    if not arch.tie_embeddings:
+        specs["lm_head"] = ((V, D), ("vocab", "embed"), "normal")
+    has_scale = arch.norm != "layernorm_noparam"
+    has_bias = arch.norm == "layernorm"
+    if has_scale:
+        specs["final_norm_scale"] = ((D,), ("embed",), "ones")
+    if has_bias:
+        specs["final_norm_bias"] = ((D,), ("embed",), "zeros")
+    lay = "layers"
+    if has_scale:
+        specs["attn_norm_scale"] = ((L, D), (lay, "embed"), "ones")
+        specs["mlp_norm_scale"] = ((L, D), (lay, "embed"), "ones")
+    if has_bias:
+        specs["attn_norm_bias"] = ((L, D), (lay, "embed"), "zeros")
+        specs["mlp_norm_bias"] = ((L, D), (lay, "embed"), "zeros")
+    specs["wq"] = ((L, H, E, D), (lay, "heads", "head_dim", "embed"), "normal")
+    specs["wk"] = ((L, K, E, D), (lay, "kv_heads", "head_dim", "embed"), "normal")
+    specs["wv"] = ((L, K, E, D), (lay, "kv_heads", "head_dim", "embed"), "normal")
+    specs["wo"] = ((L, D, H, E), (lay, "embed", "heads", "head_dim"), "normal")
+    if arch.qkv_bias:
+        specs["bq"] = ((L, H, E), (lay, "heads", "head_dim"), "zeros")
+        specs["bk"] = ((L, K, E), (lay, "kv_heads", "head_dim"), "zeros")
+        specs["bv"] = ((L, K, E), (lay, "kv_heads", "head_dim"), "zeros")
+    if arch.out_bias:
+        specs["bo"] = ((L, D), (lay, "embed"), "zeros")
+    if arch.qk_norm:
+        specs["q_norm_scale"] = ((L, H, E), (lay, "heads", "head_dim"), "ones")
+        specs["k_norm_scale"] = ((L, K, E), (lay, "kv_heads", "head_dim"), "ones")
+    if arch.mlp == "gated":
+        specs["w_gate"] = ((L, F, D), (lay, "mlp", "embed"), "normal")
+    specs["w_up"] = ((L, F, D), (lay, "mlp", "embed"), "normal")
+    specs["w_down"] = ((L, D, F), (lay, "embed", "mlp"), "normal")
+    if arch.mlp_bias:
+        if arch.mlp == "gated":
+            specs["b_gate"] = ((L, F), (lay, "mlp"), "zeros")
+        specs["b_up"] = ((L, F), (lay, "mlp"), "zeros")
+        specs["b_down"] = ((L, D), (lay, "embed"), "zeros")
+    return specs
+
+
+def n_in_axes(name: str) -> int:
+    """Weights are stored as torch/HF do, (L, out..., in...); the attention output projection has
+    two input axes (heads, head_dim), every other weight one."""
+    return 2 if name == "wo" else 1
+
+
+def is_layer_param(name: str) -> bool:
+    return name not in ("embed", "pos_embed", "lm_head", "final_norm_scale", "final_norm_bias")
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer: (L, B, S, K, E) each, in the compute dtype."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+class Decoder(nnx.Module):
+    """Causal LM: `logits_btv = model(input_ids_bt, attention_mask=mask_bt)` (float32 logits).
+
+    Positions follow the attention mask (cumsum - 1), so left and right padding both work.
+    """
+
+    def __init__(self, arch: ArchConfig, *, dtype: Any = jnp.float32, rngs: nnx.Rngs,
+                 init_std: float = 0.02, scan_unroll: int | bool | None = None):
+        """`scan_unroll` is lax.scan's unroll over layers; None: fully unrolled up to 8 layers (about
+        10% faster training of small models on CPU), a rolled loop above (compile time)."""
+        self.arch = arch
+        self.dtype = jnp.dtype(dtype)
+        self.scan_unroll = (arch.n_layers <= 8) if scan_unroll is None else scan_unroll
+        self.param_names = tuple(param_specs(arch))
+        for name, (shape, axes, init) in param_specs(arch).items():
+            if init == "normal":
+                value = init_std * jax.random.normal(rngs.params(), shape, jnp.float32)
+            else:
+                value = (jnp.ones if init == "ones" else jnp.zeros)(shape, jnp.float32)
+            setattr(self, name, nnx.Param(value, axes=axes))
+        self.lora = nnx.data(None)
+
+    # -- parameter views -------------------------------------------------------------------------
+
+    def weights(self) -> dict[str, jax.Array]:
+        return {name: getattr(self, name)[...] for name in self.param_names}
+
+    def lora_weights(self) -> dict[str, jax.Array] | None:
+        if self.lora is None or self.lora.merged:
+            return None
+        return self.lora.weights()
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                 positions: jax.Array | None = None, dropout_key: jax.Array | None = None) -> jax.Array:
+        """(B, T) int token ids, optional (B, T) {0,1} mask -> (B, T, V) float32 logits."""
+        hidden, _ = self.hidden_states(input_ids, attention_mask, positions=positions, dropout_key=dropout_key)
+        return self.logits(hidden)
+
+    def hidden_states(self, input_ids, attention_mask=None, *, positions=None, cache: KVCache | None = None,
+                      cache_index: jax.Array | int = 0, key_mask: jax.Array | None = None,
+                      dropout_key: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states (B, T, D) in the compute dtype, and the updated cache.
+
+        Without a cache, keys are the T inputs and `attention_mask` marks valid ones. With a cache
+        of length S, the T inputs are written at columns [cache_index, cache_index + T) and
+        `key_mask` (B, S) marks the valid cache columns (the inputs' columns included).
+        """
+        return forward(self.weights(), self.lora_weights(), self.arch, self.dtype, input_ids, attention_mask,
+                       positions=positions, cache=cache, cache_index=cache_index, key_mask=key_mask,
+                       dropout_key=dropout_key, lora_config=None if self.lora is None else self.lora.config,
+                       unroll=self.scan_unroll)
+
+    def head_weight(self) -> jax.Array:
+        """Output projection (V, D), float32."""
+        return self.embed[...] if self.arch.tie_embeddings else self.lm_head[...]
+
+    def logits(self, hidden_btd: jax.Array) -> jax.Array:
+        w = self.head_weight().astype(self.dtype)
+        logits = jnp.einsum("btd,vd->btv", hidden_btd, w, preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab"))
+
+    def init_cache(self, batch: int, length: int) -> KVCache:
+        a = self.arch
+        shape = (a.n_layers, batch, length, a.n_kv_heads, a.head_dim)
+        return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure numerics
+# ---------------------------------------------------------------------------------------------
+
+
+def positions_from_mask(mask_bt: jax.Array) -> jax.Array:
+    """Position of each token = number of valid tokens before it (0 at padding before the first)."""
+    return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def _norm(x, scale, bias, arch: ArchConfig):
+    xf = x.astype(jnp.float32)
+    if arch.norm == "rmsnorm":
+        y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + arch.norm_eps)
+    else:
+        mean = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + arch.norm_eps)
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype)
+
+
+def _act(x, name: str):
+    if name == "gelu":
+        return jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return jax.nn.gelu(x, approximate=True)
+    if name in ("silu", "swish"):
+        return jax.nn.silu(x)
+    if name == "relu":
+        return jax.nn.relu(x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _rope(x_btne, cos_bte, sin_bte, rotary_dim: int):
+    """Rotate-half RoPE on the first rotary_dim features of each head (HF layout)."""
+    if rotary_dim == 0:
+        return x_btne
+    rot, rest = x_btne[..., :rotary_dim], x_btne[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    cos, sin = cos_bte[:, :, None, :], sin_bte[:, :, None, :]
+    out = (rot.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x_btne.dtype)
+    return jnp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
+
+
+def _dropout(x, rate: float, key):
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _proj(x, w, name: str, lora: dict | None, lora_config, key, dtype):
+    """x contracted with w's input axes (its last), plus the LoRA delta for `name` when adapted."""
+    if name == "wo":  # input is (B, T, H, E)
+        y = jnp.einsum("bthe,dhe->btd", x, w.astype(dtype))
+    else:
+        y = jnp.einsum("btd,...d->bt...", x, w.astype(dtype))
+    return _add_lora(y, x, w, name, lora, lora_config, key, dtype)
+
+
+def _add_lora(y, x, w, name: str, lora: dict | None, lora_config, key, dtype):
+    """y + scale * dropout(x) @ A @ B when `name` is adapted (y unchanged otherwise)."""
+    if lora is None or ("a_" + name) not in lora:
+        return y
+    return y + _lora_delta(x, w, name, lora, lora_config, key, dtype)
+
+
+def _lora_delta(x, w, name: str, lora: dict | None, lora_config, key, dtype):
+    """scale * dropout(x) @ A @ B for an adapted weight `name`, shaped like x @ w."""
+    n_in = n_in_axes(name)
+    a, b = lora["a_" + name], lora["b_" + name]  # (in, r), (r, out)
+    xf = x.reshape(*x.shape[:2], int(np.prod(w.shape[-n_in:])))
+    xf = _dropout(xf, lora_config.dropout, key)
+    delta = (xf @ a.astype(dtype)) @ b.astype(dtype)
+    return (lora_config.scale * delta).astype(dtype).reshape(*x.shape[:2], *w.shape[:-n_in])
+
+
+def _unsharded() -> bool:
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh.empty or mesh.size == 1
+
+
+def _projs(x, p, names, lora, lora_config, keys, dtype):
+    """Several projections of the same x. Without a mesh they run as one matmul over the
+    concatenated weights: fewer, larger dots (and one transpose of x in the backward pass) train
+    about 10% faster on CPU. On a mesh the weights' sharded output axes would not concatenate
+    cleanly, so each runs alone."""
+    if not _unsharded() or len(names) == 1:
+        return [_proj(x, p[n], n, lora, lora_config, k, dtype) for n, k in zip(names, keys)]
+    ws = [p[n] for n in names]
+    flat = jnp.concatenate([w.reshape(-1, w.shape[-1]) for w in ws], axis=0).astype(dtype)
+    y = jnp.einsum("btd,od->bto", x, flat)
+    parts = jnp.split(y, np.cumsum([int(np.prod(w.shape[:-1])) for w in ws])[:-1], axis=-1)
+    return [_add_lora(part.reshape(*x.shape[:2], *w.shape[:-1]), x, w, n, lora, lora_config, k, dtype)
+            for part, n, w, k in zip(parts, names, ws, keys)]
+
+
+def _masked_attention(q_bthe, k_bske, v_bske, key_mask_bs, q_cols_t, scale: float, dtype):
+    """Causal (by column) attention over valid keys with grouped kv heads; float32 logits and softmax.
+
+    Heads-major layout: the G query heads that share a kv head are stacked along the query axis,
+    so both products are plain batched matmuls over (B, K) with no copies of k or v. A fully
+    masked query row (padding) gets uniform weights instead of NaN.
+    """
+    B, T, H, E = q_bthe.shape
+    S, K = k_bske.shape[1], k_bske.shape[2]
+    G = H // K
+    q = q_bthe.reshape(B, T, K, G, E).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, E)
+    k, v = k_bske.transpose(0, 2, 1, 3).astype(dtype), v_bske.transpose(0, 2, 1, 3).astype(dtype)
+    scores = jnp.einsum("bkme,bkse->bkms", q, k, preferred_element_type=jnp.float32).reshape(B, K, G, T, S)
+    allowed = key_mask_bs[:, None, None, None, :].astype(bool) & (jnp.arange(S)[None, :] <= q_cols_t[:, None])
+    scores = jnp.where(allowed, scores * scale, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(B, K, G * T, S)
+    out = jnp.einsum("bkms,bkse->bkme", probs, v)
+    return out.reshape(B, K, G, T, E).transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
+
+
+def _attention(x, p, lora, lora_config, keys, arch: ArchConfig, dtype, cos, sin, key_mask_bs, q_cols_t,
+               cache_kv, cache_index):
+    B, T, _ = x.shape
+    q, k, v = _projs(x, p, ("wq", "wk", "wv"), lora, lora_config, keys[:3], dtype)
+    if arch.qkv_bias:
+        q, k, v = q + p["bq"].astype(dtype), k + p["bk"].astype(dtype), v + p["bv"].astype(dtype)
+    if arch.clip_qkv is not None:
+        c = arch.clip_qkv
+        q, k, v = jnp.clip(q, -c, c), jnp.clip(k, -c, c), jnp.clip(v, -c, c)
+    if arch.qk_norm:  # OLMo-2 normalises over the full projected width, not per head
+        q = _norm(q.reshape(B, T, -1), p["q_norm_scale"].reshape(-1), None, arch).reshape(q.shape)
+        k = _norm(k.reshape(B, T, -1), p["k_norm_scale"].reshape(-1), None, arch).reshape(k.shape)
+    if arch.position == "rope":
+        q, k = _rope(q, cos, sin, arch.rotary_dim), _rope(k, cos, sin, arch.rotary_dim)
+    if cache_kv is not None:
+        ck, cv = cache_kv
+        k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+        v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+        new_kv = (k, v)
+    else:
+        new_kv = None
+    out = _masked_attention(q, k, v, key_mask_bs, q_cols_t, arch.scale, dtype)
+    y = _proj(out, p["wo"], "wo", lora, lora_config, keys[3], dtype)
+    if arch.out_bias:
+        y = y + p["bo"].astype(dtype)
+    return y, new_kv
+
+
+def _mlp(x, p, lora, lora_config, keys, arch: ArchConfig, dtype):
+    if arch.mlp == "gated":
+        gate, up = _projs(x, p, ("w_gate", "w_up"), lora, lora_config, keys[4:6], dtype)
+    else:
+        up = _proj(x, p["w_up"], "w_up", lora, lora_config, keys[5], dtype)
+    if arch.mlp_bias:
+        up = up + p["b_up"].astype(dtype)
+    if arch.mlp == "gated":
+        if arch.mlp_bias:
+            gate = gate + p["b_gate"].astype(dtype)
+        h = _act(gate, arch.activation) * up
+    else:
+        h = _act(up, arch.activation)
+    h = constrain(h, ("batch", "length", "mlp"))
+    y = _proj(h, p["w_down"], "w_down", lora, lora_config, keys[6], dtype)
+    if arch.mlp_bias:
+        y = y + p["b_down"].astype(dtype)
+    return y
+
+
+def _block(x, p, lora, lora_config, key, arch: ArchConfig, dtype, cos, sin, key_mask, q_cols, cache_kv,
+           cache_index):
+    keys = (None,) * 7 if key is None else tuple(jax.random.split(key, 7))
+    n1 = lambda h: _norm(h, p.get("attn_norm_scale"), p.get("attn_norm_bias"), arch)  # noqa: E731
+    n2 = lambda h: _norm(h, p.get("mlp_norm_scale"), p.get("mlp_norm_bias"), arch)  # noqa: E731
+    attn = lambda h: _attention(h, p, lora, lora_config, keys, arch, dtype, cos, sin, key_mask, q_cols,  # noqa: E731
+                                cache_kv, cache_index)
+    mlp = lambda h: _mlp(h, p, lora, lora_config, keys, arch, dtype)  # noqa: E731
+    if arch.norm_placement == "post":
+        a, new_kv = attn(x)
+        x = x + n1(a)
+        x = x + n2(mlp(x))
+    elif arch.parallel_residual:
+        a, new_kv = attn(n1(x))
+        x = x + a + mlp(n2(x))
+    else:
+        a, new_kv = attn(n1(x))
+        x = x + a
+        x = x + mlp(n2(x))
+    return constrain(x, ("batch", "length", "embed")), new_kv
+
+
+@partial(jax.jit, static_argnames=("arch", "dtype", "lora_config", "unroll"))
+def forward(weights: dict[str, jax.Array], lora: dict[str, jax.Array] | None, arch: ArchConfig, dtype,
+            input_ids, attention_mask=None, *, positions=None, cache: KVCache | None = None,
+            cache_index=0, key_mask=None, dropout_key=None, lora_config=None, unroll=1):
+    """Pure forward pass to final-norm hidden states (B, T, D); see Decoder.hidden_states.
+
+    Jitted (compiled once per shape and static configuration) so that eager calls are fast too;
+    inside an outer jit it is inlined.
+    """
+    B, T = input_ids.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((B, T), jnp.int32)
+    if positions is None:
+        positions = positions_from_mask(attention_mask)
+    if cache is None:
+        key_mask, q_cols = attention_mask, jnp.arange(T)
+    else:
+        if key_mask is None:
+            raise ValueError("decoding with a cache needs key_mask (B, S)")
+        q_cols = cache_index + jnp.arange(T)
+    x = weights["embed"].astype(dtype)[input_ids]
+    if arch.position == "learned":
+        x = x + weights["pos_embed"].astype(dtype)[positions]
+        cos = sin = None
+    else:
+        inv_freq, attn_factor = rope_inv_freq(arch)
+        freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+        cos, sin = jnp.cos(emb) * attn_factor, jnp.sin(emb) * attn_factor
+    x = constrain(x, ("batch", "length", "embed"))
+    layer_w = {k: v for k, v in weights.items() if is_layer_param(k)}
+    layer_keys = None if dropout_key is None else jax.random.split(dropout_key, arch.n_layers)
+
+    def body(h, xs):
+        p, lp, key, kv = xs
+        h, new_kv = _block(h, p, lp, lora_config, key, arch, dtype, cos, sin, key_mask, q_cols, kv, cache_index)
+        return h, new_kv
+
+    kv_xs = None if cache is None else (cache.k, cache.v)
+    x, new_kv = jax.lax.scan(body, x, (layer_w, lora, layer_keys, kv_xs), unroll=unroll)
+    x = _norm(x, weights.get("final_norm_scale"), weights.get("final_norm_bias"), arch)
+    return x, (None if cache is None else KVCache(*new_kv))

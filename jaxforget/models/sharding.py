@@ -1,0 +1,99 @@
+"""Mesh creation and the one logical-axis rule table.
+
+Model code names axes logically ('batch', 'embed', 'heads', ...); this module alone maps them to
+mesh axes. A mesh axis is dropped for a dimension it does not divide (e.g. 2 kv heads on a
+4-way 'tensor' axis), so any model runs on any mesh, replicated where it must be.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("positions", None),
+    ("lora_rank", None),
+    ("adapters", None),
+)
+
+
+def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = MESH_AXES,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Mesh over `devices` (default: all). Default shape puts every device on 'data'.
+
+    Axes are Auto (GSPMD propagation), so model code needs no explicit-sharding annotations.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if shape is None:
+        shape = (len(devices),) + (1,) * (len(axis_names) - 1)
+    shape = tuple(shape)
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, have {len(devices)}")
+    return jax.make_mesh(shape, tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape), devices=devices)
+
+
+def logical_to_spec(axes: Iterable[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None,
+                    rules=DEFAULT_RULES) -> PartitionSpec:
+    """PartitionSpec for logical `axes`; with shape and mesh, mesh axes that do not divide are dropped."""
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for i, name in enumerate(axes):
+        target = table.get(name) if name is not None else None
+        names = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+        kept = []
+        size = 1
+        for m in names:
+            if m in used or (mesh is not None and m not in mesh.shape):
+                continue
+            n = mesh.shape[m] if mesh is not None else 1
+            if shape is not None and shape[i] % (size * n):
+                continue
+            kept.append(m)
+            size *= n
+        used.update(kept)
+        out.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
+    return PartitionSpec(*out)
+
+
+def named_sharding(mesh: Mesh, axes, shape, rules=DEFAULT_RULES) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None], rules=DEFAULT_RULES) -> jax.Array:
+    """Sharding constraint on an activation when a mesh is set (`jax.set_mesh`); identity otherwise."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh, rules))
+
+
+def variable_sharding(var, mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
+    """NamedSharding of an nnx Variable from its `axes` metadata (replicated when it has none)."""
+    axes = var.get_metadata().get("axes") or (None,) * len(var.shape)
+    return named_sharding(mesh, axes, var.shape, rules)
+
+
+def shard_model(model, mesh: Mesh, rules=DEFAULT_RULES):
+    """Place every variable of an NNX model onto its sharding on `mesh` (in place); returns the model."""
+    from flax import nnx
+
+    for _, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Variable) and hasattr(var.get_value(), "shape"):
+            var.set_value(jax.device_put(var.get_value(), variable_sharding(var, mesh, rules)))
+    return model

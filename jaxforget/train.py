@@ -1,0 +1,343 @@
+"""One jitted LM training step, reused by pretraining and by every fine-tuning run.
+
+    split, base = init_train_state(model, tx)                      # nnx.split once
+    step = make_train_step(split, tx)                              # jitted, traced once per batch shape
+    state = start_state(base.params, tx)                           # per task: a copy of the base weights
+    state, metrics = step(state, input_ids, attention_mask, loss_mask)
+    model = merge_model(split, state)                              # back to an nnx module
+
+K tasks at once (K LoRA adapters stacked on a leading axis, `add_lora(..., n_adapters=K)`):
+
+    step = make_stacked_train_step(split, tx)                      # the same step, mapped over K
+    state = stacked_start_state(adapters_k, tx)                    # K optimizer states, K step counters
+    state, metrics = step(state, ids_kbt, attn_kbt, loss_kbt, active_k)
+    nll_sum_kb, n_kb = make_stacked_eval_step(split)(state.params, ids_bt, attn_bt, loss_bt)
+
+The step is a pure function of arrays (flax issue 4336: graph traversal on every call of an
+`nnx.jit` is slow for small models), so it compiles once per (batch, length) shape and is reused
+across tasks that share shapes; `state` buffers are donated. Loss = mean NLL over the target tokens
+of the whole batch (token-weighted, float32), targets as in `jaxforget.models.target_mask`.
+Full fine-tuning trains every `nnx.Param`; pass `wrt=LoRAParam` to train adapters only (the rest
+of the model is then a frozen, non-donated input).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxforget.models.logprobs import nll_sums
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up, linear decay and global grad-norm clipping."""
+
+    lr: float = 1e-3
+    """Peak learning rate."""
+    warmup_steps: int = 10
+    """Steps of linear warm-up from 0 to lr."""
+    total_steps: int = 1000
+    """Length of the schedule: linear decay from lr (after warm-up) to lr * end_lr_fraction at this step."""
+    end_lr_fraction: float = 0.0
+    """Final learning rate as a fraction of lr."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW); applied to every trained array."""
+    b1: float = 0.9
+    """Adam beta1."""
+    b2: float = 0.999
+    """Adam beta2."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    clip_norm: float | None = 1.0
+    """Clip the global gradient norm to this value (None: no clipping)."""
+
+    def schedule(self) -> optax.Schedule:
+        warmup = max(0, min(self.warmup_steps, self.total_steps))
+        decay = max(1, self.total_steps - warmup)
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, self.lr, max(warmup, 1)),
+             optax.linear_schedule(self.lr, self.lr * self.end_lr_fraction, decay)],
+            boundaries=[warmup],
+        )
+
+
+def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
+    """optax chain: clip (optional) -> AdamW(schedule)."""
+    adamw = optax.adamw(config.schedule(), b1=config.b1, b2=config.b2, eps=config.eps,
+                        weight_decay=config.weight_decay)
+    return adamw if config.clip_norm is None else optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
+
+
+class TrainState(NamedTuple):
+    """Everything the step updates (a pytree; donated to the step)."""
+
+    params: nnx.State
+    """The trained variables (nnx.Param, or LoRAParam for adapters)."""
+    opt_state: optax.OptState
+    step: jax.Array
+    """int32 scalar: optimizer steps taken."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitModel:
+    """A model as nnx.split left it: static graph + the frozen variables the step does not train."""
+
+    graphdef: nnx.GraphDef
+    frozen: nnx.State
+
+
+def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, *,
+                     wrt: Any = nnx.Param) -> tuple[SplitModel, TrainState]:
+    """Split `model` once into (graph + frozen state, trainable state) and initialise the optimizer."""
+    graphdef, params, frozen = nnx.split(model, wrt, ...)
+    state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+    return SplitModel(graphdef, frozen), _on_mesh(state, frozen)
+
+
+def start_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainState:
+    """A fresh TrainState from a copy of `params` (e.g. the base model's, for the next task).
+
+    The step donates its state, so the base parameters are copied, never handed over. With the same
+    graph, frozen part and optimizer, one step function (compiled once per shape) serves every task:
+
+        split, base = init_train_state(base_model, tx); step = make_train_step(split, tx)
+        for task in tasks:
+            state = start_state(base.params, tx)
+            for batch in ...: state, metrics = step(state, ...)
+    """
+    params = jax.tree.map(jnp.copy, params)
+    return _on_mesh(TrainState(params, tx.init(params), jnp.zeros((), jnp.int32)))
+
+
+def _on_mesh(state: TrainState, frozen: nnx.State | None = None) -> TrainState:
+    """Commit every leaf to a fixed placement: on the mesh of the parameters, else of `frozen`
+    (replicated, for leaves created off it such as the step counters and fresh LoRA adapters),
+    else on the parameters' device.
+
+    The jitted step returns committed arrays with these placements; a fresh state holding
+    uncommitted or single-device leaves would be another input signature and cost one more
+    compilation per task.
+    """
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    leaves = jax.tree.leaves(state.params)
+    meshes = [x.sharding.mesh for x in leaves + jax.tree.leaves(frozen) if isinstance(x.sharding, NamedSharding)]
+    default = NamedSharding(meshes[0], PartitionSpec()) if meshes else next(iter(leaves[0].devices()))
+
+    def place(x):
+        return jax.device_put(x, x.sharding if isinstance(x.sharding, NamedSharding) else default)
+
+    return jax.tree.map(place, state)
+
+
+def merge_model(split: SplitModel, state: TrainState) -> nnx.Module:
+    """An nnx module with the trained parameters of `state` (no copy of the arrays)."""
+    return nnx.merge(split.graphdef, state.params, split.frozen)
+
+
+def batch_loss(graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State, input_ids: jax.Array,
+               attention_mask: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Token-weighted mean NLL (float32 scalar) of a (B, T) batch and per-example (sum, count) aux.
+
+    A batch with no target token has loss 0 (and zero gradient), so padding-only batches are harmless.
+    """
+    model = nnx.merge(graphdef, params, frozen)
+    sums_b, counts_b = nll_sums(model, input_ids, attention_mask, loss_mask)
+    n = jnp.sum(counts_b)
+    loss = jnp.sum(sums_b) / jnp.maximum(n, 1).astype(jnp.float32)
+    return loss, dict(nll_sum=sums_b, n_targets=counts_b)
+
+
+def _step_fn(split: SplitModel, tx: optax.GradientTransformation, schedule: optax.Schedule | None):
+    """The pure single-task step `(state, frozen, input_ids, attention_mask, loss_mask) -> (state, metrics)`
+    that `make_train_step` jits and `make_stacked_train_step` vmaps (see `make_train_step` for the contract)."""
+    graphdef = split.graphdef
+
+    def summed_nll(params, frozen, ids, attn, loss_mask):
+        sums_b, counts_b = nll_sums(nnx.merge(graphdef, params, frozen), ids, attn, loss_mask)
+        return jnp.sum(sums_b), (sums_b, counts_b)
+
+    grad_fn = jax.grad(summed_nll, has_aux=True)
+
+    def step(state: TrainState, frozen: nnx.State, input_ids, attention_mask, loss_mask):
+        rows_shape = input_ids.shape[:-1]
+        if input_ids.ndim == 2:
+            input_ids, attention_mask, loss_mask = input_ids[None], attention_mask[None], loss_mask[None]
+
+        def micro(acc, xs):  # gradients of the NLL *sum*, normalised once by the total target count
+            grads, aux = grad_fn(state.params, frozen, *xs)
+            return jax.tree.map(jnp.add, acc, grads), aux
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grad_sum, (sums, counts) = jax.lax.scan(micro, zeros, (input_ids, attention_mask, loss_mask))
+        n = jnp.maximum(jnp.sum(counts), 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / n, grad_sum)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(loss=jnp.sum(sums) / n, n_targets=jnp.sum(counts), grad_norm=optax.tree.norm(grads),
+                       example_nll_sum=sums.reshape(rows_shape), example_n_targets=counts.reshape(rows_shape))
+        if schedule is not None:
+            metrics["lr"] = schedule(state.step)
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return step
+
+
+def _jit_state_step(step: Callable, split: SplitModel) -> Callable:
+    """`jax.jit(step)` with the state donated and kept on the shardings of the first state passed in.
+
+    The frozen part is an argument, not a closed-over constant: constants would be baked into the
+    compiled program (a copy of a frozen 7B base per LoRA step function) and could not be sharded.
+    Left to the compiler, GSPMD may pick other output shardings (e.g. replicate what was
+    FSDP-sharded), and a fresh state for the next task would then no longer match the compiled
+    signature. `.jitted` is set on the first call, for compile-count checks (`jitted._cache_size()`).
+    """
+
+    def call(state: TrainState, *batch):
+        if call.jitted is None:
+            shardings = jax.tree.map(lambda x: x.sharding, state)
+            call.jitted = jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None))
+        return call.jitted(state, split.frozen, *batch)
+
+    call.jitted = None
+    return call
+
+
+def make_train_step(split: SplitModel, tx: optax.GradientTransformation, *,
+                    schedule: optax.Schedule | None = None
+                    ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]:
+    """A jitted `step(state, input_ids, attention_mask, loss_mask) -> (state, metrics)`.
+
+    Inputs are (B, T), or (A, B, T) for gradient accumulation over A micro-batches (one optimizer
+    update; the gradient is that of the token-weighted mean NLL over all A * B rows, so accumulating
+    equals one big batch). metrics: loss (mean target NLL of the batch before the update,
+    nats/token), n_targets (tokens), grad_norm (before clipping), lr (when `schedule` is given), and
+    per-example example_nll_sum / example_n_targets, shaped like the rows of the input, for
+    per-group accounting. `state` is donated: do not reuse the one passed in.
+    """
+    return _jit_state_step(_step_fn(split, tx, schedule), split)
+
+
+def map_slots(f: Callable, xs: Any, per_pass: int | None = None) -> Any:
+    """`f` over the leading (slot) axis of the pytree `xs`: `per_pass` slots at a time vectorised
+    (vmap), the passes one after another inside the same program (lax.map); None: all at once.
+
+    Vectorising fills an accelerator; on a CPU the K-fold activations (logits above all) overflow
+    the caches and a loop of single passes is faster.
+    """
+    k = jax.tree.leaves(xs)[0].shape[0]
+    if per_pass is None or per_pass >= k:
+        return jax.vmap(f)(xs)
+    return jax.lax.map(f, xs) if per_pass == 1 else jax.lax.map(f, xs, batch_size=per_pass)
+
+
+def make_stacked_train_step(split: SplitModel, tx: optax.GradientTransformation, *,
+                            schedule: optax.Schedule | None = None, per_pass: int | None = None,
+                            lengths: Sequence[int] = ()) -> Callable[..., tuple[TrainState, dict]]:
+    """A jitted `step(state, input_ids, attention_mask, loss_mask, active) -> (state, metrics)` that
+    trains K parameter sets stacked on a leading axis (K LoRA adapters of `add_lora(n_adapters=K)`),
+    each on its own batch, in one program.
+
+    `state` is a `stacked_start_state`; inputs are (K, B, T), or (K, A, B, T) with gradient
+    accumulation; `active` is (K,) bool. Slice k is exactly `make_train_step`'s step on (state[k],
+    batch[k]): its own token-weighted loss, gradient clipping, Adam moments and schedule step
+    (`state.step` is (K,)). Where `active[k]` is False, slice k of the state is returned unchanged
+    (give it an all-padding batch): tasks of a group may take different numbers of steps, and a
+    group may be padded with dummy slots. metrics are those of `make_train_step` with a leading K
+    axis (meaningless for inactive slots). `per_pass`: slots computed together (see `map_slots`).
+    `state` is donated.
+
+    The K batches of a step are right-padded to the longest among them. With `per_pass=1` and the
+    bucket `lengths` they were cut to, each slot instead runs at its own bucket length (a
+    `lax.switch` over the lengths up to T, only the taken branch is executed), so the padding
+    costs nothing, and an inactive slot runs no branch at all. Vectorised slots (per_pass > 1)
+    share one length: a switch under vmap would execute every branch.
+    """
+    one = _step_fn(split, tx, schedule)
+
+    def one_slot(frozen, xs):
+        state, input_ids, attention_mask, loss_mask, active = xs
+        T = input_ids.shape[-1]
+        if per_pass != 1 or not lengths:
+            return one(state, frozen, input_ids, attention_mask, loss_mask)
+        cuts = sorted({n for n in lengths if n < T} | {T})
+
+        def at(n):
+            return lambda st, ids, attn, lm: one(st, frozen, ids[..., :n], attn[..., :n], lm[..., :n])
+
+        def idle(st, ids, attn, lm):  # the outputs of a step, without computing one
+            shapes = jax.eval_shape(at(cuts[0]), st, ids, attn, lm)
+            return st, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes[1])
+
+        longest = jnp.max(jnp.sum(attention_mask, axis=-1))  # rows are right-padded: real length
+        branch = jnp.where(active, jnp.searchsorted(jnp.asarray(cuts), longest) + 1, 0)
+        return jax.lax.switch(jnp.minimum(branch, len(cuts)), [idle] + [at(n) for n in cuts],
+                              state, input_ids, attention_mask, loss_mask)
+
+    def step(state: TrainState, frozen: nnx.State, input_ids, attention_mask, loss_mask, active):
+        new, metrics = map_slots(partial(one_slot, frozen), (state, input_ids, attention_mask, loss_mask, active),
+                                 per_pass)
+
+        def keep_inactive(n, o):  # a select, not arithmetic: NaNs of an inactive slot cannot leak in
+            return jnp.where(active.reshape(active.shape + (1,) * (n.ndim - 1)), n, o)
+
+        return jax.tree.map(keep_inactive, new, state), metrics
+
+    return _jit_state_step(step, split)
+
+
+def stacked_start_state(params_k: nnx.State, tx: optax.GradientTransformation) -> TrainState:
+    """A fresh TrainState for `make_stacked_train_step` from parameters stacked on a leading K axis:
+    a copy of them, K independent optimizer states (`tx.init` vmapped) and K step counters."""
+    params_k = jax.tree.map(jnp.copy, params_k)
+    k = jax.tree.leaves(params_k)[0].shape[0]
+    return _on_mesh(TrainState(params_k, jax.vmap(tx.init)(params_k), jnp.zeros((k,), jnp.int32)))
+
+
+def make_eval_step(split: SplitModel) -> Callable[[nnx.State, jax.Array, jax.Array, jax.Array],
+                                                   tuple[jax.Array, jax.Array]]:
+    """A jitted `eval(params, input_ids, attention_mask, loss_mask) -> (nll_sum (B,), n_targets (B,))`."""
+
+    graphdef = split.graphdef
+
+    @jax.jit
+    def jitted(params, frozen, input_ids, attention_mask, loss_mask):
+        return nll_sums(nnx.merge(graphdef, params, frozen), input_ids, attention_mask, loss_mask)
+
+    def evaluate(params, input_ids, attention_mask, loss_mask):
+        return jitted(params, split.frozen, input_ids, attention_mask, loss_mask)
+
+    evaluate.jitted = jitted  # for compile-count checks
+    return evaluate
+
+
+def make_stacked_eval_step(split: SplitModel, *, per_pass: int | None = None
+                           ) -> Callable[[nnx.State, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """A jitted `eval(params_k, input_ids, attention_mask, loss_mask) -> (nll_sum (K, B), n_targets (K, B))`:
+    K stacked parameter sets (adapters) on one (B, T) batch, so the batch is read once for all K.
+
+    The batch is not mapped (vmap in_axes None): the frozen base projections of the first layer are
+    computed once and only what depends on an adapter is batched over K. `per_pass`: adapters
+    computed together (see `map_slots`).
+    """
+    graphdef = split.graphdef
+
+    @jax.jit
+    def jitted(params_k, frozen, input_ids, attention_mask, loss_mask):
+        def one(params):
+            return nll_sums(nnx.merge(graphdef, params, frozen), input_ids, attention_mask, loss_mask)
+
+        return map_slots(one, params_k, per_pass)
+
+    def evaluate(params_k, input_ids, attention_mask, loss_mask):
+        return jitted(params_k, split.frozen, input_ids, attention_mask, loss_mask)
+
+    evaluate.jitted = jitted  # for compile-count checks
+    return evaluate

@@ -1,0 +1,253 @@
+"""Figures of a forgetting matrix (matplotlib, Agg; no pyplot state, so it is safe in any process).
+
+Every function returns a :class:`matplotlib.figure.Figure` of a fixed size in inches; :func:`save_png`
+writes it at a fixed dpi (no tight bounding box), so a figure's pixel size is ``figsize * dpi``
+exactly. Heatmaps use a diverging blue-white-red map centred at 0 with a symmetric range
+(``vmax``; the paper uses 0.5, :func:`symmetric_range` picks a robust one), NaN in grey, and the
+paper's marginal strips: column means above, row means on the right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+CMAP = "RdBu_r"  # blue (negative: improved) - white (0) - red (positive: forgotten)
+MISSING_COLOR = "0.75"
+DPI = 100
+
+
+def symmetric_range(Z: Any, quantile: float = 0.99) -> float:
+    """Half-width of a colour range centred at 0: the ``quantile`` of ``|Z|`` over finite entries
+    (robust to a few extreme entries); 1.0 when there is nothing to scale."""
+    values = np.abs(np.asarray(Z, np.float64))
+    values = values[np.isfinite(values)]
+    v = float(np.quantile(values, quantile)) if values.size else 0.0
+    return v if v > 0 else (float(values.max()) if values.size and values.max() > 0 else 1.0)
+
+
+def _cmap():
+    return colormaps[CMAP].with_extremes(bad=MISSING_COLOR)
+
+
+def _matrix_axes(fig: Figure, rect: tuple[float, float, float, float], marginals: bool):
+    """Main axes plus (optional) top strip for column means and right strip for row means."""
+    x, y, w, h = rect
+    if not marginals:
+        return fig.add_axes(rect), None, None
+    sw, sh = 0.05 * w, 0.06 * h  # strip width / height, relative to the panel so panels can be small
+    gw, gh = 0.01 * w, 0.01 * h
+    main = fig.add_axes((x, y, w - sw - gw, h - sh - gh))
+    top = fig.add_axes((x, y + h - sh, w - sw - gw, sh), sharex=main)
+    right = fig.add_axes((x + w - sw, y, sw, h - sh - gh), sharey=main)
+    return main, top, right
+
+
+def _draw_matrix(fig: Figure, rect, Z: np.ndarray, vmax: float, *, title: str | None, marginals: bool,
+                 row_labels: Sequence[str] | None, xlabel: str | None, ylabel: str | None):
+    Z = np.asarray(Z, np.float64)
+    norm = Normalize(-vmax, vmax)
+    main, top, right = _matrix_axes(fig, rect, marginals)
+    image = main.imshow(np.ma.masked_invalid(Z), cmap=_cmap(), norm=norm, aspect="auto", interpolation="nearest")
+    if row_labels is not None and len(row_labels) <= 60:
+        main.set_yticks(range(len(row_labels)), [str(s)[:24] for s in row_labels], fontsize=6)
+    if xlabel:
+        main.set_xlabel(xlabel)
+    if ylabel:
+        main.set_ylabel(ylabel)
+    if marginals:
+        with np.errstate(all="ignore"):  # an all-missing column has no mean: shown as missing
+            col_mean = np.nanmean(np.where(np.isfinite(Z), Z, np.nan), axis=0)
+            row_mean = np.nanmean(np.where(np.isfinite(Z), Z, np.nan), axis=1)
+        top.imshow(np.ma.masked_invalid(col_mean[None, :]), cmap=_cmap(), norm=norm, aspect="auto",
+                   interpolation="nearest")
+        right.imshow(np.ma.masked_invalid(row_mean[:, None]), cmap=_cmap(), norm=norm, aspect="auto",
+                     interpolation="nearest")
+        top.set_yticks([0], ["mean"], fontsize=6)
+        top.tick_params(labelbottom=False)
+        right.set_xticks([0], ["mean"], fontsize=6)
+        right.tick_params(labelleft=False)
+        if title:
+            top.set_title(title, fontsize=9)
+    elif title:
+        main.set_title(title, fontsize=9)
+    return main, image
+
+
+def heatmap(Z: Any, *, vmax: float, title: str | None = None, marginals: bool = True,
+            row_labels: Sequence[str] | None = None, xlabel: str | None = "upstream examples",
+            ylabel: str | None = "tasks", figsize: tuple[float, float] = (10.0, 6.0)) -> Figure:
+    """One ``[M, N]`` matrix (already in display order) with column-mean and row-mean strips and a
+    colour bar; colour range ``[-vmax, vmax]``."""
+    fig = Figure(figsize=figsize, dpi=DPI)
+    _, image = _draw_matrix(fig, (0.1, 0.1, 0.76, 0.82), Z, vmax, title=title, marginals=marginals,
+                            row_labels=row_labels, xlabel=xlabel, ylabel=ylabel)
+    fig.colorbar(image, cax=fig.add_axes((0.9, 0.1, 0.015, 0.78)), label="Z (change in log-perplexity)")
+    return fig
+
+
+def panels(matrices: Sequence[tuple[str, Any]], *, vmax: float, suptitle: str | None = None,
+           figsize: tuple[float, float] | None = None) -> Figure:
+    """Matrices of one shape side by side (e.g. Z, its rank-1 reconstruction, the residual) on one
+    colour scale, each with its marginal strips."""
+    n = len(matrices)
+    fig = Figure(figsize=figsize or (5.0 * n + 1.0, 5.0), dpi=DPI)
+    width = 0.86 / n
+    image = None
+    for k, (title, Z) in enumerate(matrices):
+        _, image = _draw_matrix(fig, (0.05 + k * width, 0.1, width - 0.03, 0.78), Z, vmax, title=title,
+                                marginals=True, row_labels=None, xlabel="examples", ylabel="tasks" if k == 0 else None)
+    fig.colorbar(image, cax=fig.add_axes((0.93, 0.1, 0.012, 0.74)), label="Z")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def r2_curve(r2: Mapping[str, float], *, title: str = "R² of low-rank fits") -> Figure:
+    """R^2 of rank 1..k (``rank_<k>`` keys) against k, with the row-mean, column-mean and additive
+    fits as horizontal reference lines."""
+    fig = Figure(figsize=(6.0, 4.0), dpi=DPI)
+    ax = fig.add_axes((0.12, 0.13, 0.83, 0.77))
+    ranks = sorted(int(k.split("_")[1]) for k in r2 if k.startswith("rank_"))
+    values = [r2[f"rank_{k}"] for k in ranks]
+    ax.plot(ranks, values, "o-", color="C3", label="rank k (multiplicative at k = 1)")
+    for key, style in (("additive", "--"), ("row_mean", ":"), ("col_mean", "-.")):
+        if key in r2:
+            ax.axhline(r2[key], linestyle=style, color="0.3", label=f"{key.replace('_', ' ')} ({r2[key]:.3f})")
+    for k, v in zip(ranks, values):
+        ax.annotate(f"{v:.3f}", (k, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xticks(ranks)
+    ax.set_xlabel("rank k")
+    ax.set_ylabel("R²")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def task_distributions(Z: Any, row_names: Sequence[str], *, title: str) -> Figure:
+    """Box plot of each task's forgetting over the examples (rows in the given order, first on top);
+    whiskers at the 5th / 95th percentiles, the mean as a dot, NaN left out."""
+    Z = np.asarray(Z, np.float64)
+    M = Z.shape[0]
+    height = float(np.clip(0.16 * M + 1.5, 4.0, 24.0))
+    fig = Figure(figsize=(8.0, height), dpi=DPI)
+    ax = fig.add_axes((0.25, 0.6 / height, 0.7, 1 - 1.2 / height))
+    data = [row[np.isfinite(row)] for row in Z]
+    positions = np.arange(M)[::-1]
+    ax.boxplot([d if d.size else [np.nan] for d in data], positions=positions, orientation="horizontal",
+               whis=(5, 95), showfliers=False, widths=0.6)
+    ax.plot([d.mean() if d.size else np.nan for d in data], positions, ".", color="C3", label="mean")
+    ax.axvline(0, color="0.5", linewidth=0.8)
+    ax.set_yticks(positions, [str(s)[:30] for s in row_names], fontsize=6 if M > 40 else 8)
+    ax.set_xlabel("Z (change in log-perplexity)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One scatter (numeric ``x``) or box-by-level (string ``x``) panel of :func:`scatter_grid`."""
+
+    x: Sequence[Any]
+    y: Sequence[float]
+    xlabel: str
+    ylabel: str
+    note: str = ""  # e.g. "Pearson 0.41 (p 3e-4), Spearman 0.38 (p 1e-3)"
+
+
+def scatter_grid(panel_list: Sequence[Panel], *, title: str, ncols: int = 3) -> Figure:
+    """A grid of scatter plots (and box plots for categorical x), each annotated with its note."""
+    n = max(len(panel_list), 1)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows + 0.5), dpi=DPI)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.ravel()[len(panel_list):]:
+        ax.set_axis_off()
+    for ax, p in zip(axes.ravel(), panel_list):
+        y = np.asarray(p.y, np.float64)
+        if any(isinstance(v, str) for v in p.x):
+            levels = sorted({v for v in p.x if v is not None})
+            groups = [y[[v == lv for v in p.x]] for lv in levels]
+            ax.boxplot(groups, whis=(5, 95), showfliers=False)
+            ax.set_xticks(range(1, len(levels) + 1), [str(lv)[:12] for lv in levels], rotation=45, fontsize=7)
+        else:
+            x = np.array([np.nan if v is None else float(v) for v in p.x])
+            ok = np.isfinite(x) & np.isfinite(y)
+            ax.scatter(x[ok], y[ok], s=6, alpha=0.5, color="C0", edgecolors="none")
+        ax.set_xlabel(p.xlabel, fontsize=8)
+        ax.set_ylabel(p.ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        if p.note:
+            ax.set_title(p.note, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.12, top=0.88, hspace=0.55, wspace=0.3)
+    return fig
+
+
+def r2_over_steps(steps: Sequence[int], r2: Sequence[float | None], mean: Sequence[float | None]) -> Figure:
+    """R^2 of the rank-1 fit (left axis) and mean forgetting (right axis) at each measured step."""
+    fig = Figure(figsize=(6.0, 4.0), dpi=DPI)
+    ax = fig.add_axes((0.12, 0.13, 0.74, 0.77))
+    as_float = lambda vs: np.array([np.nan if v is None else v for v in vs], np.float64)  # noqa: E731
+    ax.plot(steps, as_float(r2), "o-", color="C3", label="R² of rank-1 fit")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("R² (rank 1)", color="C3")
+    twin = ax.twinx()
+    twin.plot(steps, as_float(mean), "s--", color="C0", label="mean Z")
+    twin.set_ylabel("mean Z", color="C0")
+    ax.set_title("Forgetting over fine-tuning steps", fontsize=10)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def block_heatmap(R: Any, blocks: Sequence[tuple[np.ndarray, np.ndarray]], *, vmax: float, title: str,
+                  max_cols: int = 2000, seed: int = 0) -> tuple[Figure, dict[str, Any]]:
+    """The residual ``R [M, N]`` with the rows and columns of each block brought together (block 1
+    first; a row or column in several blocks goes with the first) and outlined; then the other rows,
+    and a seeded sample of the other columns up to ``max_cols`` in all. Returns the figure and the
+    display order (``rows``, ``cols``, ``seed``)."""
+    R = np.asarray(R, np.float64)
+    M, N = R.shape
+    row_order, col_order, spans = [], [], []
+    seen_r, seen_c = np.zeros(M, bool), np.zeros(N, bool)
+    for rows, cols in blocks:
+        new_r = [int(r) for r in rows if not seen_r[r]]
+        new_c = [int(c) for c in cols if not seen_c[c]]
+        spans.append((len(row_order), len(new_r), len(col_order), len(new_c)))
+        row_order += new_r
+        col_order += new_c
+        seen_r[new_r] = True
+        seen_c[new_c] = True
+    rest_c = np.flatnonzero(~seen_c)
+    room = max(max_cols - len(col_order), 0)
+    if rest_c.size > room:
+        rest_c = np.sort(np.random.default_rng(seed).choice(rest_c, room, replace=False))
+    row_order += np.flatnonzero(~seen_r).tolist()
+    col_order += rest_c.tolist()
+    fig = heatmap(R[np.ix_(row_order, col_order)], vmax=vmax, title=title, marginals=False,
+                  xlabel="upstream examples (block columns first)", ylabel="tasks (block rows first)")
+    ax = fig.axes[0]
+    for b, (r0, nr, c0, nc) in enumerate(spans):
+        if nr and nc:
+            ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), nc, nr, fill=False, edgecolor="k", linewidth=1.2))
+            ax.annotate(f"block {b + 1}", (c0 + nc / 2, r0 - 0.5), ha="center", va="bottom", fontsize=7)
+    return fig, dict(rows=row_order, cols=col_order, seed=seed)
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as PNG at its own dpi (pixel size = figsize * dpi) and release it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=fig.dpi)
+    return path

@@ -1,0 +1,230 @@
+"""End-to-end tests of ``python -m jaxforget.collect`` on a tiny world and a one-layer base model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxforget.collect import CollectConfig, DataConfig, EvalConfig, TrainConfig, cli, collect
+from jaxforget.data.world import WorldConfig
+from jaxforget.pretrain import BaseModelConfig, PretrainTrainConfig
+from jaxforget.store import RunDir
+
+TASKS = ("country_qa", "arith_reversed", "shift_cipher")
+
+
+def tiny(out: Path, **changes) -> CollectConfig:
+    config = CollectConfig(
+        out=out,
+        world=WorldConfig(n_upstream=1500, task_scale=0.25),
+        base=BaseModelConfig(n_layers=1, d_model=32, n_heads=2, d_ff=64, vocab_size=384),
+        pretrain=PretrainTrainConfig(epochs=0.5, batch_size=32, warmup_steps=5),
+        data=DataConfig(n_upstream=50, task_names=TASKS),
+        train=TrainConfig(max_steps=12, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=5),
+        eval=EvalConfig(batch_size=16),
+        quiet=True,
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def flags(out: Path) -> list[str]:
+    """The same configuration as ``tiny(out)`` on the command line."""
+    return ["--out", str(out), "--world.n-upstream", "1500", "--world.task-scale", "0.25",
+            "--base.n-layers", "1", "--base.d-model", "32", "--base.n-heads", "2", "--base.d-ff", "64",
+            "--base.vocab-size", "384", "--pretrain.epochs", "0.5", "--pretrain.batch-size", "32",
+            "--pretrain.warmup-steps", "5", "--data.n-upstream", "50", "--data.task-names", *TASKS,
+            "--train.max-steps", "12", "--train.batch-size", "8", "--train.lr", "0.001", "--train.warmup-steps", "2",
+            "--train.checkpoint-every", "5", "--eval.batch-size", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def reference(cache, tmp_path_factory):
+    """One uninterrupted run, with the fine-tuned models saved."""
+    out = tmp_path_factory.mktemp("runs") / "ref"
+    assert collect(tiny(out, save_models=True), echo=lambda *_: None) == 0
+    return out
+
+
+def _torch_nll(model_dir: Path, upstream_tok) -> np.ndarray:
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    out = []
+    with torch.no_grad():
+        for ex in upstream_tok:
+            ids = torch.tensor(np.asarray(ex.ids)[None], dtype=torch.long)
+            logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+            tok = logp.gather(-1, ids[0, 1:, None])[:, 0].numpy()
+            mask = np.asarray(ex.loss_mask)[1:]
+            out.append(-tok[mask].mean())
+    return np.asarray(out)
+
+
+def test_z_equals_nll_recomputed_by_transformers_from_the_saved_weights(reference):
+    from jaxforget.collect import build_setup
+
+    run = RunDir(reference)
+    data = np.load(run.forgetting_path)
+    meta = run.read_meta()
+    assert data["Z"].shape == (3, 50) and list(data["task_names"]) == list(TASKS)
+    assert meta["status"] == "complete"
+    setup = build_setup(tiny(reference), echo=lambda *_: None)
+    assert [ex.id for ex in setup.upstream] == meta["example_ids"]
+    before = _torch_nll(Path(meta["model_dir"]), setup.upstream_tok)
+    np.testing.assert_allclose(data["nll_before"], before, atol=1e-4)
+    for i, name in enumerate(TASKS):
+        after = _torch_nll(reference / "models" / name, setup.upstream_tok)
+        np.testing.assert_allclose(data["nll_after"][i], after, atol=1e-4)
+        np.testing.assert_allclose(data["Z"][i], after - before, atol=2e-4)
+    assert np.abs(data["Z"]).max() > 1e-3  # fine-tuning changed something
+
+
+def test_the_train_step_compiles_once_per_shape_across_tasks(reference):
+    from jaxforget.collect import build_setup
+    from jaxforget.data.batching import Batcher
+
+    meta = RunDir(reference).read_meta()
+    setup = build_setup(tiny(reference), echo=lambda *_: None)
+    shapes = set()
+    for name in TASKS:
+        shapes |= set(Batcher(setup.task_train[name], batch_size=8, buckets=TrainConfig().buckets).shapes)
+    assert meta["compilations"]["train_step"] == len(shapes) < 3 * len(shapes)
+    assert meta["compilations"]["eval_step"] <= len(EvalConfig().buckets)
+
+
+def test_sidecar_files_describe_tasks_and_examples(reference):
+    tasks = [json.loads(line) for line in (reference / "tasks.jsonl").read_text().splitlines()]
+    assert [t["name"] for t in tasks] == list(TASKS)
+    assert all(t["status"] == "ok" and t["steps"] >= 1 and t["n_train_tokens"] > 0 for t in tasks)
+    assert all(t["train_loss_after"] < t["train_loss_before"] for t in tasks)
+    upstream = [json.loads(line) for line in (reference / "upstream.jsonl").read_text().splitlines()]
+    assert len(upstream) == 50 and {"id", "source", "n_tokens", "nll_before"} <= set(upstream[0])
+    assert list((reference / "tb").glob("events.out.tfevents.*"))
+    assert not list((reference / "checkpoints").glob("task_*"))  # removed once each row is written
+
+
+def test_sigkill_then_same_command_resumes_to_the_same_z(reference, cache, tmp_path):
+    out = tmp_path / "killed"
+    env = dict(os.environ, JAXFORGET_FAULT="kill@checkpoint:1:10", JAXFORGET_CACHE=str(cache))
+    cmd = [sys.executable, "-m", "jaxforget.collect", *flags(out)]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == -9, first.stderr[-2000:]
+    run = RunDir(out)
+    assert run.finished() == [0] and (run.checkpoints_dir / "task_00001").exists()
+    row0_mtime = run.row_path(0).stat().st_mtime_ns
+    env.pop("JAXFORGET_FAULT")
+    cmd.remove("--quiet")  # not part of the run's configuration; lets the resume be logged
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resumed from the checkpoint at step 10" in second.stderr
+    assert run.row_path(0).stat().st_mtime_ns == row0_mtime  # the finished row was not recomputed
+    np.testing.assert_allclose(np.load(run.forgetting_path)["Z"], np.load(RunDir(reference).forgetting_path)["Z"],
+                               atol=1e-6)
+
+
+def test_an_unreadable_checkpoint_is_an_error_not_a_restart(cache, tmp_path):
+    out = tmp_path / "broken"
+    env = dict(os.environ, JAXFORGET_FAULT="kill@checkpoint:0:5", JAXFORGET_CACHE=str(cache))
+    cmd = [sys.executable, "-m", "jaxforget.collect", *flags(out)]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == -9
+    for f in (out / "checkpoints" / "task_00000").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\0garbage")
+    env.pop("JAXFORGET_FAULT")
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2
+    assert "checkpoint at step 5 is unreadable" in again.stderr and "task_00000" in again.stderr
+
+
+def test_two_shards_then_merge_equal_one_job(reference, tmp_path, capsys):
+    out = tmp_path / "sharded"
+    assert collect(tiny(out, shard="0/2"), echo=lambda *_: None) == 0
+    assert RunDir(out).finished() == [0, 2] and not RunDir(out).forgetting_path.exists()
+    assert collect(tiny(out, shard="1/2"), echo=lambda *_: None) == 0
+    os.remove(RunDir(out).forgetting_path)
+    assert cli(["--merge", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    np.testing.assert_allclose(np.load(RunDir(out).forgetting_path)["Z"],
+                               np.load(RunDir(reference).forgetting_path)["Z"], atol=1e-6)
+
+
+def test_a_corrupted_row_is_reported_by_merge(reference, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    RunDir(out).row_path(1).write_bytes(b"PK\x03\x04 truncated")
+    assert cli(["--merge", str(out)]) == 2
+    assert "task_00001.npz: corrupted or unreadable" in capsys.readouterr().err
+
+
+def test_a_diverging_task_is_recorded_as_failed_and_the_exit_code_is_1(cache, tmp_path):
+    out = tmp_path / "nan"
+    config = tiny(out, data=DataConfig(n_upstream=20, task_names=TASKS[:2]),
+                  train=TrainConfig(max_steps=6, batch_size=8, lr=1e30, warmup_steps=0, checkpoint_every=0))
+    assert collect(config, echo=lambda *_: None) == 1
+    data = np.load(RunDir(out).forgetting_path)
+    assert data["failed"].tolist() == [True, True] and np.isnan(data["Z"]).all()
+    row = RunDir(out).read_row(0)
+    assert "non-finite" in str(row["reason"])
+    assert RunDir(out).read_meta()["failed_tasks"] == list(TASKS[:2])
+
+
+def nan_start(monkeypatch, bad: int) -> None:
+    """Task `bad` starts from NaN parameters (so its first loss is NaN); the others as usual."""
+    import jax
+
+    import jaxforget.collect as C
+
+    real = C.initial_params
+
+    def poisoned(config, index, engine):
+        params = real(config, index, engine)
+        return jax.tree.map(lambda x: x * np.nan, params) if index == bad else params
+
+    monkeypatch.setattr(C, "initial_params", poisoned)
+
+
+def test_one_failed_task_does_not_stop_the_others(cache, tmp_path, monkeypatch):
+    nan_start(monkeypatch, bad=1)
+    out = tmp_path / "flaky"
+    config = tiny(out, train=TrainConfig(max_steps=4, batch_size=8, checkpoint_every=0))
+    assert collect(config, echo=lambda *_: None) == 1
+    data = np.load(RunDir(out).forgetting_path)
+    assert data["failed"].tolist() == [False, True, False]
+    assert np.isfinite(data["Z"][[0, 2]]).all()
+    assert "non-finite training loss (nan) at or before step 4" in str(RunDir(out).read_row(1)["reason"])
+
+
+def test_eval_every_writes_the_m_by_t_by_n_tensor(cache, tmp_path):
+    out = tmp_path / "steps"
+    config = tiny(out, train=TrainConfig(max_steps=7, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=0),
+                  eval=EvalConfig(batch_size=16, eval_every=3))
+    assert collect(config, echo=lambda *_: None) == 0
+    data = np.load(RunDir(out).forgetting_path)
+    assert data["Z_steps"].shape == (3, 3, 50)  # 3 tasks x (steps 3, 6 and the final 7) x 50 examples
+    assert data["steps"].tolist() == [3, 6, 7]
+    np.testing.assert_array_equal(data["Z_steps"][:, -1], data["Z"])
+    # the intermediate measurements are real ones: forgetting grows from step 3 to the end
+    assert not np.allclose(data["Z_steps"][:, 0], data["Z"], atol=1e-4)
+
+
+def test_bad_flags_and_paths_give_clear_errors(cache, tmp_path, capsys):
+    assert cli(["--out", str(tmp_path / "x"), "--shard", "3/2"]) == 2
+    assert "--shard 3/2: need 0 <= i < n" in capsys.readouterr().err
+    assert cli(["--out", str(tmp_path / "x"), "--model.path", str(tmp_path / "nope")]) == 2
+    assert "--model.path" in capsys.readouterr().err
+    assert cli([*flags(tmp_path / "y"), "--data.task-names", "no_such_task"]) == 2
+    assert "unknown task(s) ['no_such_task']" in capsys.readouterr().err
+    # an existing run with other settings is not silently overwritten
+    assert cli([*flags(tmp_path / "y"), "--train.max-steps", "3", "--train.checkpoint-every", "0"]) == 0
+    assert cli([*flags(tmp_path / "y"), "--train.max-steps", "4", "--train.checkpoint-every", "0"]) == 2
+    assert "train.max_steps: 3 != 4" in capsys.readouterr().err
