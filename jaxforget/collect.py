@@ -76,6 +76,11 @@ class DataConfig:
     """Per-task validation split (not trained on)."""
     seed: int = 0
     """Seed of the upstream sample and the task splits."""
+    em_upstream: Path | None = None
+    """Upstream instruction examples for --eval.metrics em: a JSONL file of prompt/completion or messages
+    records (the task formats), answered greedily and scored by exact match."""
+    n_em: int = 500
+    """Exact-match examples to measure (seeded sample of em_upstream; all if fewer)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +133,15 @@ class EvalConfig:
     """Also measure every this many steps during fine-tuning (the M x T x N tensor); 0 = only at the end."""
     buckets: tuple[int, ...] = (16, 32, 48, 64)
     """Padded lengths of upstream batches; the last must be >= data.max_len."""
+    metrics: tuple[Literal["nll", "em"], ...] = ("nll",)
+    """nll: mean token NLL of the upstream examples (always). em: also exact match on data.em_upstream
+    (instruction-tuned models); Z_em = 1 where the base model answered right and the fine-tuned one does not."""
+    em_max_new_tokens: int = 32
+    """Greedy decoding length for em (the prediction is cut at the first blank line)."""
+    em_batch_size: int = 32
+    """Prompts per decoding batch for em."""
+    em_base_correct_only: bool = True
+    """Z_em only on the examples the base model answers right (NaN elsewhere), as the paper."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +211,10 @@ def check_config(config: CollectConfig) -> None:
         raise ValueError(f"--train.buckets {t.buckets}: the largest must be >= --data.task-max-len {d.task_max_len}")
     if max(e.buckets) < d.max_len:
         raise ValueError(f"--eval.buckets {e.buckets}: the largest must be >= --data.max-len {d.max_len}")
+    if "nll" not in e.metrics:
+        raise ValueError("--eval.metrics must include nll (Z); em is measured in addition to it")
+    if "em" in e.metrics and d.em_upstream is None:
+        raise ValueError("--eval.metrics em needs --data.em-upstream (prompt/completion or messages records)")
     if d.n_upstream < 1:
         raise ValueError("--data.n-upstream must be >= 1")
     if config.tasks_per_step < 1:
@@ -207,7 +225,8 @@ def check_config(config: CollectConfig) -> None:
         raise ValueError(f"--tasks-per-step {config.tasks_per_step} trains that many LoRA adapters on one frozen "
                          "base; add --train.mode lora (full fine-tuning trains one task at a time: drop "
                          "--tasks-per-step, or spread tasks over jobs with --shard)")
-    for name, path in (("--model.path", config.model.path), ("--data.upstream", d.upstream), ("--data.tasks", d.tasks)):
+    for name, path in (("--model.path", config.model.path), ("--data.upstream", d.upstream), ("--data.tasks", d.tasks),
+                       ("--data.em-upstream", d.em_upstream)):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{name} {path}: no such file or directory")
 
@@ -228,6 +247,7 @@ class Setup:
     task_names: list[str]
     task_train: dict[str, list]  # Tokenized
     mesh: Any
+    em_set: Any = None  # exact_match.ExactMatchSet with --eval.metrics em
 
 
 def build_setup(config: CollectConfig, echo=print) -> Setup:
@@ -266,7 +286,19 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     for n in names:
         train, _ = readers.split_task(tasks[n], val_fraction=d.val_fraction, seed=d.seed)
         task_train[n] = tokenize.tokenize_tasks(train, tokenizer, tcfg)
-    return Setup(model, tokenizer, model_dir, upstream, upstream_tok, names, task_train, mesh)
+    em_set = None
+    if "em" in config.eval.metrics:
+        from jaxforget.exact_match import build_em_set
+
+        records = [readers.parse_task_record(obj, "em_upstream", f"{d.em_upstream}:{line}")
+                   for line, obj in readers.read_jsonl(d.em_upstream)]
+        if not records:
+            raise ValueError(f"{d.em_upstream}: no records")
+        rng = np.random.default_rng([d.seed, 1])
+        if len(records) > d.n_em:
+            records = [records[i] for i in sorted(rng.choice(len(records), d.n_em, replace=False))]
+        em_set = build_em_set(records, tokenizer, max_len=d.task_max_len)
+    return Setup(model, tokenizer, model_dir, upstream, upstream_tok, names, task_train, mesh, em_set)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -502,7 +534,8 @@ def _stack_slots(slots: list[list[Any] | None], pad_id: int, batch_size: int,
 
 
 def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run: RunDir, engine: Engine,
-                tracker, progress) -> list[dict[str, Any] | TaskFailed]:
+                tracker, progress, em_eval: Callable[[Any], np.ndarray] | None = None
+                ) -> list[dict[str, Any] | TaskFailed]:
     """Fine-tune tasks `indices` (at most K) together, each from its own start, and measure their
     upstream NLL. Returns, per task, its row fields or the TaskFailed that ended it.
 
@@ -612,6 +645,8 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
         if config.eval.eval_every:
             fields.update(nll_steps=np.stack(nll_steps[k] + [nll_after[k]]),
                           steps=np.asarray(eval_steps[k] + [n_steps[k]]))
+        if em_eval is not None:
+            fields["em_after"] = em_eval(engine.model(state.params, k))
         if config.save_models:
             _save_model(engine.model(state.params, k), run.root / "models" / name, setup.tokenizer)
         results.append(fields)
@@ -690,6 +725,11 @@ def summarize(out: dict[str, np.ndarray], task_names: list[str], example_ids: li
     order = np.argsort(-col)
     lines.append("most forgotten examples:  " + ", ".join(f"{example_ids[j]} ({col[j]:+.3f})" for j in order[:3]))
     lines.append("least forgotten examples: " + ", ".join(f"{example_ids[j]} ({col[j]:+.3f})" for j in order[::-1][:3]))
+    if "Z_em" in out:
+        em = out["Z_em"][ok]
+        lines.append(f"exact match: base right on {out['em_before'].mean():.1%} of {out['em_before'].size} examples; "
+                     f"forgotten (Z_em = 1) on {np.nanmean(em) if np.isfinite(em).any() else float('nan'):.1%} "
+                     "of the measured entries")
     if Zok.shape[0] >= 2:
         ranks = tuple(range(1, min(5, *Zok.shape) + 1))
         table = fit_table(Zok, ranks=ranks)
@@ -713,7 +753,8 @@ def merge(path: Path, echo=print) -> dict[str, np.ndarray]:
     """Assemble forgetting.npz of a run directory from its rows (every task must be finished)."""
     run = RunDir(path)
     meta = run.read_meta()
-    out = run.assemble(meta["task_names"], meta["example_ids"])
+    out = run.assemble(meta["task_names"], meta["example_ids"],
+                       em_base_correct_only=meta["config"]["eval"].get("em_base_correct_only", True))
     echo(summarize(out, meta["task_names"], meta["example_ids"]))
     echo(f"wrote {run.forgetting_path}")
     return out
@@ -737,6 +778,7 @@ def collect(config: CollectConfig, echo=print) -> int:
     task_names = setup.task_names
     example_ids = [ex.id for ex in setup.upstream]
     meta = dict(config=_config_dict(config), model_dir=str(setup.model_dir), task_names=task_names,
+                em_example_ids=setup.em_set.ids if setup.em_set is not None else None,
                 example_ids=example_ids, seeds=dict(data=config.data.seed, train=config.train.seed,
                                                     world=config.world.seed),
                 versions=_versions(), status="running")
@@ -745,11 +787,21 @@ def collect(config: CollectConfig, echo=print) -> int:
          f"upstream examples; model {setup.model_dir}")
 
     engine = build_engine(setup, config)
+    em_eval = None
+    if setup.em_set is not None:
+        from jaxforget.exact_match import make_em_eval
+
+        em_eval = make_em_eval(setup.em_set, setup.tokenizer, batch_size=config.eval.em_batch_size,
+                               max_new_tokens=config.eval.em_max_new_tokens, pad_id=_pad_id(setup.tokenizer))
     base = run.read_base()
     if base is None:
         echo("measuring the base model's NLL on the upstream examples")
         nll_before = engine.evaluate(engine.base_params)[0]  # adapters start at B = 0: each is the base model
-        run.write_base(nll_before)
+        extra = {}
+        if em_eval is not None:
+            extra["em_before"] = em_eval(engine.model(engine.base_params, 0))
+            echo(f"base model exact match: {extra['em_before'].mean():.1%} of {extra['em_before'].size} examples")
+        run.write_base(nll_before, **extra)
         atomic_write_jsonl(run.root / "upstream.jsonl", [
             dict(id=ex.id, source=ex.source, n_tokens=len(tok.ids), nll_before=float(nll), text=ex.text[:500])
             for ex, tok, nll in zip(setup.upstream, setup.upstream_tok, nll_before)])
@@ -770,6 +822,7 @@ def collect(config: CollectConfig, echo=print) -> int:
         for group in (todo[g:g + K] for g in range(0, len(todo), K)):
             progress.set_postfix(task=", ".join(task_names[i] for i in group))
             results = train_group(group, setup=setup, config=config, run=run, engine=engine, tracker=tracker,
+                                  em_eval=em_eval,
                                   progress=progress)
             for i, fields in zip(group, results):
                 name = task_names[i]
@@ -795,7 +848,7 @@ def collect(config: CollectConfig, echo=print) -> int:
         echo(f"{len(missing)} tasks still to do in other shards; `python -m jaxforget.collect --merge {run.root}` "
              "assembles Z once they are finished")
     else:
-        out = run.assemble(task_names, example_ids)
+        out = run.assemble(task_names, example_ids, em_base_correct_only=config.eval.em_base_correct_only)
         _write_tasks_jsonl(run, task_names, setup)
         all_failed = [str(run.read_row(j)["name"]) for j in range(len(task_names))
                       if str(run.read_row(j)["status"]) == "failed"]

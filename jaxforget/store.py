@@ -279,8 +279,15 @@ class RunDir:
             return []
         return sorted(int(p.stem.split("_")[1]) for p in self.rows_dir.glob("task_*.npz"))
 
-    def assemble(self, task_names: list[str], example_ids: list[str]) -> dict[str, np.ndarray]:
-        """Build ``forgetting.npz`` from ``base.npz`` and every row; RunError naming what is missing."""
+    def assemble(self, task_names: list[str], example_ids: list[str], *,
+                 em_base_correct_only: bool = True) -> dict[str, np.ndarray]:
+        """Build ``forgetting.npz`` from ``base.npz`` and every row; RunError naming what is missing.
+
+        With exact match (``em_before`` in base.npz, ``em_after`` in the rows) it also holds
+        ``em_before [N_em]``, ``em_after [M, N_em]`` (NaN rows for failed tasks) and
+        ``Z_em = em_before & ~em_after`` as 0/1 floats, NaN on failed rows and, with
+        ``em_base_correct_only``, on the examples the base model got wrong.
+        """
         base = self.read_base()
         if base is None:
             raise RunError(f"{self.base_path}: missing; the base model's NLL was never written")
@@ -307,5 +314,15 @@ class RunDir:
             for i, r in enumerate(rows):
                 Z_steps[i, np.searchsorted(steps, r["steps"])] = r["nll_steps"] - nll_before[None]
             out.update(Z_steps=Z_steps, steps=steps)
+        if "em_before" in base:
+            em_before = base["em_before"].astype(bool)
+            em_after = np.full((M, em_before.size), np.nan, np.float32)
+            for i, r in enumerate(rows):
+                if "em_after" in r:
+                    em_after[i] = r["em_after"]
+            Z_em = np.where(np.isnan(em_after), np.nan, (em_before[None] & (em_after == 0)).astype(np.float32))
+            if em_base_correct_only:
+                Z_em[:, ~em_before] = np.nan
+            out.update(em_before=em_before, em_after=em_after, Z_em=Z_em)
         atomic_write_npz(self.forgetting_path, **out)
         return out
