@@ -163,7 +163,8 @@ class CollectConfig:
     mesh: tuple[int, ...] | None = None
     """Mesh shape over ('data', 'fsdp', 'tensor'); default: every device on 'data'."""
     distributed: bool = False
-    """Call jax.distributed.initialize() first (multi-host; coordinator from the environment)."""
+    """Call jax.distributed.initialize() first (coordinator from the environment). One multi-controller run
+    over several hosts is not supported yet: give each host its own --shard."""
     shard: str | None = None
     """'i/n': this job takes tasks i, i+n, i+2n, ... (independent jobs sharing one run directory)."""
     merge: Path | None = None
