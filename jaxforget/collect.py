@@ -291,10 +291,7 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     if "em" in config.eval.metrics:
         from jaxforget.exact_match import build_em_set
 
-        records = [readers.parse_task_record(obj, "em_upstream", f"{d.em_upstream}:{line}")
-                   for line, obj in readers.read_jsonl(d.em_upstream)]
-        if not records:
-            raise ValueError(f"{d.em_upstream}: no records")
+        records = readers.read_task_file(d.em_upstream, "em_upstream", check_task_field=False)
         rng = np.random.default_rng([d.seed, 1])
         if len(records) > d.n_em:
             records = [records[i] for i in sorted(rng.choice(len(records), d.n_em, replace=False))]

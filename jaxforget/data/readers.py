@@ -245,6 +245,21 @@ def parse_task_record(obj: dict, task: str, where: str) -> TaskExample:
                      f"'text' (found {sorted(obj)})")
 
 
+def read_task_file(path: str | os.PathLike, name: str, *, check_task_field: bool = True) -> list[TaskExample]:
+    """Every record of one JSONL file, as examples of task `name`; a `task` field, if any, must agree
+    (unless `check_task_field` is False: a file that mixes sources, e.g. exact-match prompts)."""
+    path = Path(path)
+    records = []
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        if check_task_field and "task" in obj and obj["task"] != name:
+            raise ValueError(f"{where}: field 'task'={obj['task']!r} differs from the file's task {name!r}")
+        records.append(parse_task_record(obj, name, where))
+    if not records:
+        raise ValueError(f"{path}: empty task (no records)")
+    return records
+
+
 def read_tasks(path: str | os.PathLike) -> dict[str, list[TaskExample]]:
     """task name -> examples (file order), from a directory of JSONL files or one JSONL with `task`."""
     path = Path(path)
@@ -252,15 +267,7 @@ def read_tasks(path: str | os.PathLike) -> dict[str, list[TaskExample]]:
     if path.is_dir():
         for f in _files(path, (".jsonl",)):
             name = f.relative_to(path).with_suffix("").as_posix()
-            records = []
-            for lineno, obj in read_jsonl(f):
-                where = f"{f}:{lineno}"
-                if "task" in obj and obj["task"] != name:
-                    raise ValueError(f"{where}: field 'task'={obj['task']!r} differs from the file's task {name!r}")
-                records.append(parse_task_record(obj, name, where))
-            if not records:
-                raise ValueError(f"{f}: empty task (no records)")
-            tasks[name] = records
+            tasks[name] = read_task_file(f, name)
         return tasks
     for lineno, obj in read_jsonl(_files(path, (".jsonl",))[0]):
         where = f"{path}:{lineno}"
