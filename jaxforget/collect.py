@@ -19,11 +19,23 @@ leading axis, one step trains all K (each on its own task's batch, with its own 
 and each upstream batch is read once for all K. Every task starts from an adapter drawn from its
 own seed, so Z does not depend on K (to float tolerance). A group checkpoints as one unit, in
 ``checkpoints/task_<index of its first task>``.
+
+With ``--distributed`` one run spans several processes or hosts (JAX's multi-controller runtime):
+every process runs this same program on the same seeded data, the mesh covers the devices of all
+of them, and each process places only its own devices' share of every batch
+(``models.sharding.put_global``) and gathers outputs with ``to_host``. Process 0 alone writes the
+run directory (meta, base NLL, rows, tasks.jsonl, forgetting.npz, TensorBoard) and decides what a
+resume still has to do (broadcast to the others); every process takes part in the orbax
+checkpoints. Z equals that of a single-process run to float tolerance.
+
+    # on each of 2 hosts (SLURM, Open MPI and Cloud TPU set these themselves: plain --distributed)
+    python -m jaxforget.collect --distributed --coordinator host0:1234 --num-processes 2 --process-id <0|1> ...
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import platform
@@ -163,8 +175,18 @@ class CollectConfig:
     mesh: tuple[int, ...] | None = None
     """Mesh shape over ('data', 'fsdp', 'tensor'); default: every device on 'data'."""
     distributed: bool = False
-    """Call jax.distributed.initialize() first (coordinator from the environment). One multi-controller run
-    over several hosts is not supported yet: give each host its own --shard."""
+    """One multi-controller run over several processes or hosts: jax.distributed.initialize() before anything
+    else, the mesh over the devices of every process, process 0 alone writing the run directory. The coordinator,
+    process count and id come from the three flags below, else from the cluster environment (SLURM, Open MPI,
+    Cloud TPU, JAX_COORDINATOR_ADDRESS). Every process runs the same command; the run directory (and the
+    jaxforget cache, for the built-in world) must be on a filesystem all hosts see. Combines with --shard
+    (all processes of the run then take the same share of the tasks)."""
+    coordinator: str | None = None
+    """--distributed: host:port of process 0's coordinator service (default: from the cluster environment)."""
+    num_processes: int | None = None
+    """--distributed: number of processes (default: from the cluster environment)."""
+    process_id: int | None = None
+    """--distributed: this process's id, 0 .. num_processes - 1 (default: from the cluster environment)."""
     shard: str | None = None
     """'i/n': this job takes tasks i, i+n, i+2n, ... (independent jobs sharing one run directory)."""
     merge: Path | None = None
@@ -197,7 +219,8 @@ class CollectConfig:
 
 
 # Fields that may differ between the jobs or restarts of one run.
-_NOT_COMPARED = ("shard", "merge", "quiet", "log_every", "distributed", "tasks_per_pass")
+_NOT_COMPARED = ("shard", "merge", "quiet", "log_every", "distributed", "coordinator", "num_processes",
+                 "process_id", "tasks_per_pass")
 
 
 def check_config(config: CollectConfig) -> None:
@@ -226,10 +249,95 @@ def check_config(config: CollectConfig) -> None:
         raise ValueError(f"--tasks-per-step {config.tasks_per_step} trains that many LoRA adapters on one frozen "
                          "base; add --train.mode lora (full fine-tuning trains one task at a time: drop "
                          "--tasks-per-step, or spread tasks over jobs with --shard)")
+    cluster = dict(coordinator=config.coordinator, num_processes=config.num_processes, process_id=config.process_id)
+    given = [f"--{k.replace('_', '-')}" for k, v in cluster.items() if v is not None]
+    if given and not config.distributed:
+        raise ValueError(f"{' '.join(given)} only apply to a multi-process run: add --distributed")
+    if config.num_processes is not None and config.num_processes < 1:
+        raise ValueError(f"--num-processes must be >= 1, got {config.num_processes}")
+    if config.process_id is not None and not 0 <= config.process_id < (config.num_processes or math.inf):
+        raise ValueError(f"--process-id {config.process_id}: need 0 <= id < --num-processes {config.num_processes}")
+    if config.coordinator is not None and not config.coordinator.rpartition(":")[2].isdigit():
+        raise ValueError(f"--coordinator {config.coordinator!r}: expected host:port (e.g. node0:1234)")
     for name, path in (("--model.path", config.model.path), ("--data.upstream", d.upstream), ("--data.tasks", d.tasks),
                        ("--data.em-upstream", d.em_upstream)):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{name} {path}: no such file or directory")
+
+
+# ------------------------------------------------------------------------------------------------
+# several processes (--distributed)
+
+
+def init_distributed(config: CollectConfig) -> None:
+    """``jax.distributed.initialize()`` for --distributed; call it before any other JAX call. A no-op
+    without --distributed or when JAX's distributed runtime is already up."""
+    import jax
+
+    if not config.distributed or jax.distributed.is_initialized():
+        return
+    # Cross-process collectives between CPU devices need an implementation (gloo is the default in
+    # recent jax; older ones default to none). GPUs and TPUs ignore this setting.
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator_address=config.coordinator, num_processes=config.num_processes,
+                                   process_id=config.process_id)
+    except ValueError as e:
+        raise ValueError(f"--distributed: jax.distributed.initialize() failed ({e}). Outside a cluster environment "
+                         "JAX detects (SLURM, Open MPI, Cloud TPU), give --coordinator host:port --num-processes N "
+                         "--process-id i to every process.") from None
+
+
+def _is_primary() -> bool:
+    """Process 0: the one that writes the run directory (always true in a single-process run)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _broadcast_json(obj: Any) -> Any:
+    """Process 0's JSON-able `obj` on every process (the others pass anything)."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)
+    n = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+    buf = np.zeros(n, np.uint8)
+    buf[:data.size] = data
+    return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes())
+
+
+def _on_primary(fn: Callable[[], Any], what: str) -> Any:
+    """``fn()`` run by process 0 alone (it reads or writes the run directory or the cache); its JSON-able
+    result on every process, so that all processes take the same decisions. An error of process 0 is
+    raised on every process (the others as a RunError naming `what`), never left as a hang."""
+    import jax
+
+    if jax.process_count() == 1:
+        return fn()
+    error, payload = None, None
+    if jax.process_index() == 0:
+        try:
+            payload = dict(result=fn())
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the others have been told
+            error, payload = e, dict(error=f"{type(e).__name__}: {e}")
+    got = _broadcast_json(payload)
+    if error is not None:
+        raise error
+    if "error" in got:
+        raise RunError(f"process 0 failed to {what}: {got['error']}")
+    return got["result"]
+
+
+def _barrier(name: str) -> None:
+    """Every process waits here for the others (a no-op with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jaxforget.collect:{name}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,6 +360,10 @@ class Setup:
 
 
 def build_setup(config: CollectConfig, echo=print) -> Setup:
+    """Model (on the mesh), tokenizer, upstream sample and tasks. In a multi-process run (after
+    `init_distributed`) every process calls it; process 0 builds the built-in world and base model
+    (when they are used and not cached yet) before the others look for them."""
+    import jax
     import jax.numpy as jnp
 
     from jaxforget import models
@@ -260,13 +372,20 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     from jaxforget.pretrain import ensure_base_model
 
     d = config.data
-    world_dir = None
-    if d.upstream is None or d.tasks is None:
-        world_dir = ensure_world(config.world, vocab_size=config.base.vocab_size)
-    if config.model.path is not None:
-        model_dir = Path(config.model.path)
+
+    def built_in() -> tuple[Path | None, Path | None]:
+        world = (ensure_world(config.world, vocab_size=config.base.vocab_size)
+                 if d.upstream is None or d.tasks is None else None)
+        base = ensure_base_model(config.world, config.base, config.pretrain, echo=echo) if config.model.path is None else None
+        return world, base
+
+    if jax.process_count() > 1:  # the cache's atomic builds would cope with a race, but one build is enough
+        built = _on_primary(lambda: [p and str(p) for p in built_in()], "build the built-in world and base model")
+        # the others find process 0's entries (a shared cache) or build identical ones of their own
+        world_dir, model_dir = [p and Path(p) for p in built] if _is_primary() else built_in()
     else:
-        model_dir = ensure_base_model(config.world, config.base, config.pretrain, echo=echo)
+        world_dir, model_dir = built_in()
+    model_dir = Path(config.model.path) if config.model.path is not None else model_dir
     mesh = models.make_mesh(config.mesh) if config.mesh is not None else models.make_mesh()
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
     model, tokenizer = models.load(model_dir, dtype=dtype, mesh=mesh)
@@ -306,10 +425,10 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
 def make_upstream_eval(eval_step, setup: Setup, config: CollectConfig) -> Callable[[Any], np.ndarray]:
     """``evaluate(params) -> float32 [K, N]`` mean token NLL of every upstream example under each of
     the K parameter sets `eval_step` takes at once (K = 1 for `make_eval_step`). One jitted step per
-    bucket shape; all batches are dispatched before one host transfer."""
-    import jax
-
+    bucket shape; all batches are dispatched before one host transfer. With a mesh over several
+    processes every process must call it (each feeds its own devices) and gets the whole result."""
     from jaxforget.data.batching import Batcher
+    from jaxforget.models.sharding import put_global, to_host
 
     B = config.eval.batch_size
     batcher = Batcher(setup.upstream_tok, batch_size=B, buckets=config.eval.buckets, shuffle=False,
@@ -321,9 +440,9 @@ def make_upstream_eval(eval_step, setup: Setup, config: CollectConfig) -> Callab
     def evaluate(params) -> np.ndarray:
         outs = []
         for b in batches:
-            args = [jax.device_put(x, sharding) for x in (b.input_ids, b.attention_mask, b.loss_mask)]
+            args = [put_global(x, sharding) for x in (b.input_ids, b.attention_mask, b.loss_mask)]
             outs.append(eval_step(params, *args))
-        outs = jax.device_get(outs)
+        outs = to_host(outs)
         K = np.size(outs[0][0]) // B
         total, count = np.zeros((K, N)), np.zeros((K, N))
         for b, (s, c) in zip(batches, outs):
@@ -398,17 +517,18 @@ class Engine:
     def step(self, state, arrays: tuple[np.ndarray, ...], active: np.ndarray):
         """One optimizer step of every active slot; arrays (K, [A,] B, T), active (K,) bool.
         Returns (state, metrics with a leading K axis)."""
-        import jax
         from jax.sharding import NamedSharding, PartitionSpec
+
+        from jaxforget.models.sharding import put_global
 
         if self.k == 1:  # the plain step: one task, active whenever it is called
             arrays = tuple(a[0] for a in arrays)
         put = _lead_sharding(self.sharding, arrays[0].ndim - 2)
-        args = [jax.device_put(a, put) for a in arrays]
+        args = [put_global(a, put) for a in arrays]
         if self.k == 1:
             return self.train_step(state, *args)
         replicated = NamedSharding(self.sharding.mesh, PartitionSpec())
-        return self.train_step(state, *args, jax.device_put(active, replicated))
+        return self.train_step(state, *args, put_global(active, replicated))
 
     def model(self, params, slot: int):
         """The fine-tuned nnx model of one slot (sharing the frozen arrays)."""
@@ -460,6 +580,7 @@ def initial_params(config: CollectConfig, index: int, engine: Engine) -> Any:
     from jax.sharding import NamedSharding, PartitionSpec
 
     from jaxforget.models.lora import LoRA, LoRAParam
+    from jaxforget.models.sharding import put_global
 
     if engine.lora is None:
         return engine.base_params
@@ -468,7 +589,7 @@ def initial_params(config: CollectConfig, index: int, engine: Engine) -> Any:
     # its metadata) is the model's, so every group's state matches the compiled signature.
     base = jax.tree.leaves(engine.base_params)[0].sharding  # adapters are replicated (see train._on_mesh)
     put = NamedSharding(base.mesh, PartitionSpec()) if isinstance(base, NamedSharding) else base
-    leaves = [jax.device_put(x, put) for x in jax.tree.leaves(fresh)]
+    leaves = [put_global(x, put) for x in jax.tree.leaves(fresh)]
     return jax.tree.unflatten(jax.tree.structure(engine.base_params), leaves)
 
 
@@ -545,10 +666,10 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
     train_tokens, seconds (wall time of the whole group), seed; nll_steps [T, N] and steps [T] with
     --eval.eval-every; with --save-models the fine-tuned model is written to RUN/models/<task>.
     """
-    import jax
     import orbax.checkpoint as ocp
 
     from jaxforget.data.batching import Batcher, num_train_steps
+    from jaxforget.models.sharding import to_host
 
     t, K, n_real = config.train, engine.k, len(indices)
     names = [setup.task_names[i] for i in indices]
@@ -585,7 +706,7 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
     t0 = time.perf_counter()
 
     def flush(step: int):
-        for (loss, lr), active in zip(jax.device_get([m for m, _ in pending]), [a for _, a in pending]):
+        for (loss, lr), active in zip(to_host([m for m, _ in pending]), [a for _, a in pending]):
             loss, lr = np.reshape(loss, -1), np.reshape(lr, -1)
             for k in np.flatnonzero(active[:n_real]):
                 if failed[k]:
@@ -759,18 +880,23 @@ def merge(path: Path, echo=print) -> dict[str, np.ndarray]:
 
 
 def collect(config: CollectConfig, echo=print) -> int:
-    """Run (or resume) the collection; returns the process exit code (1 when a task failed)."""
-    import jax
-    from tqdm import tqdm
+    """Run (or resume) the collection; returns the process exit code (1 when a task failed).
 
-    from jaxforget.tracking import open_tracker
-
+    With --distributed every process of the run calls this; process 0 alone writes the run
+    directory and echoes, and all return the same code."""
     if config.merge is not None:
         merge(config.merge, echo)
         return 0
     check_config(config)
-    if config.distributed:
-        jax.distributed.initialize()
+    init_distributed(config)  # before any other JAX call
+
+    from tqdm import tqdm
+
+    from jaxforget.tracking import open_tracker
+
+    primary = _is_primary()
+    if not primary:
+        echo = _silent
     setup = build_setup(config, echo)
     run = RunDir(config.out)
     task_names = setup.task_names
@@ -780,7 +906,14 @@ def collect(config: CollectConfig, echo=print) -> int:
                 example_ids=example_ids, seeds=dict(data=config.data.seed, train=config.train.seed,
                                                     world=config.world.seed),
                 versions=_versions(), status="running")
-    resumed = run.start(meta)
+
+    def open_run() -> dict[str, Any]:
+        resumed = run.start(meta)
+        return dict(resumed=resumed, has_base=run.read_base() is not None, finished=run.finished())
+
+    # Process 0 reads (and creates) the run directory; every process acts on what it found.
+    found = _on_primary(open_run, f"open the run directory {run.root}")
+    resumed, finished = found["resumed"], set(found["finished"])
     echo(f"{'resuming' if resumed else 'starting'} {run.root}: {len(task_names)} tasks x {len(example_ids)} "
          f"upstream examples; model {setup.model_dir}")
 
@@ -790,85 +923,107 @@ def collect(config: CollectConfig, echo=print) -> int:
         from jaxforget.exact_match import make_em_eval
 
         em_eval = make_em_eval(setup.em_set, setup.tokenizer, batch_size=config.eval.em_batch_size,
-                               max_new_tokens=config.eval.em_max_new_tokens, pad_id=_pad_id(setup.tokenizer))
-    base = run.read_base()
-    if base is None:
+                               max_new_tokens=config.eval.em_max_new_tokens, pad_id=_pad_id(setup.tokenizer),
+                               sharding=_batch_sharding(setup.mesh, config.eval.em_batch_size))
+    nll_before = None  # process 0's: the others never need it
+    if not found["has_base"]:
         echo("measuring the base model's NLL on the upstream examples")
         nll_before = engine.evaluate(engine.base_params)[0]  # adapters start at B = 0: each is the base model
         extra = {}
         if em_eval is not None:
             extra["em_before"] = em_eval(engine.model(engine.base_params, 0))
             echo(f"base model exact match: {extra['em_before'].mean():.1%} of {extra['em_before'].size} examples")
-        run.write_base(nll_before, **extra)
-        atomic_write_jsonl(run.root / "upstream.jsonl", [
-            dict(id=ex.id, source=ex.source, n_tokens=len(tok.ids), nll_before=float(nll), text=ex.text[:500])
-            for ex, tok, nll in zip(setup.upstream, setup.upstream_tok, nll_before)])
-    else:
-        nll_before = base["nll_before"]
+        if primary:
+            run.write_base(nll_before, **extra)
+            atomic_write_jsonl(run.root / "upstream.jsonl", [
+                dict(id=ex.id, source=ex.source, n_tokens=len(tok.ids), nll_before=float(nll), text=ex.text[:500])
+                for ex, tok, nll in zip(setup.upstream, setup.upstream_tok, nll_before)])
+    elif primary:
+        nll_before = run.read_base()["nll_before"]
 
     shard_i, shard_n = config.shard_index
     mine = [i for i in range(len(task_names)) if i % shard_n == shard_i]
-    todo = [i for i in mine if i not in set(run.finished())]
+    todo = [i for i in mine if i not in finished]
     echo(f"shard {shard_i}/{shard_n}: {len(mine)} tasks, {len(mine) - len(todo)} already done")
-    tracker = open_tracker("tensorboard", run.tb_dir)
+    tracker = open_tracker("tensorboard", run.tb_dir) if primary else open_tracker("none")
     if not resumed:
         tracker.hparams(_flat(_config_dict(config)), {"tasks": float(len(task_names))})
     failed = []
     K = config.tasks_per_step
-    with tracker, tqdm(total=len(todo) * config.train.max_steps, disable=config.quiet, desc="collect",
-                       unit="step") as progress:
+    with tracker, tqdm(total=len(todo) * config.train.max_steps, disable=config.quiet or not primary,
+                       desc="collect", unit="step") as progress:
         for group in (todo[g:g + K] for g in range(0, len(todo), K)):
             progress.set_postfix(task=", ".join(task_names[i] for i in group))
             results = train_group(group, setup=setup, config=config, run=run, engine=engine, tracker=tracker,
                                   em_eval=em_eval,
                                   progress=progress)
-            for i, fields in zip(group, results):
-                name = task_names[i]
-                if isinstance(fields, TaskFailed):
-                    log.error("task %s failed: %s", name, fields)
-                    echo(f"task {name} FAILED: {fields}")
-                    run.write_row(i, name=name, nll_after=np.full(len(example_ids), np.nan), status="failed",
-                                  reason=str(fields))
-                    failed.append(name)
-                    continue
-                run.write_row(i, name=name, **fields)
-                z = fields["nll_after"] - nll_before
-                tracker.scalar("upstream_nll/mean_after", float(np.mean(fields["nll_after"])), i)
-                tracker.scalar("forgetting/mean", float(np.mean(z)), i)
-                tracker.histogram(f"forgetting/{name}", z, i)
-            shutil.rmtree(run.checkpoints_dir / f"task_{group[0]:05d}", ignore_errors=True)
-            done_rows = sorted(run.finished())
-            rows = np.stack([run.read_row(j)["nll_after"] for j in done_rows]) - nll_before[None]
-            tracker.image("forgetting/Z_sorted", _heatmap_image(rows), len(done_rows))
-            tracker.flush()
-    missing = sorted(set(range(len(task_names))) - set(run.finished()))
-    if missing:
-        echo(f"{len(missing)} tasks still to do in other shards; `python -m jaxforget.collect --merge {run.root}` "
-             "assembles Z once they are finished")
-    else:
-        out = run.assemble(task_names, example_ids, em_base_correct_only=config.eval.em_base_correct_only)
-        _write_tasks_jsonl(run, task_names, setup)
-        all_failed = [str(run.read_row(j)["name"]) for j in range(len(task_names))
-                      if str(run.read_row(j)["status"]) == "failed"]
-        run.update_meta(status="complete" if not all_failed else "complete_with_failures", failed_tasks=all_failed)
-        echo(summarize(out, task_names, example_ids))
-        echo(f"wrote {run.forgetting_path}")
-    # traces of the jitted steps in this process: one per batch shape, whatever the number of tasks
-    train_jit = engine.train_step.jitted
-    run.update_meta(compilations=dict(train_step=train_jit._cache_size() if train_jit else 0,
-                                      eval_step=engine.eval_step.jitted._cache_size()))
+            failed += [task_names[i] for i, fields in zip(group, results) if isinstance(fields, TaskFailed)]
+            if config.train.checkpoint_every > 0:
+                _barrier(f"closed checkpoints of group {group[0]}")  # before process 0 removes them
+            if primary:
+                _record_group(group, results, run=run, task_names=task_names, nll_before=nll_before,
+                              tracker=tracker, echo=echo)
+    if primary:
+        missing = sorted(set(range(len(task_names))) - set(run.finished()))
+        if missing:
+            echo(f"{len(missing)} tasks still to do in other shards; `python -m jaxforget.collect --merge {run.root}` "
+                 "assembles Z once they are finished")
+        else:
+            out = run.assemble(task_names, example_ids, em_base_correct_only=config.eval.em_base_correct_only)
+            _write_tasks_jsonl(run, task_names, setup)
+            all_failed = [str(run.read_row(j)["name"]) for j in range(len(task_names))
+                          if str(run.read_row(j)["status"]) == "failed"]
+            run.update_meta(status="complete" if not all_failed else "complete_with_failures",
+                            failed_tasks=all_failed)
+            echo(summarize(out, task_names, example_ids))
+            echo(f"wrote {run.forgetting_path}")
+        # traces of the jitted steps in this process: one per batch shape, whatever the number of tasks
+        train_jit = engine.train_step.jitted
+        run.update_meta(compilations=dict(train_step=train_jit._cache_size() if train_jit else 0,
+                                          eval_step=engine.eval_step.jitted._cache_size()))
     return 1 if failed else 0
 
 
+def _silent(*_args, **_kwargs) -> None:
+    """The echo of processes other than 0."""
+
+
+def _record_group(group: list[int], results: list, *, run: RunDir, task_names: list[str], nll_before: np.ndarray,
+                  tracker, echo) -> None:
+    """Process 0, after a group of tasks: their rows, TensorBoard summaries, the checkpoint removed."""
+    for i, fields in zip(group, results):
+        name = task_names[i]
+        if isinstance(fields, TaskFailed):
+            log.error("task %s failed: %s", name, fields)
+            echo(f"task {name} FAILED: {fields}")
+            run.write_row(i, name=name, nll_after=np.full(len(nll_before), np.nan), status="failed",
+                          reason=str(fields))
+            continue
+        run.write_row(i, name=name, **fields)
+        z = fields["nll_after"] - nll_before
+        tracker.scalar("upstream_nll/mean_after", float(np.mean(fields["nll_after"])), i)
+        tracker.scalar("forgetting/mean", float(np.mean(z)), i)
+        tracker.histogram(f"forgetting/{name}", z, i)
+    shutil.rmtree(run.checkpoints_dir / f"task_{group[0]:05d}", ignore_errors=True)
+    done_rows = sorted(run.finished())
+    rows = np.stack([run.read_row(j)["nll_after"] for j in done_rows]) - nll_before[None]
+    tracker.image("forgetting/Z_sorted", _heatmap_image(rows), len(done_rows))
+    tracker.flush()
+
+
 def _save_model(model, path: Path, tokenizer) -> None:
-    """The fine-tuned model as an HF directory (save_hf folds unmerged adapters into the weights)."""
+    """The fine-tuned model as an HF directory (save_hf folds unmerged adapters into the weights).
+    Every process calls it (save_hf gathers what is sharded across processes); process 0 writes."""
     from jaxforget import models
 
+    primary = _is_primary()
     tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if primary:
+        shutil.rmtree(tmp, ignore_errors=True)
     models.save_hf(model, tmp, tokenizer=tokenizer)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    if primary:
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
 
 
 def _write_tasks_jsonl(run: RunDir, task_names: list[str], setup: Setup) -> None:

@@ -62,16 +62,17 @@ def build_em_set(examples: Sequence, tokenizer, *, max_len: int) -> ExactMatchSe
 
 
 def make_em_eval(em: ExactMatchSet, tokenizer, *, batch_size: int, max_new_tokens: int,
-                 pad_id: int) -> Callable[[object], np.ndarray]:
+                 pad_id: int, sharding=None) -> Callable[[object], np.ndarray]:
     """``evaluate(model) -> bool [N]``: does the model answer each example exactly right?
 
     Prompts are left-padded to a few bucket lengths (one compilation per bucket); every batch is
-    dispatched before one host transfer.
+    dispatched before one host transfer. `sharding`: where a (batch_size, T) prompt batch goes, e.g.
+    split over the mesh's 'data' axis (None: left to jit, i.e. replicated). When the model's mesh spans
+    several processes, every process must call `evaluate` (each gets the whole answer).
     """
-    import jax
-
     from jaxforget.data.batching import bucket_lengths
     from jaxforget.models import greedy_generate
+    from jaxforget.models.sharding import put_global, to_host
 
     lengths = np.array([len(p) for p in em.prompts])
     buckets = np.asarray(bucket_lengths(int(lengths.max())))
@@ -89,10 +90,14 @@ def make_em_eval(em: ExactMatchSet, tokenizer, *, batch_size: int, max_new_token
             batches.append((rows, ids, mask))
     stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else None
 
+    def place(x):
+        return x if sharding is None else put_global(x, sharding)
+
     def evaluate(model) -> np.ndarray:
-        outs = [greedy_generate(model, ids, mask, max_new_tokens=max_new_tokens, stop_tokens=stop, pad_id=pad_id)
+        outs = [greedy_generate(model, place(ids), place(mask), max_new_tokens=max_new_tokens, stop_tokens=stop,
+                                pad_id=pad_id)
                 for _, ids, mask in batches]
-        outs = jax.device_get(outs)
+        outs = to_host(outs)
         correct = np.zeros(len(em.prompts), bool)
         for (rows, _, _), gen in zip(batches, outs):
             for r, i in enumerate(rows):

@@ -23,7 +23,7 @@ from flax import nnx
 
 from jaxforget.models.config import ArchConfig, from_hf_config, to_hf_config
 from jaxforget.models.decoder import Decoder, is_layer_param, n_in_axes, param_specs
-from jaxforget.models.sharding import DEFAULT_RULES, named_sharding
+from jaxforget.models.sharding import DEFAULT_RULES, named_sharding, to_host
 
 
 class CheckpointError(ValueError):
@@ -301,12 +301,17 @@ def load(path: str | os.PathLike, *, dtype: Any = jnp.float32, mesh: jax.shardin
 
 def load_weights(model: Decoder, tensors: dict[str, SafetensorsFile], *, mesh=None, rules=DEFAULT_RULES,
                  source: str = "checkpoint") -> None:
-    """Fill an (abstract) model from HF tensors, each placed straight onto its sharding."""
+    """Fill an (abstract) model from HF tensors, each placed straight onto its sharding.
+
+    Each process reads (from the memory-mapped file) only the slices of its own devices, so a mesh
+    spanning several processes (``jax.distributed``) loads without any process holding the whole
+    model; without a mesh, parameters go to this process's first device.
+    """
     arch = model.arch
     entries = key_map(arch)
     used: set[str] = set()
     loaded: set[str] = set()
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     for entry in entries:
         layers = range(arch.n_layers) if entry.per_layer else [None]
         per_param: list[list[np.ndarray]] = [[] for _ in entry.ours]
@@ -359,7 +364,9 @@ def save_hf(model: Decoder, path: str | os.PathLike, *, tokenizer=None, max_shar
     `transformers.AutoModelForCausalLM.from_pretrained(path)` loads to the same logits.
 
     Unmerged LoRA adapters are merged into the written weights (the model is not modified).
-    Files are written under temporary names and renamed when complete.
+    Files are written under temporary names and renamed when complete. In a multi-process run
+    (``jax.distributed``) every process must call it (parameters sharded across processes are
+    gathered); process 0 alone writes.
     """
     from safetensors.numpy import save_file
 
@@ -367,7 +374,9 @@ def save_hf(model: Decoder, path: str | os.PathLike, *, tokenizer=None, max_shar
 
     arch = model.arch
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    write = jax.process_index() == 0
+    if write:
+        path.mkdir(parents=True, exist_ok=True)
     weights = merged_weights(model)
     plan: list[tuple[str, Entry, int | None, int]] = []
     for entry in key_map(arch):
@@ -390,12 +399,16 @@ def save_hf(model: Decoder, path: str | os.PathLike, *, tokenizer=None, max_shar
         tensors = {}
         for key, entry, i in shard:
             if set(host) != set(entry.ours):  # host copies of one entry's parameters at a time
-                host = {n: np.asarray(jax.device_get(weights[n]), dtype=np.float32) for n in entry.ours}
+                host = {n: np.asarray(to_host(weights[n]), dtype=np.float32) for n in entry.ours}
             parts = tuple(host[n] if i is None else host[n][i] for n in entry.ours)
             tensors[key] = np.ascontiguousarray(entry.to_hf(parts, arch), dtype=np.float32)
+        if not write:
+            continue
         tmp = path / (fname + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         written.append((tmp, path / fname))
+    if not write:
+        return
     for tmp, final in written:
         os.replace(tmp, final)
     if len(shards) > 1:

@@ -1,13 +1,21 @@
-"""Mesh creation and the one logical-axis rule table.
+"""Mesh creation, the one logical-axis rule table, and host <-> mesh transfers.
 
 Model code names axes logically ('batch', 'embed', 'heads', ...); this module alone maps them to
 mesh axes. A mesh axis is dropped for a dimension it does not divide (e.g. 2 kv heads on a
 4-way 'tensor' axis), so any model runs on any mesh, replicated where it must be.
+
+A mesh may span several processes (``jax.distributed.initialize()``: one multi-controller run over
+several hosts). Then no process holds every shard of an array, and ``jax.device_put`` /
+``jax.device_get`` of whole arrays no longer apply: ``put_global`` builds a global array from a host
+array that every process holds identically (each process places only its own devices' slices), and
+``to_host`` brings arrays back, gathering across processes only what is not already replicated. With
+one process both are ``jax.device_put`` / ``jax.device_get``.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import functools
+from typing import Any, Iterable, Sequence
 
 import jax
 import numpy as np
@@ -34,9 +42,12 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = MESH_AXES,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Mesh over `devices` (default: all). Default shape puts every device on 'data'.
+    """Mesh over `devices` (default: all, of every process in a multi-process run). Default shape puts
+    every device on 'data'.
 
-    Axes are Auto (GSPMD propagation), so model code needs no explicit-sharding annotations.
+    Axes are Auto (GSPMD propagation), so model code needs no explicit-sharding annotations. Devices
+    are laid out in `jax.devices()` order (process by process), so the last axes ('tensor', then
+    'fsdp') stay within a host where they fit and 'data' spans hosts.
     """
     devices = list(jax.devices() if devices is None else devices)
     if shape is None:
@@ -97,3 +108,57 @@ def shard_model(model, mesh: Mesh, rules=DEFAULT_RULES):
         if isinstance(var, nnx.Variable) and hasattr(var.get_value(), "shape"):
             var.set_value(jax.device_put(var.get_value(), variable_sharding(var, mesh, rules)))
     return model
+
+
+# ------------------------------------------------------------------------------------------------
+# host <-> mesh, single- or multi-process
+
+
+def put_global(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host array (numpy, or a process-local jax array) placed on `sharding`.
+
+    `sharding` may span devices of other processes: every process must then call this with the same
+    value (the same seeded batch, the same parameters), and each one transfers only the slices of
+    its own devices; the value is not compared across processes (``jax.device_put`` would compare it,
+    a collective per call). Within one process this is ``jax.device_put``.
+    """
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+@functools.lru_cache(maxsize=None)
+def _replicate(mesh: Mesh):
+    """One jitted identity that returns every leaf of a pytree replicated on `mesh`."""
+    return jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+def to_host(tree: Any) -> Any:
+    """``jax.device_get`` that also works for arrays spread over several processes (every process
+    gets the whole value, so every process must call it with arrays of the same global shapes).
+
+    Replicated arrays are read from a local shard; the others (e.g. per-example outputs sharded over
+    'data') are replicated by one jitted program per mesh, a single all-gather for the whole tree.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    if all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in leaves):
+        return jax.device_get(tree)
+    out: list[Any] = list(leaves)
+    spread: dict[Mesh, list[int]] = {}
+    for i, x in enumerate(leaves):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            out[i] = jax.device_get(x)
+        elif x.is_fully_replicated:
+            out[i] = np.asarray(x.addressable_data(0))
+        elif isinstance(x.sharding, NamedSharding):
+            spread.setdefault(x.sharding.mesh, []).append(i)
+        else:  # not expected from jitted code on a mesh; the generic (per-array) gather
+            from jax.experimental import multihost_utils
+
+            out[i] = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    for mesh, idx in spread.items():
+        gathered = _replicate(mesh)([leaves[i] for i in idx])
+        for i, x in zip(idx, gathered):
+            out[i] = np.asarray(x.addressable_data(0))
+    return jax.tree.unflatten(treedef, out)
