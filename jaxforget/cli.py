@@ -21,3 +21,41 @@ def run(config_type: type[C], main: Callable[[C], Any], argv: list[str] | None =
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def config_from_dict(config_type: type[C], values: Any, where: str = "config") -> C:
+    """Rebuild a (nested, frozen) config dataclass from its ``dataclasses.asdict`` JSON form, e.g. the
+    ``config`` a run recorded in ``meta.json``: lists become tuples, strings become Paths where the
+    field is a Path; fields the JSON lacks keep their defaults (a run from an older version), and a
+    field the dataclass does not have is an error naming it (``where`` prefixes the name)."""
+    import dataclasses
+    import types
+    import typing
+    from pathlib import Path
+
+    def convert(tp: Any, value: Any, name: str) -> Any:
+        if value is None:
+            return None
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            options = [a for a in args if a is not type(None)]
+            return convert(options[0], value, name) if len(options) == 1 else value
+        if origin is typing.Literal or tp is Any:
+            return value
+        if dataclasses.is_dataclass(tp):
+            return config_from_dict(tp, value, name)
+        if origin is tuple:
+            inner = args[0] if args else Any
+            return tuple(convert(inner, v, f"{name}[{i}]") for i, v in enumerate(value))
+        if tp is Path:
+            return Path(value)
+        return value
+
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping of fields, got {type(values).__name__}")
+    hints = typing.get_type_hints(config_type, include_extras=False)
+    fields = {f.name for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} for {config_type.__name__}")
+    return config_type(**{k: convert(hints[k], v, f"{where}.{k}") for k, v in values.items()})

@@ -7,6 +7,15 @@ seeds; the same numbers, per seed, go to a JSON file.
     python -m jaxforget.predict                                  # planted synthetic matrix
     python -m jaxforget.predict --matrix runs/default            # a collected run
     python -m jaxforget.predict --matrix Z.npy --split 0.25 --methods additive knn_baseline mf:rank=10
+    python -m jaxforget.predict --matrix runs/default --methods additive knn_baseline mf rep_dot
+
+``rep_dot`` (options ``rep_dot:steps=600,loss=binary,...``, see ``jaxforget.rep_dot.RepDotConfig``) is
+the LM-based predictor baseline: it needs a collect run directory (the texts and the base model), is
+trained on the train tasks' rows (one predictor per seed, seeded by it), predicts each test row from the
+test task's text without the revealed entries, and is scored on the same hidden entries as the
+completion methods. It also reports ``example_macro_f1``, the original paper's per-example macro F1
+(F1 of each task example's own scores, averaged over examples); the completion methods predict one row
+per task and have no per-example predictions, so their cell is "—".
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ class PredictConfig:
     """Seed of a fractional split."""
     methods: tuple[str, ...] = ("additive", "knn_baseline", "mf")
     """Methods, each NAME or NAME:option=value,...; names: additive, knn, knn_baseline, mf, soft_impute,
-    logistic_mf, logistic_additive."""
+    logistic_mf, logistic_additive, and rep_dot (the LM-based predictor; needs a run directory)."""
     k: int = 30
     """Revealed entries per test task."""
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -102,12 +111,45 @@ def _default_out(config: PredictConfig) -> Path:
     return config.matrix.with_name(f"predict_{config.matrix.stem}.json")
 
 
+REP_DOT = "rep_dot"
+
+
+def parse_methods(specs: tuple[str, ...]) -> tuple[list, list[tuple[str, object]]]:
+    """(completion Methods, [(label, RepDotConfig)]) from ``--methods``; every name and option is checked
+    here, before any work."""
+    from jaxforget import completion
+    from jaxforget.completion.protocol import parse_spec
+
+    if not specs:
+        raise ValueError("--methods: give at least one method")
+    methods, rep = [], []
+    for spec in specs:
+        name, options = parse_spec(spec)
+        if name == REP_DOT:
+            from jaxforget.rep_dot import RepDotConfig
+
+            label = spec.strip() if options else REP_DOT
+            rep.append((label, RepDotConfig.from_options(options, reserved=("seed",))))
+        else:
+            methods.append(completion.Method(name, options))
+    labels = [m.label for m in methods] + [label for label, _ in rep]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--methods: a method is listed twice ({labels})")
+    return methods, rep
+
+
 def main(config: PredictConfig) -> dict:
+    import time
+
     import jax
 
     from jaxforget import completion
 
-    methods = [completion.Method.parse(m) for m in config.methods]  # bad names fail before any work
+    methods, rep = parse_methods(config.methods)  # bad names fail before any work
+    if rep and (config.matrix is None or not (config.matrix / "meta.json").exists()):
+        raise ValueError(f"--methods {rep[0][0]}: the LM-based predictor needs --matrix RUN, a run directory of "
+                         "`python -m jaxforget.collect` (its texts and base model); got "
+                         f"{config.matrix or 'the synthetic matrix'}")
     if config.matrix is None:
         planted = completion.planted_matrix(config.synthetic_rows, config.synthetic_cols, seed=config.synthetic_seed)
         Z = planted.Z
@@ -128,6 +170,27 @@ def main(config: PredictConfig) -> dict:
         mode=config.mode, binary=binary, threshold=config.threshold, top_n=config.top_n, clip=config.clip,
         batch_size=config.batch_size,
     )
+    if rep:
+        from jaxforget import rep_dot
+
+        from jaxforget.store import RunError
+
+        def load(rcfg):
+            try:
+                return rep_dot.load_run(config.matrix, rcfg, echo=lambda *_: None)
+            except RunError as e:  # a user-facing input error, like a bad matrix file
+                raise ValueError(str(e)) from None
+
+        t0 = time.perf_counter()
+        texts = load(rep[0][1])
+        if texts.task_names != data.row_names or texts.example_ids != data.col_ids:
+            raise ValueError(f"{config.matrix}: forgetting.npz and meta.json name different tasks or examples")
+        print(f"rep_dot: {config.matrix} texts and base model loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+        for label, rcfg in rep:
+            if (rcfg.max_upstream_len, rcfg.max_task_len) != (rep[0][1].max_upstream_len, rep[0][1].max_task_len):
+                texts = load(rcfg)
+            rep_dot.add_to_protocol(result, texts.model, texts.data, data.Z, rcfg, label=label,
+                                    echo=lambda msg: print(msg, flush=True))
     print(result.table())
     report = dict(
         matrix=data.source, shape=list(data.Z.shape), not_measured=n_nan,

@@ -32,13 +32,21 @@ from jaxforget.completion.low_rank import (
     truncated_svd,
 )
 from jaxforget.completion.metrics import all_metrics, classification, precision_at_n, r2, rmse, roc_auc
-from jaxforget.completion.protocol import METHODS, Method, ProtocolResult, evaluate, reveal_mask, split_rows
+from jaxforget.completion.protocol import (
+    METHODS,
+    Method,
+    ProtocolResult,
+    complete_rows,
+    evaluate,
+    reveal_mask,
+    split_rows,
+)
 from jaxforget.completion.synthetic import Planted, planted_matrix
 
 __all__ = [
     "LOW_RANK_ITERS", "LOW_RANK_REG",
     "AdditiveFit", "KNNFit", "LowRankFit", "METHODS", "Method", "Planted", "ProtocolResult",
-    "additive", "all_metrics", "classification", "col_mean_fit", "evaluate", "fit_additive", "fit_knn",
+    "additive", "all_metrics", "classification", "col_mean_fit", "complete_rows", "evaluate", "fit_additive", "fit_knn",
     "fit_logistic_mf", "fit_low_rank", "fit_soft_impute", "fit_table", "fit_truncated_svd", "knn",
     "logistic_mf", "low_rank", "multiplicative", "planted_matrix", "precision_at_n", "r2", "reveal_mask",
     "prepare", "rank_fit", "rmse", "roc_auc", "row_mean_fit", "similarity", "soft_impute", "split_rows", "truncated_svd",

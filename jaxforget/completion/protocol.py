@@ -10,6 +10,10 @@ Unlike the paper's reference code (one scikit-surprise refit per test task in a 
 method's jitted core is vmapped over them (``batch_size`` bounds how many are solved at once).
 ``mode="fold_in"`` instead fits the train rows once and folds each revealed row in without
 refitting, the streaming use case.
+
+Predictors that live outside this package (the LM-based ``jaxforget.rep_dot``, which needs model
+code) are scored on exactly the same hidden entries with :meth:`ProtocolResult.add`; ``evaluate``
+with no method returns the reveal draws and hidden masks they need.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import dataclasses
 import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import jax
@@ -101,14 +105,19 @@ class Method:
 
     @classmethod
     def parse(cls, text: str) -> "Method":
-        name, _, rest = text.partition(":")
-        options: dict[str, Any] = {}
-        for item in filter(None, rest.split(",")):
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise ValueError(f"method option {item!r} in {text!r} is not of the form name=value")
-            options[key.strip()] = _parse_value(value.strip())
-        return cls(name.strip(), options)
+        return cls(*parse_spec(text))
+
+
+def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """``"name:opt=value,..."`` -> ``(name, {opt: value})``; values become bool, None, int, float or str."""
+    name, _, rest = text.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"method option {item!r} in {text!r} is not of the form name=value")
+        options[key.strip()] = _parse_value(value.strip())
+    return name.strip(), options
 
 
 def _parse_value(text: str) -> Any:
@@ -154,6 +163,36 @@ class ProtocolResult:
     train_rows: list[int]
     seeds: list[int]
     settings: dict[str, Any]
+    z_test: np.ndarray | None = None  # [T, N] the test rows (hidden entries zeroed)
+    hidden: np.ndarray | None = None  # [S, T, N] the entries every method is scored on
+
+    def add(self, label: str, predictions: Any, *, seconds: float, pred_threshold: float | None = None,
+            extra_metrics: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None) -> None:
+        """Score predictions ``[S, T, N]`` of a method run outside :func:`evaluate` (one predicted row per
+        seed and test task) on the same hidden entries, with the same metrics, and add them to the result.
+
+        ``pred_threshold``: a prediction above it means "forgotten" (default: the protocol threshold).
+        ``extra_metrics``: name -> ``[S]`` values added to (or replacing) the standard ones.
+        ``options``: recorded under ``settings["methods"][label]``.
+        """
+        if label in self.metrics:
+            raise ValueError(f"method {label!r} is already in the result")
+        pred = np.asarray(predictions, np.float32)
+        if pred.shape != self.hidden.shape:
+            raise ValueError(f"{label}: predictions of shape {pred.shape}; expected (seeds, test tasks, columns) "
+                             f"= {self.hidden.shape}")
+        mets = score(pred, self.z_test, self.hidden, threshold=self.settings["threshold"],
+                     top_n=self.settings["top_n"], pred_threshold=pred_threshold)
+        for name, v in (extra_metrics or {}).items():
+            v = np.asarray(v, np.float64)
+            if v.shape != (len(self.seeds),):
+                raise ValueError(f"{label}: metric {name!r} has shape {v.shape}; expected one value per seed")
+            mets[name] = v
+        self.methods.append(label)
+        self.metrics[label] = mets
+        self.predictions[label] = pred
+        self.seconds[label] = float(seconds)
+        self.settings["methods"][label] = dict(options or {})
 
     def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
         """method -> metric -> (mean, std over seeds); NaN seeds (undefined AUC) are skipped."""
@@ -168,10 +207,10 @@ class ProtocolResult:
     def table(self) -> str:
         """A markdown table of method x metric, ``mean ± std`` over seeds, plus wall time."""
         summary = self.summary()
-        names = list(self.metrics[self.methods[0]]) if self.methods else []
+        names = list(dict.fromkeys(n for m in self.methods for n in self.metrics[m]))  # a metric only some have: "-"
         lines = ["| method | " + " | ".join(names) + " | seconds |", "|---" * (len(names) + 2) + "|"]
         for m in self.methods:
-            cells = [f"{summary[m][n][0]:.4f} ± {summary[m][n][1]:.4f}" for n in names]
+            cells = [f"{summary[m][n][0]:.4f} ± {summary[m][n][1]:.4f}" if n in summary[m] else "—" for n in names]
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {self.seconds[m]:.2f} |")
         return "\n".join(lines)
 
@@ -185,6 +224,25 @@ class ProtocolResult:
             seeds=self.seeds,
             settings=self.settings,
         )
+
+
+METRIC_ORDER = ("rmse", "f1", "precision", "recall", "auc")  # then precision@<top_n>
+
+
+def score(pred: Any, z_test: Any, hidden: Any, *, threshold: float, top_n: int,
+          pred_threshold: float | None = None) -> dict[str, np.ndarray]:
+    """The protocol's metrics per seed: ``pred [S, T, N]`` against ``z_test [T, N]`` on the ``hidden [S, T, N]``
+    entries of each seed, pooled over test tasks. Returns metric -> float64 ``[S]``."""
+    fn = _metric_fn(float(threshold), int(top_n), None if pred_threshold is None else float(pred_threshold))
+    mets = jax.device_get(fn(jnp.asarray(pred), jnp.asarray(z_test), jnp.asarray(hidden)))
+    return {n: np.asarray(mets[n], dtype=np.float64) for n in (*METRIC_ORDER, f"precision@{top_n}")}
+
+
+@lru_cache(maxsize=None)
+def _metric_fn(threshold: float, top_n: int, pred_threshold: float | None) -> Callable:
+    """The jitted, seed-vmapped metrics (one compilation per setting and shape, shared by all methods)."""
+    return jax.jit(jax.vmap(partial(all_metrics, threshold=threshold, top_n=top_n, pred_threshold=pred_threshold),
+                            in_axes=(0, None, 0)))
 
 
 def _accepts_seed(core: Callable[..., Any]) -> bool:
@@ -247,7 +305,8 @@ def evaluate(
     Args:
       Z, mask: the matrix and its observed entries (default: finite entries).
       test_rows: row indices of the test tasks; all other rows are train tasks.
-      methods: registered names (``METHODS``), ``"name:opt=value,..."`` strings or :class:`Method`.
+      methods: registered names (``METHODS``), ``"name:opt=value,..."`` strings or :class:`Method`; may
+        be empty (the result then holds the reveal draws and ``hidden`` masks, for :meth:`ProtocolResult.add`).
       k: revealed entries per test row.
       seeds: one reveal draw (and model initialisation) per seed.
       reveal: ``"without_replacement"`` or the reference code's ``"reference"`` scheme.
@@ -264,8 +323,6 @@ def evaluate(
     check_choice("reveal scheme", reveal, REVEAL_SCHEMES)
     check_choice("mode", mode, MODES)
     methods = [m if isinstance(m, Method) else Method.parse(m) for m in methods]
-    if not methods:
-        raise ValueError("no method given")
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise ValueError(f"methods listed twice: {labels}")
@@ -309,12 +366,12 @@ def evaluate(
     hidden = mask_test[None] & ~rev
     lo, hi = jnp.min(jnp.where(mask_train, Z_train, jnp.inf)), jnp.max(jnp.where(mask_train, Z_train, -jnp.inf))
 
-    metric_fn = jax.jit(jax.vmap(partial(all_metrics, threshold=threshold, top_n=top_n), in_axes=(0, None, 0)))
     result = ProtocolResult(
         methods=labels, metrics={}, predictions={}, reveal=np.asarray(rev), seconds={}, test_rows=test_rows,
         train_rows=train_rows, seeds=seeds,
         settings=dict(k=k, reveal=reveal, mode=mode, binary=binary, threshold=threshold, top_n=top_n, clip=clip,
                       methods={m.label: m.resolved for m in methods}),
+        z_test=np.asarray(Z_test), hidden=np.asarray(hidden),
     )
     for m, label in zip(methods, labels):
         t0 = time.perf_counter()
@@ -324,12 +381,9 @@ def evaluate(
             pred = jax.nn.sigmoid(pred)
         if clip:
             pred = jnp.clip(pred, lo, hi)
-        mets = metric_fn(pred, Z_test, hidden)
-        pred, mets = jax.device_get((pred, mets))
+        result.metrics[label] = score(pred, Z_test, hidden, threshold=threshold, top_n=top_n)
         result.seconds[label] = time.perf_counter() - t0
         result.predictions[label] = np.asarray(pred)
-        order = ["rmse", "f1", "precision", "recall", "auc", f"precision@{top_n}"]
-        result.metrics[label] = {n: np.asarray(mets[n], dtype=np.float64) for n in order}
     return result
 
 
@@ -340,3 +394,41 @@ def split_rows(n_rows: int, test_fraction: float, seed: int = 0) -> tuple[list[i
     n_test = max(1, min(n_rows - 1, round(test_fraction * n_rows)))
     perm = np.random.default_rng(seed).permutation(n_rows)
     return sorted(int(i) for i in perm[n_test:]), sorted(int(i) for i in perm[:n_test])
+
+
+def complete_rows(
+    Z_train: Any,
+    z_rows: Any,
+    revealed: Any,
+    *,
+    method: str | Method = "mf",
+    mask_train: Any | None = None,
+    seeds: int | Sequence[int] = 0,
+    mode: str = "refit",
+    clip: bool = False,
+) -> np.ndarray:
+    """Predicted full rows ``[P, N]`` for ``P`` new tasks of which only the ``revealed`` entries
+    (``bool[P, N]``) of ``z_rows`` are measured, from fully (or partly: ``mask_train``) measured
+    train rows ``Z_train [M, N]``: the protocol's solver outside the benchmark, e.g. to decide what
+    to replay from a few measured entries. Entries of ``z_rows`` outside ``revealed`` are ignored
+    (NaN allowed). ``seeds``: one per row, or one for all. Logistic methods return probabilities."""
+    check_choice("mode", mode, MODES)
+    m = method if isinstance(method, Method) else Method.parse(method)
+    Z0, mask = prepare(Z_train, mask_train)
+    z = np.asarray(z_rows, np.float32)
+    rev = np.asarray(revealed, bool)
+    if z.ndim != 2 or z.shape != rev.shape or z.shape[1] != Z0.shape[1]:
+        raise ValueError(f"z_rows {z.shape} and revealed {rev.shape} must both be [P, {Z0.shape[1]}] "
+                         f"(the train rows have {Z0.shape[1]} columns)")
+    if not rev.any(axis=1).all():
+        raise ValueError(f"rows {np.flatnonzero(~rev.any(axis=1)).tolist()} have no revealed entry")
+    if not np.isfinite(z[rev]).all():
+        raise ValueError("revealed entries of z_rows must be finite")
+    seeds_arr = np.broadcast_to(np.asarray(seeds, np.int32), (z.shape[0],))
+    pred = _solve(m, Z0, mask, jnp.asarray(np.where(rev, z, 0.0)), jnp.asarray(rev), jnp.asarray(seeds_arr),
+                  mode, None)
+    if m.link == "logit":
+        pred = jax.nn.sigmoid(pred)
+    if clip:
+        pred = jnp.clip(pred, jnp.min(jnp.where(mask, Z0, jnp.inf)), jnp.max(jnp.where(mask, Z0, -jnp.inf)))
+    return np.asarray(pred)
