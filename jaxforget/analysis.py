@@ -485,3 +485,55 @@ def r2_over_steps(Z_steps: Any, steps: Sequence[int] | None = None) -> list[dict
         out.append(dict(step=step, r2_rank1=_num(r2s[t]) if obs.size and np.ptp(obs) > 0 else None,
                         mean=_num(obs.mean()) if obs.size else None, n_observed=int(obs.size)))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# paired comparisons (replay: strategy vs baseline across tasks and seeds)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedTest:
+    """``x - y`` over paired observations: mean difference, paired t-test and sign-flip permutation test."""
+
+    n: int
+    mean_diff: float
+    t: float
+    p_t: float
+    """Two-sided p of the paired t-test (= scipy.stats.ttest_rel)."""
+    p_perm: float
+    """Two-sided p of the sign-flip permutation test of the mean difference: exact (all 2^n sign
+    patterns) for n <= 16, else Monte Carlo with ``n_permutations`` seeded draws, (count + 1) / (draws + 1)."""
+
+    def to_json(self) -> dict[str, float | int | None]:
+        return {k: _num(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def paired_test(x: Any, y: Any, *, n_permutations: int = 10_000, seed: int = 0) -> PairedTest:
+    """Is ``x`` different from ``y`` pair by pair? Pairs with a non-finite member are dropped."""
+    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"paired_test needs two samples of one length; got {x.size} and {y.size}")
+    d = (x - y)[np.isfinite(x) & np.isfinite(y)]
+    n = d.size
+    if n == 0:
+        return PairedTest(0, np.nan, np.nan, np.nan, np.nan)
+    mean = float(d.mean())
+    if n < 2:
+        return PairedTest(n, mean, np.nan, np.nan, np.nan)
+    sd = float(d.std(ddof=1))
+    df = n - 1
+    if sd == 0:
+        t, p_t = (0.0, 1.0) if mean == 0 else (float(np.sign(mean) * np.inf), 0.0)
+    else:
+        t = mean / (sd / np.sqrt(n))
+        with jax.enable_x64(True):  # P(|T_df| > |t|) = I_{df / (df + t^2)}(df / 2, 1 / 2)
+            p_t = float(betainc(jnp.float64(df / 2), jnp.float64(0.5), jnp.float64(df / (df + t * t))))
+    if n <= 16:
+        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)  # every sign pattern
+        count, draws = int(np.sum(np.abs(signs @ d) >= abs(d.sum()) * (1 - 1e-12))), 2**n
+        p_perm = count / draws
+    else:
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_permutations, n))
+        count = int(np.sum(np.abs(signs @ d) >= abs(d.sum()) * (1 - 1e-12)))
+        p_perm = (count + 1) / (n_permutations + 1)
+    return PairedTest(n, mean, float(t), p_t, float(p_perm))

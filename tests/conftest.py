@@ -20,3 +20,16 @@ def cache(tmp_path_factory):
         del os.environ["JAXFORGET_CACHE"]
     else:
         os.environ["JAXFORGET_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_run(cache, tmp_path_factory):
+    """One uninterrupted tiny collect run (3 tasks x 50 upstream examples, one-layer base model, the
+    fine-tuned models saved), shared by the tests that read a finished run. Treat it as read-only."""
+    from test_collect import tiny
+
+    from jaxforget.collect import collect
+
+    out = tmp_path_factory.mktemp("runs") / "ref"
+    assert collect(tiny(out, save_models=True), echo=lambda *_: None) == 0
+    return out

@@ -45,11 +45,9 @@ def flags(out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(cache, tmp_path_factory):
-    """One uninterrupted run, with the fine-tuned models saved."""
-    out = tmp_path_factory.mktemp("runs") / "ref"
-    assert collect(tiny(out, save_models=True), echo=lambda *_: None) == 0
-    return out
+def reference(tiny_run):
+    """One uninterrupted run of ``tiny(out, save_models=True)`` (conftest's session-wide `tiny_run`)."""
+    return tiny_run
 
 
 def _torch_nll(model_dir: Path, upstream_tok) -> np.ndarray:

@@ -1,0 +1,624 @@
+"""``python -m jaxforget.replay``: fine-tune with replay of the upstream examples predicted to be forgotten.
+
+For held-out tasks of a collected run, fine-tune from the same base and seed once per strategy and
+measure the forgetting of upstream examples that are never replayed:
+
+    python -m jaxforget.replay                                    # the built-in default run (collected if missing)
+    python -m jaxforget.replay runs/olmo1b --tasks squad_v1 quoref --strategies none random offline:mf online:mf
+    python -m jaxforget.replay runs/default --ratio 0.125 --seeds 0 1 2
+
+The run's upstream examples (the columns of Z) are split once, by ``--heldout-seed``, into a
+held-out set (never replayed; forgetting is measured there) and a candidate pool. Replayed examples
+are drawn from the pool without replacement with probability softmax(score / temperature)
+(sequential draws, as Gumbel-top-n), where the score of a pool example is
+
+- ``random``: uniform;
+- ``oracle``: the task's true row of Z (measured by the run: a full fine-tuning and a pass over the pool);
+- ``offline:<method>``: the row predicted by matrix completion (``jaxforget.completion``, e.g. additive,
+  knn_baseline, mf) from the other tasks' rows plus ``k`` measured entries of this task's row;
+- ``online:<method>``: the first ``online_fraction`` of the steps replay at random; then the forgetting of
+  ``k`` seed examples of the pool is measured against the base model, the row completed from the
+  other tasks' rows, and the rest replayed by the prediction. Costs ``k`` forward passes.
+- ``none``: no replay (the run's own fine-tuning: with the run's seed it reproduces the run's row).
+
+Mixing: the task's batches are exactly the run's (same seeded order, same steps); ``ratio`` replayed
+examples per task example are added as extra rows, spread evenly over the micro-batches, trained with
+the plain LM loss on all their tokens (the training length grows by ``ratio``, as the paper's). A
+batch of B task examples gets R = ceil(B * ratio) extra rows (padding where no example falls), so
+the train step compiles once per (B + R, bucket) shape and is reused for every task and strategy.
+
+Outputs (``--out``, default ``RUN/replay``): ``results/<task>.s<seed>.<strategy>.npz`` (one per
+fine-tuning, written atomically; a rerun skips them), ``summary.json``, ``report.md`` and TensorBoard
+events under ``tb/``. Per strategy: mean forgetting on the held-out examples, its change relative to
+no replay and to random replay, paired tests across tasks (seeds averaged) and across (task, seed)
+pairs, and the extra forward passes spent on choosing what to replay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tyro
+
+from jaxforget.store import RunDir, RunError, atomic_write_json, atomic_write_npz
+
+log = logging.getLogger("jaxforget.replay")
+
+KINDS = ("none", "random", "oracle", "offline", "online")
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """``none``, ``random``, ``oracle``, ``offline:<method>`` or ``online:<method>``, where <method> is a
+    completion method as ``python -m jaxforget.predict`` takes it (``mf``, ``mf:rank=3``, ...)."""
+
+    kind: str
+    method: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Strategy":
+        from jaxforget.completion import Method
+
+        kind, _, method = text.strip().partition(":")
+        if kind not in KINDS:
+            raise ValueError(f"--strategies: unknown strategy {text!r}; expected one of none, random, oracle, "
+                             "offline:<method>, online:<method> (method e.g. additive, knn_baseline, mf)")
+        if kind in ("offline", "online"):
+            if not method:
+                raise ValueError(f"--strategies: {text!r} needs a completion method, e.g. {kind}:mf")
+            m = Method.parse(method)  # unknown names and options fail here, before any work
+            if m.link == "logit":
+                raise ValueError(f"--strategies: {text!r}: {m.name} is for binary matrices; replay scores "
+                                 "forgetting as NLL increase")
+            return cls(kind, m.label)
+        if method:
+            raise ValueError(f"--strategies: {kind!r} takes no method (got {text!r})")
+        return cls(kind)
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.method is None else f"{self.kind}:{self.method}"
+
+    @property
+    def file_label(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.label)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayConfig:
+    """Fine-tune held-out tasks of a collected run with replay, once per strategy, and compare forgetting."""
+
+    run: tyro.conf.Positional[Path] = Path("runs/default")
+    """A collected run directory (python -m jaxforget.collect). The default, runs/default, is collected first
+    (the built-in world, about 2 minutes) when it does not exist."""
+    tasks: tuple[str, ...] = ()
+    """Tasks to fine-tune with replay: their rows are used only by the oracle and for the k measured entries of
+    offline prediction; the other tasks' rows train the completion. Default: a seeded --test-fraction of the
+    run's tasks (the same split as python -m jaxforget.predict --split <fraction>)."""
+    test_fraction: float = 0.25
+    """Fraction of the run's tasks taken as replay tasks when --tasks is not given."""
+    split_seed: int = 0
+    """Seed of that task split."""
+    strategies: tuple[str, ...] = ("none", "random", "oracle", "offline:additive", "offline:knn_baseline",
+                                   "offline:mf", "online:knn_baseline")
+    """none, random, oracle, offline:<method>, online:<method> (method: a completion method, e.g. additive,
+    knn_baseline, mf, mf:rank=3)."""
+    ratio: float = 1 / 32
+    """Replayed upstream examples per task example (the paper: 1/32; 1/8 for instruction-tuned models)."""
+    temperature: float = 0.1
+    """Replay probability is softmax(score / temperature), drawn without replacement."""
+    heldout_fraction: float = 0.5
+    """Fraction of the run's upstream examples never replayed, on which forgetting is measured."""
+    heldout_seed: int = 0
+    """Seed of the held-out / candidate split of the upstream examples."""
+    k: int = 30
+    """Measured entries of the task's row for offline and online prediction."""
+    online_fraction: float = 0.1
+    """online: the fraction of steps trained with random replay before forgetting is measured and predicted."""
+    seeds: tuple[int, ...] = (0, 1)
+    """Training seeds (batch order, adapter init; the run's own seed reproduces its training), replay draws and
+    revealed entries. Every strategy uses the same seeds: results are paired."""
+    out: Path | None = None
+    """Output directory. Default: RUN/replay."""
+    quiet: bool = False
+    """No progress bar."""
+
+
+# Fields that may differ between a run and its resumption.
+_NOT_COMPARED = ("out", "quiet", "strategies", "tasks", "seeds")
+
+
+def check_config(config: ReplayConfig) -> list[Strategy]:
+    strategies = [Strategy.parse(s) for s in config.strategies]
+    if not strategies:
+        raise ValueError("--strategies: give at least one")
+    labels = [s.label for s in strategies]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--strategies: listed twice: {labels}")
+    if not 0 <= config.ratio <= 1:
+        raise ValueError(f"--ratio must be in [0, 1] (replayed examples per task example), got {config.ratio}")
+    if config.temperature <= 0:
+        raise ValueError(f"--temperature must be > 0, got {config.temperature}")
+    if not 0 < config.heldout_fraction < 1:
+        raise ValueError(f"--heldout-fraction must be in (0, 1), got {config.heldout_fraction}")
+    if not 0 < config.online_fraction < 1:
+        raise ValueError(f"--online-fraction must be in (0, 1), got {config.online_fraction}")
+    if config.k < 1:
+        raise ValueError(f"--k must be >= 1, got {config.k}")
+    if not config.seeds:
+        raise ValueError("--seeds: give at least one")
+    return strategies
+
+
+# ------------------------------------------------------------------------------------------------
+# choosing what to replay
+
+
+def sample_without_replacement(scores: Any, n: int, *, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` distinct indices drawn one after another with probability softmax(scores / temperature)
+    over the indices not drawn yet, in draw order (Gumbel-top-n: the n largest of scores / temperature
+    plus i.i.d. Gumbel noise). Non-finite scores are an error."""
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be one-dimensional, got shape {scores.shape}")
+    if not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores))
+        raise ValueError(f"scores have {bad.size} non-finite entries (first at {int(bad[0])})")
+    if not 0 <= n <= scores.size:
+        raise ValueError(f"cannot draw {n} distinct items from {scores.size}")
+    keys = scores / temperature + rng.gumbel(size=scores.size)
+    return np.argsort(-keys, kind="stable")[:n]
+
+
+def spread(n_items: int, n_slots: int) -> np.ndarray:
+    """How many of n_items go to each of n_slots, evenly (item r goes to slot floor(r * n_slots / n_items))."""
+    if n_items == 0:
+        return np.zeros(n_slots, np.int64)
+    return np.bincount((np.arange(n_items) * n_slots) // n_items, minlength=n_slots)
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnSplit:
+    """The run's upstream examples (Z's columns): held out (measured, never replayed) or candidates."""
+
+    heldout: np.ndarray
+    candidates: np.ndarray
+
+    @classmethod
+    def make(cls, n: int, fraction: float, seed: int) -> "ColumnSplit":
+        n_held = min(n - 1, max(1, round(fraction * n)))
+        perm = np.random.default_rng([seed, 17]).permutation(n)
+        return cls(np.sort(perm[:n_held]), np.sort(perm[n_held:]))
+
+
+# ------------------------------------------------------------------------------------------------
+# the experiment
+
+
+@dataclasses.dataclass
+class Context:
+    """What every fine-tuning of the experiment shares, built once."""
+
+    config: ReplayConfig
+    collect_config: Any  # collect.CollectConfig of the run
+    setup: Any  # collect.Setup
+    engine: Any  # collect.Engine (K = 1)
+    Z: np.ndarray  # [M, N] the run's forgetting matrix
+    nll_before: np.ndarray  # [N]
+    columns: ColumnSplit
+    task_rows: list[int]  # rows of Z fine-tuned here
+    train_rows: list[int]  # rows that train the completion (the others, finite)
+    pad_id: int
+
+
+def load_context(config: ReplayConfig, echo=print) -> Context:
+    import dataclasses as dc
+
+    from jaxforget import collect
+    from jaxforget.cli import config_from_dict
+    from jaxforget.completion import split_rows
+
+    run = RunDir(config.run)
+    meta = run.read_meta()
+    if not run.forgetting_path.exists():
+        raise RunError(f"{run.forgetting_path}: the run is not complete (finish it, or merge its shards with "
+                       f"python -m jaxforget.collect --merge {run.root})")
+    with np.load(run.forgetting_path) as f:
+        Z, task_names = f["Z"].astype(np.float32), [str(x) for x in f["task_names"]]
+    cc = config_from_dict(collect.CollectConfig, meta["config"], f"{run.meta_path}: config")
+    cc = dc.replace(cc, out=run.root, tasks_per_step=1, quiet=True, save_models=False,
+                    eval=dc.replace(cc.eval, metrics=("nll",), eval_every=0))
+    if meta.get("model_dir") and cc.model.path is None and not Path(meta["model_dir"]).exists():
+        log.warning("the run's base model %s is gone: it is rebuilt from the run's configuration", meta["model_dir"])
+    setup = collect.build_setup(cc, echo=echo)
+    ids = [ex.id for ex in setup.upstream]
+    if setup.task_names != task_names:
+        raise RunError(f"{run.meta_path}: the tasks read now ({setup.task_names}) differ from the run's ({task_names})")
+    if ids != list(meta["example_ids"]):
+        raise RunError(f"{run.meta_path}: the upstream examples read now differ from the run's example_ids "
+                       "(the data files changed since the run)")
+    too_long = max(len(t.ids) for t in setup.upstream_tok)
+    if too_long > max(cc.train.buckets):
+        raise ValueError(f"{run.meta_path}: upstream examples have up to {too_long} tokens, more than the run's "
+                         f"largest train bucket {max(cc.train.buckets)}: they cannot be replayed")
+
+    if config.tasks:
+        unknown = [t for t in config.tasks if t not in task_names]
+        if unknown:
+            raise ValueError(f"--tasks: unknown task(s) {unknown}; the run has {task_names}")
+        task_rows = [task_names.index(t) for t in config.tasks]
+    else:
+        task_rows = split_rows(len(task_names), config.test_fraction, config.split_seed)[1]
+    failed = [task_names[i] for i in task_rows if not np.isfinite(Z[i]).any()]
+    if failed:
+        raise ValueError(f"--tasks: {failed} failed in the run (no measured row)")
+    train_rows = [i for i in range(len(task_names)) if i not in task_rows and np.isfinite(Z[i]).any()]
+    needs_train = any(Strategy.parse(s).kind in ("offline", "online") for s in config.strategies)
+    if needs_train and not train_rows:
+        raise ValueError("offline and online prediction need at least one measured task besides --tasks")
+
+    engine = collect.build_engine(setup, cc)
+    nll_before = engine.evaluate(engine.base_params)[0]
+    stored = run.read_base()["nll_before"]
+    gap = float(np.nanmax(np.abs(nll_before - stored)))
+    if gap > 1e-3:
+        raise RunError(f"{run.base_path}: the base model's NLL now differs from the run's by up to {gap:.3g}: the "
+                       "base model or data changed since the run, so its Z no longer describes this model")
+    columns = ColumnSplit.make(Z.shape[1], config.heldout_fraction, config.heldout_seed)
+    if config.k > columns.candidates.size:
+        raise ValueError(f"--k {config.k}: only {columns.candidates.size} candidate examples")
+    return Context(config, cc, setup, engine, Z, nll_before, columns, task_rows, train_rows,
+                   collect._pad_id(setup.tokenizer))
+
+
+def offline_scores(ctx: Context, strategy: Strategy, seed: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{task row: (predicted scores over the candidates, revealed candidate positions)} for one seed:
+    the protocol of jaxforget.predict on Z restricted to the candidate columns, measured entries kept."""
+    from jaxforget.completion import evaluate
+
+    Zc = ctx.Z[:, ctx.columns.candidates]
+    rows = ctx.train_rows + ctx.task_rows
+    res = evaluate(Zc[rows], test_rows=list(range(len(ctx.train_rows), len(rows))), methods=[strategy.method],
+                   k=ctx.config.k, seeds=[seed])
+    pred = res.predictions[strategy.method][0]
+    out = {}
+    for t, row in enumerate(ctx.task_rows):
+        revealed = res.reveal[0, t]
+        out[row] = (np.where(revealed, Zc[row], pred[t]), np.flatnonzero(revealed))
+    return out
+
+
+def _extend(batch, replay: list, pad_id: int, n_rows: int, buckets: tuple[int, ...]):
+    """The task micro-batch with `replay` upstream examples as extra rows, padded to n_rows rows and the
+    smallest bucket holding every row."""
+    from jaxforget.data.batching import Batch
+
+    longest = max([batch.input_ids.shape[1]] + [len(ex.ids) for ex in replay])
+    T = min(b for b in buckets if b >= longest)
+    B = batch.input_ids.shape[0]
+    ids = np.full((n_rows, T), pad_id, np.int32)
+    attn, loss = np.zeros((n_rows, T), np.int32), np.zeros((n_rows, T), bool)
+    t = batch.input_ids.shape[1]
+    ids[:B, :t], attn[:B, :t], loss[:B, :t] = batch.input_ids, batch.attention_mask, batch.loss_mask
+    for r, ex in enumerate(replay):
+        n = len(ex.ids)
+        ids[B + r, :n], attn[B + r, :n], loss[B + r, :n] = ex.ids, 1, ex.loss_mask
+    return Batch(ids, attn, loss, batch.index, batch.epoch, batch.step)
+
+
+@dataclasses.dataclass
+class Trace:
+    """What one fine-tuning fed the model, for tests and audits: per step, the upstream indices replayed."""
+
+    replayed: list[np.ndarray] = dataclasses.field(default_factory=list)
+    arrays: list[tuple[np.ndarray, ...]] = dataclasses.field(default_factory=list)
+    keep_arrays: bool = False
+
+
+def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline: dict | None = None,
+              trace: Trace | None = None, progress=None) -> dict[str, np.ndarray]:
+    """Fine-tune task `row` with `strategy` (training seed `seed`) and measure every upstream example.
+    Returns the result fields (see the module docstring)."""
+    from jaxforget import collect
+    from jaxforget.data.batching import Batcher, num_train_steps
+    from jaxforget.models.sharding import to_host
+
+    cfg, cc, setup, engine = ctx.config, ctx.collect_config, ctx.setup, ctx.engine
+    t = cc.train
+    cc_s = dataclasses.replace(cc, train=dataclasses.replace(t, seed=seed))
+    name = setup.task_names[row]
+    task_seed = collect._task_seed(cc_s, row)
+    batcher = Batcher(setup.task_train[name], batch_size=t.batch_size, buckets=t.buckets, seed=task_seed,
+                      pad_id=ctx.pad_id)
+    n_steps = num_train_steps(-(-batcher.steps_per_epoch // t.grad_accum), max_steps=t.max_steps,
+                              max_epochs=t.max_epochs)
+    micro = list(batcher.batches(n_steps * t.grad_accum))
+    n_task = sum(int((b.index >= 0).sum()) for b in micro)
+    pool = ctx.columns.candidates
+    rng = np.random.default_rng([seed, row, KINDS.index(strategy.kind), 7])
+    n_replay = 0 if strategy.kind == "none" else min(pool.size, int(round(n_task * cfg.ratio)))
+    if strategy.kind != "none" and n_replay < round(n_task * cfg.ratio):
+        log.warning("task %s: %d replayed examples asked for, only %d candidates: all are replayed once",
+                    name, round(n_task * cfg.ratio), pool.size)
+    per_micro = spread(n_replay, len(micro))
+    extra_rows = int(math.ceil(t.batch_size * cfg.ratio)) if strategy.kind != "none" else 0
+    extra_rows = max(extra_rows, int(per_micro.max(initial=0)))
+    switch = n_steps  # online: the step at which forgetting is measured and the rest is replayed by prediction
+    extra_forward = 0
+    revealed_cols = np.zeros(0, np.int64)
+
+    scores = None
+    if strategy.kind == "random":
+        scores = np.zeros(pool.size)
+    elif strategy.kind == "oracle":
+        scores = ctx.Z[row, pool]
+        extra_forward = pool.size
+    elif strategy.kind == "offline":
+        scores, revealed = offline[row]
+        revealed_cols = pool[revealed]
+        extra_forward = cfg.k
+    elif strategy.kind == "online":
+        switch = max(1, int(math.ceil(cfg.online_fraction * n_steps)))
+        extra_forward = cfg.k
+        scores = np.zeros(pool.size)  # random until the switch
+    n_first = int(per_micro[: switch * t.grad_accum].sum()) if strategy.kind == "online" else n_replay
+    order = sample_without_replacement(scores, n_first, temperature=cfg.temperature, rng=rng) if scores is not None \
+        else np.zeros(0, np.int64)
+    chosen = list(rng.permutation(order))  # replayed in a random order, spread over the whole run
+
+    state = engine.start([collect.initial_params(cc_s, row, engine)])
+    metrics_dev, t0, used = [], time.perf_counter(), 0
+    for step in range(n_steps):
+        if strategy.kind == "online" and step == switch:
+            rest, revealed_cols = _online_choice(ctx, state, strategy, seed, rng, chosen, n_replay - len(chosen))
+            chosen += rest
+        batches, replayed = [], []
+        for a in range(t.grad_accum):
+            m = step * t.grad_accum + a
+            take = [pool[i] for i in chosen[used:used + per_micro[m]]]
+            used += per_micro[m]
+            replayed += take
+            b = micro[m]
+            if extra_rows:
+                b = _extend(b, [setup.upstream_tok[j] for j in take], ctx.pad_id, t.batch_size + extra_rows, t.buckets)
+            batches.append(b)
+        arrays = collect._stack_slots([batches], ctx.pad_id, batches[0].input_ids.shape[0], t.grad_accum)
+        if trace is not None:
+            trace.replayed.append(np.asarray(replayed, np.int64))
+            if trace.keep_arrays:
+                trace.arrays.append(arrays)
+        state, metrics = engine.step(state, arrays, np.ones(1, bool))
+        metrics_dev.append(metrics["loss"])
+        if progress is not None:
+            progress.update(1)
+    losses = np.reshape(np.asarray(to_host(metrics_dev), np.float32), -1)
+    nll_after = engine.evaluate(state.params)[0]
+    replayed_all = np.asarray([pool[i] for i in chosen[:used]], np.int64)
+    if np.intersect1d(replayed_all, ctx.columns.heldout).size:  # cannot happen: the pool excludes them
+        raise AssertionError("a held-out example was replayed")
+    z = nll_after - ctx.nll_before
+    failed = not (np.isfinite(losses).all() and np.isfinite(nll_after).all())
+    return dict(
+        task=np.asarray(name), row=np.asarray(row), seed=np.asarray(seed), strategy=np.asarray(strategy.label),
+        status=np.asarray("failed" if failed else "ok"), z=z.astype(np.float32),
+        heldout_forgetting=np.asarray(np.mean(z[ctx.columns.heldout])),
+        candidate_forgetting=np.asarray(np.mean(z[ctx.columns.candidates])),
+        replayed=replayed_all, revealed=np.asarray(revealed_cols, np.int64), steps=np.asarray(n_steps),
+        task_examples=np.asarray(n_task), extra_forward=np.asarray(extra_forward),
+        train_losses=losses, seconds=np.asarray(time.perf_counter() - t0), task_seed=np.asarray(task_seed))
+
+
+def _online_choice(ctx: Context, state, strategy: Strategy, seed: int, rng: np.random.Generator,
+                   chosen: list, n_rest: int) -> tuple[list, np.ndarray]:
+    """Measure k seed examples of the pool under the current weights, complete the row from the other
+    tasks' rows, and draw the rest of the replay from the pool examples not drawn yet. Returns the
+    drawn pool positions (in replay order) and the upstream indices of the seed examples."""
+    import dataclasses as dc
+
+    from jaxforget import collect
+    from jaxforget.completion import complete_rows
+
+    pool, k = ctx.columns.candidates, ctx.config.k
+    probe = np.sort(rng.choice(pool.size, k, replace=False))
+    sub = dc.replace(ctx.setup, upstream_tok=[ctx.setup.upstream_tok[j] for j in pool[probe]])
+    nll = collect.make_upstream_eval(ctx.engine.eval_step, sub, ctx.collect_config)(state.params)[0]
+    z_probe = np.full(pool.size, np.nan, np.float32)
+    z_probe[probe] = nll - ctx.nll_before[pool[probe]]
+    revealed = np.zeros(pool.size, bool)
+    revealed[probe] = True
+    pred = complete_rows(ctx.Z[np.ix_(ctx.train_rows, pool)], z_probe[None], revealed[None],
+                         method=strategy.method, seeds=seed)[0]
+    left = np.setdiff1d(np.arange(pool.size), np.asarray(chosen, np.int64))
+    n_rest = min(n_rest, left.size)
+    draw = sample_without_replacement(pred[left], n_rest, temperature=ctx.config.temperature, rng=rng)
+    return list(rng.permutation(left[draw])), pool[probe]
+
+
+# ------------------------------------------------------------------------------------------------
+# the command
+
+
+def summarize(results: list[dict[str, Any]], strategies: list[Strategy], task_names: list[str],
+              seeds: list[int]) -> dict[str, Any]:
+    """Per strategy: held-out forgetting (mean and std over task x seed), its change relative to no
+    replay and to random replay with paired tests across tasks (seeds averaged) and across (task,
+    seed) pairs, forgetting on the candidate pool and on the replayed examples, extra forward passes."""
+    from jaxforget.analysis import paired_test
+
+    labels = [s.label for s in strategies]
+    T, S = len(task_names), len(seeds)
+
+    def grid(field: str) -> dict[str, np.ndarray]:  # label -> [T, S], NaN where failed or missing
+        out = {label: np.full((T, S), np.nan) for label in labels}
+        for r in results:
+            if r["status"] == "ok" and r["strategy"] in out:
+                out[r["strategy"]][task_names.index(r["task"]), seeds.index(r["seed"])] = r[field]
+        return out
+
+    held, cand, repl = grid("heldout_forgetting"), grid("candidate_forgetting"), grid("replayed_forgetting")
+    extra = grid("extra_forward")
+    summary: dict[str, Any] = {}
+    for label in labels:
+        h = held[label]
+        entry = dict(heldout_forgetting=float(np.nanmean(h)) if np.isfinite(h).any() else None,
+                     heldout_std=float(np.nanstd(h)) if np.isfinite(h).any() else None,
+                     candidate_forgetting=float(np.nanmean(cand[label])) if np.isfinite(cand[label]).any() else None,
+                     replayed_forgetting=float(np.nanmean(repl[label])) if np.isfinite(repl[label]).any() else None,
+                     extra_forward=float(np.nanmean(extra[label])) if np.isfinite(extra[label]).any() else None,
+                     n=int(np.isfinite(h).sum()),
+                     per_task={n: (float(np.nanmean(v)) if np.isfinite(v).any() else None)
+                               for n, v in zip(task_names, h)})
+        for ref in ("none", "random"):
+            if ref not in held or ref == label:
+                continue
+            base = held[ref]
+            both = np.isfinite(h) & np.isfinite(base)
+            ref_mean = float(np.mean(base[both])) if both.any() else np.nan
+            diff = float(np.mean(h[both] - base[both])) if both.any() else np.nan
+            with np.errstate(all="ignore"):
+                task_h, task_b = np.nanmean(np.where(both, h, np.nan), 1), np.nanmean(np.where(both, base, np.nan), 1)
+            entry[f"vs_{ref}"] = dict(
+                diff=diff if np.isfinite(diff) else None,
+                reduction=(-diff / ref_mean) if np.isfinite(diff) and ref_mean > 0 else None,
+                over_tasks=paired_test(task_h, task_b).to_json(),
+                over_pairs=paired_test(h[both], base[both]).to_json())
+        summary[label] = entry
+    return summary
+
+
+def report_markdown(summary: dict[str, Any], *, header: str) -> str:
+    def f(x, fmt="{:+.4f}"):
+        return "—" if x is None else fmt.format(x)
+
+    def test(entry, ref):
+        v = entry.get(f"vs_{ref}")
+        if v is None:
+            return "—", "—"
+        red = f(v["reduction"], "{:+.1%}")
+        t, p = v["over_tasks"], v["over_pairs"]
+        return red, f"{f(t['p_t'], '{:.3g}')} / {f(t['p_perm'], '{:.3g}')} · {f(p['p_t'], '{:.3g}')} / {f(p['p_perm'], '{:.3g}')}"
+
+    lines = [header, "",
+             "| strategy | held-out forgetting | replayed-pool forgetting | forgetting of replayed examples | "
+             "reduction vs none | p vs none | reduction vs random | p vs random | extra forward passes |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, e in summary.items():
+        rn, pn = test(e, "none")
+        rr, pr = test(e, "random")
+        held = "—" if e["heldout_forgetting"] is None else f"{e['heldout_forgetting']:.4f} ± {e['heldout_std']:.4f}"
+        lines.append(f"| {label} | {held} | {f(e['candidate_forgetting'], '{:.4f}')} | "
+                     f"{f(e['replayed_forgetting'], '{:.4f}')} | {rn} | {pn} | {rr} | {pr} | "
+                     f"{f(e['extra_forward'], '{:.0f}')} |")
+    lines += ["", "Forgetting: mean NLL increase (log-perplexity) over the upstream examples that are never replayed, "
+              "mean ± std over task x seed. Reduction: (F_ref - F) / F_ref. p: paired t-test / sign-flip permutation "
+              "test, across tasks (seeds averaged) · across (task, seed) pairs. Extra forward passes: upstream "
+              "examples measured to choose the replay (oracle: the whole pool after a full fine-tuning).", ""]
+    tasks = list(next(iter(summary.values()))["per_task"])
+    lines += ["| task | " + " | ".join(summary) + " |", "|---|" + "---|" * len(summary)]
+    for t in tasks:
+        lines.append(f"| {t} | " + " | ".join(f(e["per_task"][t], "{:.4f}") for e in summary.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _load_result(path: Path) -> dict[str, Any]:
+    fields = RunDir(path.parent)._load_npz(path)
+    return {k: (v.item() if v.ndim == 0 else v) for k, v in fields.items()}
+
+
+def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
+    import jax
+    from tqdm import tqdm
+
+    from jaxforget.collect import _jsonable
+    from jaxforget.tracking import open_tracker
+
+    strategies = check_config(config)
+    if not (config.run / "meta.json").exists():
+        if config.run != Path("runs/default"):
+            raise FileNotFoundError(f"{config.run}: not a run directory (no meta.json); "
+                                    f"python -m jaxforget.collect --out {config.run} collects one")
+        from jaxforget.collect import CollectConfig, collect
+
+        echo(f"no run at {config.run}: collecting the built-in default run first")
+        if collect(CollectConfig(out=config.run, quiet=config.quiet), echo) != 0:
+            raise RunError(f"{config.run}: the default collection had failed tasks; see its meta.json")
+    ctx = load_context(config, echo)
+    task_names = [ctx.setup.task_names[i] for i in ctx.task_rows]
+    out = config.out or config.run / "replay"
+    store = RunDir(out)
+    compared = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_COMPARED}
+    store.start(dict(config=_jsonable(compared), run=str(config.run.absolute()),
+                     heldout_ids=[ctx.setup.upstream[j].id for j in ctx.columns.heldout],
+                     n_candidates=int(ctx.columns.candidates.size),
+                     train_tasks=[ctx.setup.task_names[i] for i in ctx.train_rows],
+                     versions=dict(jax=jax.__version__, backend=jax.default_backend())))
+    store.update_meta(tasks=task_names, strategies=[s.label for s in strategies], seeds=list(config.seeds))
+    echo(f"replay on {len(task_names)} tasks ({', '.join(task_names)}) x {len(config.seeds)} seeds x "
+         f"{len(strategies)} strategies; {ctx.columns.heldout.size} held-out and {ctx.columns.candidates.size} "
+         f"candidate upstream examples; ratio {config.ratio:g}, temperature {config.temperature:g}")
+
+    results: list[dict[str, Any]] = []
+    offline: dict[tuple[str, int], dict] = {}
+    jobs = [(row, seed, s) for seed in config.seeds for row in ctx.task_rows for s in strategies]
+    with tqdm(total=len(jobs), disable=config.quiet, desc="replay", unit="fine-tune") as progress:
+        for row, seed, s in jobs:
+            name = ctx.setup.task_names[row]
+            path = out / "results" / f"{name}.s{seed}.{s.file_label}.npz"
+            progress.set_postfix(task=name, seed=seed, strategy=s.label)
+            if path.exists():
+                results.append(_load_result(path))
+                progress.update(1)
+                continue
+            if s.kind == "offline" and (s.method, seed) not in offline:
+                offline[s.method, seed] = offline_scores(ctx, s, seed)
+            fields = fine_tune(ctx, row, seed, s, offline=offline.get((s.method, seed)))
+            z = fields["z"]
+            fields["replayed_forgetting"] = np.asarray(np.mean(z[fields["replayed"]]) if fields["replayed"].size
+                                                       else np.nan)
+            atomic_write_npz(path, **fields)
+            results.append({k: (v.item() if np.ndim(v) == 0 else v) for k, v in fields.items()})
+            if fields["status"] != "ok":
+                echo(f"{name} seed {seed} {s.label}: FAILED (non-finite loss or NLL)")
+            progress.update(1)
+
+    summary = summarize(results, strategies, task_names, list(config.seeds))
+    header = (f"# Replay on {config.run}\n\n{len(task_names)} tasks x {len(config.seeds)} seeds "
+              f"({', '.join(map(str, config.seeds))}); ratio {config.ratio:g}, temperature {config.temperature:g}, "
+              f"k {config.k}; {ctx.columns.heldout.size} held-out / {ctx.columns.candidates.size} candidate examples.")
+    report = report_markdown(summary, header=header)
+    atomic_write_json(out / "summary.json", dict(summary=summary, tasks=task_names, seeds=list(config.seeds),
+                                                 config=_jsonable(dataclasses.asdict(config))))
+    (out / "report.md").write_text(report)
+    with open_tracker("tensorboard", out / "tb") as tracker:
+        for label, e in summary.items():
+            for i, t in enumerate(task_names):
+                if e["per_task"][t] is not None:
+                    tracker.scalar(f"heldout_forgetting/{label}", e["per_task"][t], i)
+            if e["heldout_forgetting"] is not None:
+                tracker.scalar(f"mean_heldout_forgetting/{label}", e["heldout_forgetting"], 0)
+        tracker.text("report", report)
+    echo(report)
+    echo(f"wrote {out / 'report.md'} and {out / 'summary.json'}")
+    return summary
+
+
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    from jaxforget.cli import run
+
+    def _main(config: ReplayConfig):
+        logging.basicConfig(level=logging.WARNING if config.quiet else logging.INFO,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        return main(config)
+
+    return run(ReplayConfig, _main, argv, errors=(ValueError, FileNotFoundError, RunError))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,250 @@
+"""``python -m jaxforget.replay``: sampling, mixing, the held-out guarantee, determinism, end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+
+import numpy as np
+import pytest
+from test_collect import TASKS, tiny
+from jaxforget.replay import (ColumnSplit, ReplayConfig, Strategy, Trace, cli, fine_tune, load_context, main,
+                              sample_without_replacement, spread)
+
+TASK = TASKS[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# sampling
+
+
+def test_first_draw_follows_softmax_and_pairs_follow_sequential_probabilities():
+    from scipy import stats
+
+    scores, tau = np.array([0.3, 0.1, 0.0, -0.2, 0.25]), 0.2
+    p = np.exp(scores / tau) / np.exp(scores / tau).sum()
+    rng = np.random.default_rng(0)
+    draws = np.array([sample_without_replacement(scores, 2, temperature=tau, rng=rng) for _ in range(20000)])
+    first = np.bincount(draws[:, 0], minlength=5)
+    assert stats.chisquare(first, 20000 * p).pvalue > 1e-3
+    # P(i then j) = p_i * p_j / (1 - p_i): sampling without replacement, one draw after another
+    exact = np.array([[p[i] * p[j] / (1 - p[i]) if i != j else 0 for j in range(5)] for i in range(5)])
+    observed = np.zeros((5, 5))
+    np.add.at(observed, (draws[:, 0], draws[:, 1]), 1)
+    keep = exact.ravel() > 0
+    assert stats.chisquare(observed.ravel()[keep], 20000 * exact.ravel()[keep]).pvalue > 1e-3
+    # a wrong law is rejected by the same test (the test has power)
+    uniform = np.full(5, 0.2)
+    assert stats.chisquare(first, 20000 * uniform).pvalue < 1e-6
+
+
+def test_draws_never_repeat_and_bad_scores_are_refused():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=50)
+    for n in (0, 7, 50):
+        idx = sample_without_replacement(scores, n, temperature=0.1, rng=rng)
+        assert len(idx) == len(set(idx.tolist())) == n
+    with pytest.raises(ValueError, match="cannot draw 51 distinct items from 50"):
+        sample_without_replacement(scores, 51, temperature=0.1, rng=rng)
+    with pytest.raises(ValueError, match="non-finite entries \\(first at 3\\)"):
+        sample_without_replacement(np.array([0, 0, 0, np.nan]), 1, temperature=0.1, rng=rng)
+
+
+def test_spread_is_even_and_complete():
+    for n, slots in ((0, 5), (3, 7), (7, 7), (40, 12), (12, 40)):
+        c = spread(n, slots)
+        assert c.sum() == n and len(c) == slots and np.ptp(c) <= 1
+
+
+def test_column_split_is_a_seeded_partition():
+    a, b = ColumnSplit.make(100, 0.3, 4), ColumnSplit.make(100, 0.3, 4)
+    assert np.array_equal(a.heldout, b.heldout) and a.heldout.size == 30
+    assert np.array_equal(np.sort(np.concatenate([a.heldout, a.candidates])), np.arange(100))
+    assert not np.array_equal(a.heldout, ColumnSplit.make(100, 0.3, 5).heldout)
+
+
+def test_strategy_parsing_and_errors():
+    assert Strategy.parse("offline:mf:rank=3").label == "offline:mf:rank=3"
+    assert Strategy.parse("oracle") == Strategy("oracle")
+    for bad, msg in (("greedy", "unknown strategy 'greedy'"), ("online", "needs a completion method"),
+                     ("random:mf", "takes no method"), ("offline:nope", "nope"),
+                     ("offline:logistic_mf", "binary matrices")):
+        with pytest.raises(ValueError, match=msg):
+            Strategy.parse(bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# statistics and helpers used by the report
+
+
+def test_paired_test_matches_scipy():
+    from scipy import stats
+
+    from jaxforget.analysis import paired_test
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0.1, 1, 9), rng.normal(0, 1, 9)
+    res = paired_test(x, y)
+    ref = stats.ttest_rel(x, y)
+    assert res.n == 9 and abs(res.t - ref.statistic) < 1e-9 and abs(res.p_t - ref.pvalue) < 1e-9
+    exact = stats.permutation_test((x - y,), np.mean, permutation_type="samples", n_resamples=np.inf,
+                                   alternative="two-sided")
+    assert abs(res.p_perm - exact.pvalue) < 1e-9
+    big = paired_test(rng.normal(1, 1, 30), np.zeros(30), n_permutations=2000)
+    assert big.p_perm < 0.01 and big.p_t < 1e-4
+    assert paired_test([1.0, np.nan], [0.0, 1.0]).n == 1
+
+
+def test_complete_rows_equals_the_protocols_prediction():
+    from jaxforget.completion import complete_rows, evaluate, planted_matrix
+
+    Z = planted_matrix(12, 60, seed=3).Z
+    res = evaluate(Z, test_rows=[10, 11], methods=["knn_baseline"], k=8, seeds=[5])
+    pred = complete_rows(Z[:10], Z[10:], res.reveal[0], method="knn_baseline", seeds=5)
+    np.testing.assert_allclose(pred, res.predictions["knn_baseline"][0], atol=1e-5)
+    with pytest.raises(ValueError, match="no revealed entry"):
+        complete_rows(Z[:10], Z[10:], np.zeros((2, 60), bool))
+
+
+def test_config_from_dict_round_trips_a_run_config(tmp_path):
+    from jaxforget.cli import config_from_dict
+    from jaxforget.collect import CollectConfig, _jsonable
+
+    config = tiny(tmp_path / "x", mesh=(1, 1, 1), shard="0/2")
+    back = config_from_dict(CollectConfig, json.loads(json.dumps(_jsonable(dataclasses.asdict(config)))))
+    assert back == config
+    with pytest.raises(ValueError, match=r"meta.json: config.train: unknown field\(s\) \['nope'\]"):
+        config_from_dict(CollectConfig, {"train": {"nope": 1}}, "meta.json: config")
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end on the tiny collected run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_run):
+    return tiny_run
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("replay") / "out"
+
+
+def _config(run_dir, out_dir, **changes) -> ReplayConfig:
+    base = ReplayConfig(run=run_dir, tasks=(TASK,), ratio=0.15, k=5, seeds=(0,), quiet=True, out=out_dir,
+                        strategies=("none", "random", "oracle", "offline:additive", "online:additive"))
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def context(run_dir, out_dir):
+    return load_context(_config(run_dir, out_dir), echo=lambda *_: None)
+
+
+def _replayed_rows(ctx, arrays, B: int) -> list[int]:
+    """Upstream indices found in the extra rows of the actual (1, B + R, T) input arrays."""
+    ids, attn = arrays[0][0], arrays[1][0]
+    found = []
+    for r in range(B, ids.shape[0]):
+        n = int(attn[r].sum())
+        if n == 0:
+            continue
+        matches = [j for j, ex in enumerate(ctx.setup.upstream_tok)
+                   if len(ex.ids) == n and np.array_equal(ex.ids, ids[r, :n])]
+        assert len(matches) >= 1, "an extra row is not an upstream example"
+        found.append(matches[0])
+    return found
+
+
+def test_heldout_examples_never_reach_a_batch_and_runs_are_deterministic(context):
+    ctx = context
+    s = Strategy.parse("online:additive")
+    traces = [Trace(keep_arrays=True), Trace(keep_arrays=True)]
+    res = [fine_tune(ctx, ctx.task_rows[0], 0, s, trace=tr) for tr in traces]
+    B = ctx.collect_config.train.batch_size
+    in_batches = [j for arrays in traces[0].arrays for j in _replayed_rows(ctx, arrays, B)]
+    assert len(in_batches) == res[0]["replayed"].size > 0
+    assert set(in_batches) <= set(ctx.columns.candidates.tolist())
+    assert not set(in_batches) & set(ctx.columns.heldout.tolist())
+    assert len(set(in_batches)) == len(in_batches)  # without replacement
+    assert sorted(in_batches) == sorted(res[0]["replayed"].tolist())
+    assert res[0]["revealed"].size == 5 and set(res[0]["revealed"].tolist()) <= set(ctx.columns.candidates.tolist())
+    # same seed: the same batches, bit for bit, and the same forgetting
+    for a, b in zip(traces[0].arrays, traces[1].arrays, strict=True):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(res[0]["z"], res[1]["z"])
+    # another seed: other batches
+    other = fine_tune(ctx, ctx.task_rows[0], 1, s)
+    assert not np.array_equal(other["replayed"], res[0]["replayed"])
+
+
+def test_oracle_replays_the_forgotten_and_reduces_their_forgetting(context):
+    ctx = context
+    row = ctx.task_rows[0]
+    none = fine_tune(ctx, row, 0, Strategy("none"))
+    oracle = fine_tune(ctx, row, 0, Strategy("oracle"))
+    pool = ctx.columns.candidates
+    z_true = ctx.Z[row]
+    # the sampler followed the scores: the replayed examples are the more forgotten ones of the pool
+    assert z_true[oracle["replayed"]].mean() > z_true[pool].mean()
+    # and replaying them reduced their forgetting (the replayed distribution) relative to no replay
+    assert oracle["z"][oracle["replayed"]].mean() < none["z"][oracle["replayed"]].mean() - 0.01
+    # no replay reproduces the run's own fine-tuning exactly (same batches, same steps)
+    np.testing.assert_array_equal(none["z"], ctx.Z[row])
+
+
+def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
+    config = _config(run_dir, out_dir)
+    summary = main(config, echo=lambda *_: None)
+    out = out_dir
+    assert set(summary) == {"none", "random", "oracle", "offline:additive", "online:additive"}
+    assert summary["none"]["extra_forward"] == 0 and summary["oracle"]["extra_forward"] == 25
+    assert summary["online:additive"]["extra_forward"] == 5 and summary["offline:additive"]["extra_forward"] == 5
+    rand = summary["random"]["vs_none"]
+    assert rand["diff"] == pytest.approx(summary["random"]["heldout_forgetting"] - summary["none"]["heldout_forgetting"])
+    assert rand["over_pairs"]["n"] == 1
+    report = (out / "report.md").read_text()
+    assert "| offline:additive |" in report and "held-out forgetting" in report
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    files = sorted((out / "results").glob("*.npz"))
+    assert len(files) == 5
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = main(config, echo=lambda *_: None)  # everything is on disk: nothing is recomputed
+    assert [f.stat().st_mtime_ns for f in files] == stamps and again == summary
+    with pytest.raises(Exception, match="another configuration .*ratio"):
+        main(dataclasses.replace(config, ratio=0.3), echo=lambda *_: None)
+
+
+def test_cli_errors_are_clear(run_dir, tmp_path, capsys):
+    cases = [
+        ([str(tmp_path / "nope")], "not a run directory"),
+        ([str(run_dir), "--tasks", "nope"], "unknown task(s) ['nope']"),
+        ([str(run_dir), "--strategies", "greedy"], "unknown strategy 'greedy'"),
+        ([str(run_dir), "--ratio", "2"], "--ratio must be in [0, 1]"),
+        ([str(run_dir), "--k", "1000", "--tasks", TASK], "--k 1000: only 25 candidate examples"),
+    ]
+    for argv, msg in cases:
+        with pytest.raises(SystemExit) as e:
+            cli(argv + ["--quiet", "--out", str(tmp_path / "o")])
+        assert e.value.code == 2
+        assert msg in capsys.readouterr().err
+
+
+def test_combinations_are_paired_by_seed_and_task(run_dir):
+    # the summary pairs each strategy's result with the reference's of the same (task, seed)
+    from jaxforget.replay import summarize
+
+    strategies = [Strategy("none"), Strategy("random")]
+    results = [dict(task=t, seed=s, strategy=st, status="ok", heldout_forgetting=h, candidate_forgetting=h,
+                    replayed_forgetting=np.nan, extra_forward=0)
+               for (t, s), (st, h) in itertools.product(
+                   [("a", 0), ("a", 1), ("b", 0), ("b", 1)], [("none", 1.0), ("random", 0.5)])]
+    results[-1]["heldout_forgetting"] = 0.7  # (b, 1) random
+    out = summarize(results, strategies, ["a", "b"], [0, 1])
+    assert out["random"]["vs_none"]["diff"] == pytest.approx(np.mean([-0.5, -0.5, -0.5, -0.3]))
+    assert out["random"]["vs_none"]["reduction"] == pytest.approx(0.45)
+    assert out["random"]["per_task"] == {"a": 0.5, "b": pytest.approx(0.6)}
+    assert out["random"]["vs_none"]["over_tasks"]["n"] == 2 and out["random"]["vs_none"]["over_pairs"]["n"] == 4
