@@ -418,6 +418,35 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     return Setup(model, tokenizer, model_dir, upstream, upstream_tok, names, task_train, mesh, em_set)
 
 
+def setup_from_run(path: str | Path, echo=print) -> tuple[CollectConfig, Setup, dict[str, Any]]:
+    """The configuration, Setup and meta.json of a collect run directory, for the steps that work on a
+    finished run (replay, the rep_dot predictor): the run's recorded configuration rebuilt (the same
+    upstream sample, task splits and tokenisation), the exact base model it used when that directory
+    still exists (else rebuilt from the configuration), NLL only, one task per step. The upstream ids
+    and task names are checked against the run's."""
+    from jaxforget.cli import config_from_dict
+
+    run = RunDir(path)
+    if not run.meta_path.exists():
+        raise FileNotFoundError(f"{path}: not a run directory (no meta.json); "
+                                f"python -m jaxforget.collect --out {path} writes one")
+    meta = run.read_meta()
+    config = config_from_dict(CollectConfig, meta["config"], f"{run.meta_path}: config")
+    model_dir = Path(meta.get("model_dir") or "")
+    if config.model.path is None and meta.get("model_dir") and (model_dir / "config.json").exists():
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=model_dir))
+    config = dataclasses.replace(config, out=run.root, tasks_per_step=1, quiet=True, save_models=False,
+                                 eval=dataclasses.replace(config.eval, metrics=("nll",), eval_every=0))
+    setup = build_setup(config, echo)
+    if [ex.id for ex in setup.upstream] != list(meta["example_ids"]):
+        raise RunError(f"{run.meta_path}: the upstream examples rebuilt from its configuration differ from the "
+                       "run's example_ids (were the data files changed since the run?)")
+    if list(setup.task_names) != list(meta["task_names"]):
+        raise RunError(f"{run.meta_path}: tasks {setup.task_names} rebuilt from its configuration differ from the "
+                       f"run's task_names {meta['task_names']}")
+    return config, setup, meta
+
+
 # ------------------------------------------------------------------------------------------------
 # evaluation
 

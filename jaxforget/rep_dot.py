@@ -578,28 +578,10 @@ def load_run(run: str | Path, config: RepDotConfig = RepDotConfig(), *, echo: Ca
     (``meta.json``) is rebuilt and resolved as collect does (``collect.build_setup``: the same upstream
     sample, task splits and tokenisation; the built-in world and base model from the cache), and the
     upstream ids and task names are checked against the run's."""
-    from jaxforget.cli import config_from_dict
-    from jaxforget.collect import CollectConfig, build_setup
-    from jaxforget.store import RunDir, RunError
+    from jaxforget.collect import setup_from_run
 
-    run_dir = RunDir(run)
-    if not run_dir.meta_path.exists():
-        raise FileNotFoundError(f"{run}: no meta.json; rep_dot needs a run directory written by "
-                                "`python -m jaxforget.collect` (its texts and base model)")
-    meta = run_dir.read_meta()
-    cc = config_from_dict(CollectConfig, meta["config"], f"{run_dir.meta_path}: config")
-    model_dir = Path(meta.get("model_dir") or "")
-    if meta.get("model_dir") and (model_dir / "config.json").exists():  # the exact base model the run used
-        cc = dataclasses.replace(cc, model=dataclasses.replace(cc.model, path=model_dir))
-    cc = dataclasses.replace(cc, eval=dataclasses.replace(cc.eval, metrics=("nll",)))  # texts only, no EM set
-    setup = build_setup(cc, echo)
-    ids = [ex.id for ex in setup.upstream]
-    if ids != list(meta["example_ids"]):
-        raise RunError(f"{run_dir.meta_path}: the upstream examples rebuilt from its config differ from the run's "
-                       "example_ids (was the corpus changed?)")
-    if list(setup.task_names) != list(meta["task_names"]):
-        raise RunError(f"{run_dir.meta_path}: tasks {setup.task_names} rebuilt from its config differ from the "
-                       f"run's task_names {meta['task_names']}")
+    _, setup, meta = setup_from_run(run, echo)
+    ids = list(meta["example_ids"])
     data = RepDotData.build(setup.upstream_tok, [setup.task_train[n] for n in setup.task_names],
                             max_upstream_len=config.max_upstream_len, max_task_len=config.max_task_len)
     return RunTexts(setup.model, data, list(setup.task_names), ids)

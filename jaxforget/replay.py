@@ -219,31 +219,16 @@ class Context:
 
 
 def load_context(config: ReplayConfig, echo=print) -> Context:
-    import dataclasses as dc
-
     from jaxforget import collect
-    from jaxforget.cli import config_from_dict
     from jaxforget.completion import split_rows
 
+    cc, setup, _ = collect.setup_from_run(config.run, echo)
     run = RunDir(config.run)
-    meta = run.read_meta()
     if not run.forgetting_path.exists():
         raise RunError(f"{run.forgetting_path}: the run is not complete (finish it, or merge its shards with "
                        f"python -m jaxforget.collect --merge {run.root})")
     with np.load(run.forgetting_path) as f:
         Z, task_names = f["Z"].astype(np.float32), [str(x) for x in f["task_names"]]
-    cc = config_from_dict(collect.CollectConfig, meta["config"], f"{run.meta_path}: config")
-    cc = dc.replace(cc, out=run.root, tasks_per_step=1, quiet=True, save_models=False,
-                    eval=dc.replace(cc.eval, metrics=("nll",), eval_every=0))
-    if meta.get("model_dir") and cc.model.path is None and not Path(meta["model_dir"]).exists():
-        log.warning("the run's base model %s is gone: it is rebuilt from the run's configuration", meta["model_dir"])
-    setup = collect.build_setup(cc, echo=echo)
-    ids = [ex.id for ex in setup.upstream]
-    if setup.task_names != task_names:
-        raise RunError(f"{run.meta_path}: the tasks read now ({setup.task_names}) differ from the run's ({task_names})")
-    if ids != list(meta["example_ids"]):
-        raise RunError(f"{run.meta_path}: the upstream examples read now differ from the run's example_ids "
-                       "(the data files changed since the run)")
     too_long = max(len(t.ids) for t in setup.upstream_tok)
     if too_long > max(cc.train.buckets):
         raise ValueError(f"{run.meta_path}: upstream examples have up to {too_long} tokens, more than the run's "
