@@ -2,11 +2,17 @@
 
 Measures, in one run, tokens/s of
   * per-example NLL evaluation (forward, float32 log-probs at the targets, per-example mean), and
-  * a full fine-tuning train step (forward + backward + AdamW update),
+  * a full fine-tuning train step (forward + backward + global-norm clipping + AdamW update),
 for jaxforget (jitted pure functions over `nnx.split` state, buffers donated) and for transformers
-(eager attention, torch.inference_mode for evaluation), and prints the ratios.
+(SDPA attention, its default and fastest on CPU; torch.inference_mode for evaluation), and prints
+the ratios. Both sides do the same work: same weights, batch, loss (mean of per-example mean NLL),
+clipping norm and AdamW hyperparameters.
 
-    python scripts/bench_model.py [--batch 8] [--length 128] [--iters 20]
+On a shared machine timings are noisy, so the four measurements are interleaved round by round
+(a busy spell slows all of them alike) and the median round of each is reported, with the ratio of
+the medians and the spread of the per-round ratios.
+
+    python scripts/bench_model.py [--batch 8] [--length 128] [--rounds 15] [--iters 5]
 """
 
 from __future__ import annotations
@@ -37,9 +43,9 @@ class BenchConfig:
     """Tokens per sequence."""
     iters: int = 5
     """Timed iterations per round (after warm-up)."""
-    repeats: int = 30
-    """Interleaved measurement rounds; the best round of each figure is reported (short rounds, many
-    of them: on a shared machine the best round is the one nothing else ran in)."""
+    rounds: int = 15
+    """Interleaved measurement rounds (jax eval, torch eval, jax train, torch train in each); the
+    median round of each figure is reported."""
     hidden: int = 128
     """d_model of the Llama-style model."""
     layers: int = 4
@@ -48,6 +54,14 @@ class BenchConfig:
     """Vocabulary size."""
     lr: float = 1e-4
     """AdamW learning rate (both frameworks)."""
+    clip_norm: float = 1.0
+    """Global gradient-norm clipping before the update (both frameworks, as jaxforget.train does)."""
+    threads: int = 0
+    """Threads of each framework: 0 = their defaults (every core), 1 = single-threaded (torch
+    set_num_threads(1); XLA without its intra-op thread pool), the comparison least disturbed by
+    other processes on a shared machine."""
+    torch_attention: str = "sdpa"
+    """transformers attention implementation: 'sdpa' (its default, the faster on CPU) or 'eager'."""
     seed: int = 0
     """Seed of the weights and the batch."""
 
@@ -60,7 +74,7 @@ def build_hf(cfg: BenchConfig, path: Path) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
     model = T.LlamaForCausalLM(config)
     model.save_pretrained(path)
-    return T.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
+    return T.AutoModelForCausalLM.from_pretrained(path, attn_implementation=cfg.torch_attention, dtype=torch.float32)
 
 
 def make_batch(cfg: BenchConfig):
@@ -72,20 +86,20 @@ def make_batch(cfg: BenchConfig):
     return ids, mask
 
 
-def best_rates(fns: dict, n_tokens: int, cfg: BenchConfig) -> dict[str, float]:
-    """tokens/s of each function, best of `repeats` rounds; the rounds interleave the functions so
-    that a busy machine slows all of them alike."""
+def interleaved_rates(fns: dict, n_tokens: int, cfg: BenchConfig) -> dict[str, np.ndarray]:
+    """tokens/s of each function in each of `rounds` rounds; within a round the functions run one
+    after another, so that a busy spell on a shared machine slows all of them alike."""
     for fn in fns.values():
         fn()
         fn()  # warm-up (compilation, allocator)
-    best = {name: float("inf") for name in fns}
-    for _ in range(cfg.repeats):
+    seconds = {name: [] for name in fns}
+    for _ in range(cfg.rounds):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             for _ in range(cfg.iters):
                 fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return {name: n_tokens * cfg.iters / t for name, t in best.items()}
+            seconds[name].append(time.perf_counter() - t0)
+    return {name: n_tokens * cfg.iters / np.asarray(t) for name, t in seconds.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,11 +124,13 @@ def torch_fns(cfg: BenchConfig, hf, ids_np, mask_np):
         with torch.inference_mode():
             torch_nll(hf, ids, mask, pos)
 
-    opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=0.0)
+    params = [p for p in hf.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
 
     def train():
         loss = torch_nll(hf, ids, mask, pos).mean()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -135,7 +151,7 @@ def jax_fns(cfg: BenchConfig, model, ids_np, mask_np):
 
     nll = np.asarray(eval_nll(params, ids, mask))
 
-    tx = optax.adamw(cfg.lr, weight_decay=0.0)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adamw(cfg.lr, weight_decay=0.0))
     # device_put commits every leaf (optax creates its step count uncommitted), else step compiles twice
     state = {"params": params, "opt": jax.device_put(tx.init(params), jax.devices()[0])}
 
@@ -166,6 +182,11 @@ def partial_donate(fn):
 
 
 def main(cfg: BenchConfig) -> dict:
+    if cfg.threads not in (0, 1):
+        raise ValueError(f"--threads {cfg.threads}: use 0 (each framework's default) or 1")
+    if cfg.threads == 1:  # read when the CPU backend starts, i.e. before the first computation
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     with tempfile.TemporaryDirectory() as tmp:
         hf = build_hf(cfg, Path(tmp))
@@ -178,17 +199,21 @@ def main(cfg: BenchConfig) -> dict:
     load0 = os.getloadavg()[0]
     j_eval_fn, j_train_fn, j_nll, check_compiled_once = jax_fns(cfg, model, ids, mask)
     t_eval_fn, t_train_fn, t_nll = torch_fns(cfg, hf, ids, mask)
-    rates = best_rates({"j_eval": j_eval_fn, "t_eval": t_eval_fn, "j_train": j_train_fn, "t_train": t_train_fn},
-                       cfg.batch * cfg.length, cfg)
+    rates = interleaved_rates({"j_eval": j_eval_fn, "t_eval": t_eval_fn, "j_train": j_train_fn, "t_train": t_train_fn},
+                              cfg.batch * cfg.length, cfg)
     check_compiled_once()
-    j_eval, t_eval, j_train, t_train = rates["j_eval"], rates["t_eval"], rates["j_train"], rates["t_train"]
+    med = {name: float(np.median(r)) for name, r in rates.items()}
+    j_eval, t_eval, j_train, t_train = med["j_eval"], med["t_eval"], med["j_train"], med["t_train"]
     diff = float(np.abs(j_nll - t_nll).max())
-    print(f"load average (1 min) before/after: {load0:.2f} / {os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} CPUs (other processes slow torch's threads more than XLA's)")
+    print(f"load average (1 min) before/after: {load0:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
+          f"(other processes slow torch's threads more than XLA's: see the per-round spread)")
     print(f"per-example NLL agreement (max abs diff): {diff:.2e}")
-    print(f"{'':14s}{'jaxforget':>14s}{'torch':>14s}{'ratio':>9s}")
-    print(f"{'eval tok/s':14s}{j_eval:14,.0f}{t_eval:14,.0f}{j_eval / t_eval:8.2f}x")
-    print(f"{'train tok/s':14s}{j_train:14,.0f}{t_train:14,.0f}{j_train / t_train:8.2f}x")
+    print(f"median of {cfg.rounds} interleaved rounds x {cfg.iters} steps; torch attention: {cfg.torch_attention}")
+    print(f"{'':14s}{'jaxforget':>14s}{'torch':>14s}{'ratio':>9s}   per-round ratio min / median / max")
+    for label, j, t in (("eval tok/s", "j_eval", "t_eval"), ("train tok/s", "j_train", "t_train")):
+        per_round = rates[j] / rates[t]
+        print(f"{label:14s}{med[j]:14,.0f}{med[t]:14,.0f}{med[j] / med[t]:8.2f}x   "
+              f"{per_round.min():.2f} / {np.median(per_round):.2f} / {per_round.max():.2f}")
     return {"eval": (j_eval, t_eval), "train": (j_train, t_train), "nll_diff": diff}
 
 

@@ -207,6 +207,21 @@ def _act(x, name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
+def _computed_once(x: jax.Array) -> jax.Array:
+    """`x`, kept as one buffer on XLA:CPU (unchanged elsewhere).
+
+    XLA fuses cheap-looking elementwise producers into every consumer and recomputes them there:
+    the rotary cos/sin tables (B, T, E) would be re-evaluated per layer, per head, in the forward
+    and the backward pass (16 fusions for 4 layers, about 6% of a small model's CPU train step).
+    A dot is never fused into its consumers (and an optimization barrier is dropped before fusion
+    on CPU), so a product with the exact identity (HIGHEST precision; B*T*E^2 flops) pins the table.
+    """
+    if not _on_cpu():
+        return x
+    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
+    return jnp.einsum("...e,ef->...f", x, eye, precision=jax.lax.Precision.HIGHEST)
+
+
 def _rope(x_btne, cos_bte, sin_bte, rotary_dim: int):
     """Rotate-half RoPE on the first rotary_dim features of each head (HF layout)."""
     if rotary_dim == 0:
@@ -252,6 +267,12 @@ def _lora_delta(x, w, name: str, lora: dict | None, lora_config, key, dtype):
     return (lora_config.scale * delta).astype(dtype).reshape(*x.shape[:2], *w.shape[:-n_in])
 
 
+def _on_cpu() -> bool:
+    """XLA:CPU-specific layouts and fusion fences below apply only there; other backends' dot
+    emitters take transposed operands natively and have the arithmetic to spare."""
+    return jax.default_backend() == "cpu"
+
+
 def _unsharded() -> bool:
     mesh = jax.sharding.get_abstract_mesh()
     return mesh.empty or mesh.size == 1
@@ -272,28 +293,91 @@ def _projs(x, p, names, lora, lora_config, keys, dtype):
             for part, n, w, k in zip(parts, names, ws, keys)]
 
 
-def _masked_attention(q_bthe, k_bske, v_bske, key_mask_bs, q_cols_t, scale: float, dtype):
+def attention_bias(key_mask_bs: jax.Array, q_cols_t: jax.Array) -> jax.Array:
+    """(B, T, S) float32: 0 where query t may attend key s (valid key, s <= its column), else the
+    float32 minimum. Built once per forward pass and shared by every layer and head."""
+    S = key_mask_bs.shape[-1]
+    allowed = key_mask_bs[:, None, :].astype(bool) & (jnp.arange(S)[None, None, :] <= q_cols_t[None, :, None])
+    return jnp.where(allowed, 0.0, _NEG).astype(jnp.float32)
+
+
+def _masked_attention(q_bthe, k_bske, v_bske, bias_bts, scale: float, dtype):
     """Causal (by column) attention over valid keys with grouped kv heads; float32 logits and softmax.
 
     Heads-major layout: the G query heads that share a kv head are stacked along the query axis,
-    so both products are plain batched matmuls over (B, K) with no copies of k or v. A fully
-    masked query row (padding) gets uniform weights instead of NaN.
+    so both products are plain batched matmuls over (B, K) with no copies of k or v. The mask is
+    an additive bias (fuses into the score product and softmax) and the scale is folded into q,
+    so nothing of size T x S is written besides the probabilities. A fully masked query row
+    (padding) gets uniform weights instead of NaN, and no gradient into its scores.
     """
     B, T, H, E = q_bthe.shape
     S, K = k_bske.shape[1], k_bske.shape[2]
     G = H // K
-    q = q_bthe.reshape(B, T, K, G, E).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, E)
+    q = (q_bthe * jnp.asarray(scale, q_bthe.dtype)).reshape(B, T, K, G, E).transpose(0, 2, 3, 1, 4)
     k, v = k_bske.transpose(0, 2, 1, 3).astype(dtype), v_bske.transpose(0, 2, 1, 3).astype(dtype)
-    scores = jnp.einsum("bkme,bkse->bkms", q, k, preferred_element_type=jnp.float32).reshape(B, K, G, T, S)
-    allowed = key_mask_bs[:, None, None, None, :].astype(bool) & (jnp.arange(S)[None, :] <= q_cols_t[:, None])
-    scores = jnp.where(allowed, scores * scale, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(B, K, G * T, S)
-    out = jnp.einsum("bkms,bkse->bkme", probs, v)
-    return out.reshape(B, K, G, T, E).transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
+    row_valid = jnp.any(bias_bts == 0.0, axis=-1).astype(dtype)[:, None, None, :, None]  # (B, 1, 1, T, 1)
+    out = _attention_core(q.astype(dtype), k, v, bias_bts[:, None, None], row_valid, _on_cpu())
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
 
 
-def _attention(x, p, lora, lora_config, keys, arch: ArchConfig, dtype, cos, sin, key_mask_bs, q_cols_t,
-               cache_kv, cache_index):
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention_core(q_bkgte, k_bkse, v_bkse, bias_b11ts, row_valid_b11t1, transpose_small: bool):
+    """softmax(q k^T + bias) v over heads-major operands, (B, K, G, T, E).
+
+    A custom VJP so that the backward pass keeps only the probabilities (not the masked scores,
+    the mask or the broadcast normaliser that autodiff of softmax would save) and computes
+    dS = P * (dP - rowsum(dO * O)) in one pass (the flash-attention identity).
+    `transpose_small`: see `_attention_core_bwd`.
+    """
+    return _attention_core_fwd(q_bkgte, k_bkse, v_bkse, bias_b11ts, row_valid_b11t1, transpose_small)[0]
+
+
+def _attention_core_fwd(q, k, v, bias, row_valid, transpose_small):
+    B, K, G, T, E = q.shape
+    S = k.shape[2]
+    scores = jnp.einsum("bkme,bkse->bkms", q.reshape(B, K, G * T, E), k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(scores.reshape(B, K, G, T, S) + bias, axis=-1).astype(v.dtype).reshape(B, K, G * T, S)
+    out = jnp.einsum("bkms,bkse->bkme", probs, v).reshape(B, K, G, T, E)
+    return out, (q, k, v, row_valid, probs, out)
+
+
+def _attention_core_bwd(transpose_small, res, dout):
+    """dQ = dS K, dK = dS^T Q, dV = P^T dO with dS = P * (dP - rowsum(dO * O)), dP = dO V^T.
+
+    A fully masked query row must pass no gradient to its scores (the forward's uniform weights
+    there are a constant): its dO is zeroed for the dS path only (dP and the row sum), while dV
+    still receives it through P^T dO as in autodiff of the plain expression.
+
+    `transpose_small` (XLA:CPU): the fast dot path there (YNNPACK) takes only untransposed
+    operands, so dS^T Q and P^T dO would fall back to a generic dot 3-4x slower. Computing
+    (Q^T dS)^T and (dO^T P)^T instead transposes only the small (T x E) operands; the
+    optimization barrier keeps XLA from folding those transposes back into the dots.
+    """
+    q, k, v, row_valid, probs, out = res
+    B, K, G, T, E = q.shape
+    S = k.shape[2]
+    M = G * T
+    do = dout.reshape(B, K, M, E)
+    do_rows = (dout * row_valid).reshape(B, K, M, E)
+    dp = jnp.einsum("bkme,bkse->bkms", do_rows, v, preferred_element_type=jnp.float32)
+    delta = jnp.sum(do_rows.astype(jnp.float32) * out.reshape(B, K, M, E).astype(jnp.float32), -1, keepdims=True)
+    ds = (probs.astype(jnp.float32) * (dp - delta)).astype(q.dtype)
+    q_m = q.reshape(B, K, M, E)
+    dq = jnp.einsum("bkms,bkse->bkme", ds, k).reshape(q.shape)
+    if transpose_small:
+        do_t, q_t = jax.lax.optimization_barrier((do.swapaxes(-1, -2), q_m.swapaxes(-1, -2)))
+        dv = jnp.einsum("bkem,bkms->bkes", do_t, probs).swapaxes(-1, -2)
+        dk = jnp.einsum("bkem,bkms->bkes", q_t, ds).swapaxes(-1, -2)
+    else:
+        dv = jnp.einsum("bkms,bkme->bkse", probs, do)
+        dk = jnp.einsum("bkms,bkme->bkse", ds, q_m)
+    return dq, dk.astype(k.dtype), dv.astype(v.dtype), None, None
+
+
+_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
+
+
+def _attention(x, p, lora, lora_config, keys, arch: ArchConfig, dtype, cos, sin, bias_bts, cache_kv, cache_index):
     B, T, _ = x.shape
     q, k, v = _projs(x, p, ("wq", "wk", "wv"), lora, lora_config, keys[:3], dtype)
     if arch.qkv_bias:
@@ -313,11 +397,38 @@ def _attention(x, p, lora, lora_config, keys, arch: ArchConfig, dtype, cos, sin,
         new_kv = (k, v)
     else:
         new_kv = None
-    out = _masked_attention(q, k, v, key_mask_bs, q_cols_t, arch.scale, dtype)
+    out = _masked_attention(q, k, v, bias_bts, arch.scale, dtype)
     y = _proj(out, p["wo"], "wo", lora, lora_config, keys[3], dtype)
     if arch.out_bias:
         y = y + p["bo"].astype(dtype)
     return y, new_kv
+
+
+@jax.custom_vjp
+def _silu_gate(gate, up):
+    """silu(gate) * up, the gated MLP's hidden activation (Llama, OLMo).
+
+    A custom VJP so that the forward pass is one elementwise pass writing only the product:
+    autodiff would keep sigmoid(gate) and silu(gate) for the backward pass, splitting it into three.
+    """
+    return jax.nn.silu(gate) * up
+
+
+def _silu_gate_fwd(gate, up):
+    return _silu_gate(gate, up), (gate, up)
+
+
+def _silu_gate_bwd(res, dh):
+    gate, up = res
+    g, u, d = gate.astype(jnp.float32), up.astype(jnp.float32), dh.astype(jnp.float32)
+    # sigmoid via tanh: the same expression as the forward's would be merged with it (CSE) and
+    # kept alive as a separate buffer, which is what this VJP exists to avoid
+    sig = 0.5 + 0.5 * jnp.tanh(0.5 * g)
+    d_gate = d * u * sig * (1.0 + g * (1.0 - sig))
+    return d_gate.astype(gate.dtype), (d * g * sig).astype(up.dtype)
+
+
+_silu_gate.defvjp(_silu_gate_fwd, _silu_gate_bwd)
 
 
 def _mlp(x, p, lora, lora_config, keys, arch: ArchConfig, dtype):
@@ -330,7 +441,7 @@ def _mlp(x, p, lora, lora_config, keys, arch: ArchConfig, dtype):
     if arch.mlp == "gated":
         if arch.mlp_bias:
             gate = gate + p["b_gate"].astype(dtype)
-        h = _act(gate, arch.activation) * up
+        h = _silu_gate(gate, up) if arch.activation in ("silu", "swish") else _act(gate, arch.activation) * up
     else:
         h = _act(up, arch.activation)
     h = constrain(h, ("batch", "length", "mlp"))
@@ -340,12 +451,11 @@ def _mlp(x, p, lora, lora_config, keys, arch: ArchConfig, dtype):
     return y
 
 
-def _block(x, p, lora, lora_config, key, arch: ArchConfig, dtype, cos, sin, key_mask, q_cols, cache_kv,
-           cache_index):
+def _block(x, p, lora, lora_config, key, arch: ArchConfig, dtype, cos, sin, bias, cache_kv, cache_index):
     keys = (None,) * 7 if key is None else tuple(jax.random.split(key, 7))
     n1 = lambda h: _norm(h, p.get("attn_norm_scale"), p.get("attn_norm_bias"), arch)  # noqa: E731
     n2 = lambda h: _norm(h, p.get("mlp_norm_scale"), p.get("mlp_norm_bias"), arch)  # noqa: E731
-    attn = lambda h: _attention(h, p, lora, lora_config, keys, arch, dtype, cos, sin, key_mask, q_cols,  # noqa: E731
+    attn = lambda h: _attention(h, p, lora, lora_config, keys, arch, dtype, cos, sin, bias,  # noqa: E731
                                 cache_kv, cache_index)
     mlp = lambda h: _mlp(h, p, lora, lora_config, keys, arch, dtype)  # noqa: E731
     if arch.norm_placement == "post":
@@ -390,14 +500,15 @@ def forward(weights: dict[str, jax.Array], lora: dict[str, jax.Array] | None, ar
         inv_freq, attn_factor = rope_inv_freq(arch)
         freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
         emb = jnp.concatenate([freqs, freqs], axis=-1)
-        cos, sin = jnp.cos(emb) * attn_factor, jnp.sin(emb) * attn_factor
+        cos, sin = _computed_once(jnp.cos(emb) * attn_factor), _computed_once(jnp.sin(emb) * attn_factor)
+    bias = attention_bias(key_mask, q_cols)
     x = constrain(x, ("batch", "length", "embed"))
     layer_w = {k: v for k, v in weights.items() if is_layer_param(k)}
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, arch.n_layers)
 
     def body(h, xs):
         p, lp, key, kv = xs
-        h, new_kv = _block(h, p, lp, lora_config, key, arch, dtype, cos, sin, key_mask, q_cols, kv, cache_index)
+        h, new_kv = _block(h, p, lp, lora_config, key, arch, dtype, cos, sin, bias, kv, cache_index)
         return h, new_kv
 
     kv_xs = None if cache is None else (cache.k, cache.v)
