@@ -173,13 +173,8 @@ def main(config: PredictConfig) -> dict:
     if rep:
         from jaxforget import rep_dot
 
-        from jaxforget.store import RunError
-
         def load(rcfg):
-            try:
-                return rep_dot.load_run(config.matrix, rcfg, echo=lambda *_: None)
-            except RunError as e:  # a user-facing input error, like a bad matrix file
-                raise ValueError(str(e)) from None
+            return rep_dot.load_run(config.matrix, rcfg, echo=lambda *_: None)
 
         t0 = time.perf_counter()
         texts = load(rep[0][1])
@@ -208,8 +203,10 @@ def main(config: PredictConfig) -> dict:
 
 def cli(argv: list[str] | None = None) -> dict:
     from jaxforget.cli import run
+    from jaxforget.store import RunError
 
-    return run(PredictConfig, main, argv)
+    # a damaged or incomplete run directory is bad input too (RunError names the file)
+    return run(PredictConfig, main, argv, errors=(ValueError, FileNotFoundError, RunError))
 
 
 if __name__ == "__main__":

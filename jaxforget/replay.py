@@ -395,6 +395,7 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
         status=np.asarray("failed" if failed else "ok"), z=z.astype(np.float32),
         heldout_forgetting=np.asarray(np.mean(z[ctx.columns.heldout])),
         candidate_forgetting=np.asarray(np.mean(z[ctx.columns.candidates])),
+        replayed_forgetting=np.asarray(np.mean(z[replayed_all]) if replayed_all.size else np.nan),
         replayed=replayed_all, revealed=np.asarray(revealed_cols, np.int64), steps=np.asarray(n_steps),
         task_examples=np.asarray(n_task), extra_forward=np.asarray(extra_forward),
         train_losses=losses, seconds=np.asarray(time.perf_counter() - t0), task_seed=np.asarray(task_seed))
@@ -564,9 +565,6 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
             if s.kind == "offline" and (s.method, seed) not in offline:
                 offline[s.method, seed] = offline_scores(ctx, s, seed)
             fields = fine_tune(ctx, row, seed, s, offline=offline.get((s.method, seed)))
-            z = fields["z"]
-            fields["replayed_forgetting"] = np.asarray(np.mean(z[fields["replayed"]]) if fields["replayed"].size
-                                                       else np.nan)
             atomic_write_npz(path, **fields)
             results.append({k: (v.item() if np.ndim(v) == 0 else v) for k, v in fields.items()})
             if fields["status"] != "ok":

@@ -284,6 +284,20 @@ def _solve(method: Method, Z_train, mask_train, z_test, reveal, seeds, mode: str
     return run((z_test, reveal, seeds))
 
 
+def _predict(method: Method, Z_train, mask_train, z_test, reveal, seeds, mode: str, batch_size: int | None,
+             clip: bool) -> Array:
+    """``_solve`` on the prediction scale: probabilities for logistic methods, and with ``clip`` the
+    predictions clipped to the range of the observed train entries."""
+    pred = _solve(method, Z_train, mask_train, z_test, reveal, seeds, mode, batch_size)
+    if method.link == "logit":
+        pred = jax.nn.sigmoid(pred)
+    if clip:
+        lo = jnp.min(jnp.where(mask_train, Z_train, jnp.inf))
+        hi = jnp.max(jnp.where(mask_train, Z_train, -jnp.inf))
+        pred = jnp.clip(pred, lo, hi)
+    return pred
+
+
 def evaluate(
     Z: Any,
     mask: Any | None = None,
@@ -364,7 +378,6 @@ def evaluate(
     z_all = jnp.broadcast_to(Z_test[None], (S, T, N)).reshape(S * T, N)
     seed_all = jnp.repeat(jnp.asarray(seeds), T)
     hidden = mask_test[None] & ~rev
-    lo, hi = jnp.min(jnp.where(mask_train, Z_train, jnp.inf)), jnp.max(jnp.where(mask_train, Z_train, -jnp.inf))
 
     result = ProtocolResult(
         methods=labels, metrics={}, predictions={}, reveal=np.asarray(rev), seconds={}, test_rows=test_rows,
@@ -375,12 +388,8 @@ def evaluate(
     )
     for m, label in zip(methods, labels):
         t0 = time.perf_counter()
-        pred = _solve(m, Z_train, mask_train, z_all, rev.reshape(S * T, N), seed_all, mode, batch_size)
+        pred = _predict(m, Z_train, mask_train, z_all, rev.reshape(S * T, N), seed_all, mode, batch_size, clip)
         pred = pred.reshape(S, T, N)
-        if m.link == "logit":
-            pred = jax.nn.sigmoid(pred)
-        if clip:
-            pred = jnp.clip(pred, lo, hi)
         result.metrics[label] = score(pred, Z_test, hidden, threshold=threshold, top_n=top_n)
         result.seconds[label] = time.perf_counter() - t0
         result.predictions[label] = np.asarray(pred)
@@ -425,10 +434,5 @@ def complete_rows(
     if not np.isfinite(z[rev]).all():
         raise ValueError("revealed entries of z_rows must be finite")
     seeds_arr = np.broadcast_to(np.asarray(seeds, np.int32), (z.shape[0],))
-    pred = _solve(m, Z0, mask, jnp.asarray(np.where(rev, z, 0.0)), jnp.asarray(rev), jnp.asarray(seeds_arr),
-                  mode, None)
-    if m.link == "logit":
-        pred = jax.nn.sigmoid(pred)
-    if clip:
-        pred = jnp.clip(pred, jnp.min(jnp.where(mask, Z0, jnp.inf)), jnp.max(jnp.where(mask, Z0, -jnp.inf)))
-    return np.asarray(pred)
+    return np.asarray(_predict(m, Z0, mask, jnp.asarray(np.where(rev, z, 0.0)), jnp.asarray(rev),
+                               jnp.asarray(seeds_arr), mode, None, clip))
