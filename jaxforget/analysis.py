@@ -30,7 +30,7 @@ from jax.scipy.special import betainc, ndtr
 
 from jaxforget import completion
 from jaxforget.completion import LOW_RANK_ITERS, LOW_RANK_REG, LowRankFit, prepare, rank_fit
-from jaxforget.completion._common import mm
+from jaxforget.completion import mm
 
 Array = jax.Array
 
@@ -47,7 +47,7 @@ def goodness(Z: Any, mask: Any | None = None, *, max_rank: int = 5, seed: int = 
     Returns ``{"r2": {row_mean, col_mean, additive, multiplicative, rank_1..rank_k}, "counts": {...},
     "moments": {...}}`` with ``k = min(max_rank, M, N)``. R^2 pools all observed entries (NaN entries
     are ignored by every fit and counted in ``counts``). Raises ValueError naming a row without any
-    observed entry (:func:`jaxforget.completion._common.prepare`).
+    observed entry (:func:`jaxforget.completion.prepare`).
     """
     Z0, mask = prepare(Z, mask)
     if max_rank < 1:

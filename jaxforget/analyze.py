@@ -598,7 +598,7 @@ def main(config: AnalyzeConfig) -> dict[str, Any]:
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     from jaxforget.cli import run
 
-    return run(AnalyzeConfig, main, argv)
+    return run(AnalyzeConfig, main, argv, prog="python -m jaxforget.analyze")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import types
+import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import tyro
@@ -11,11 +15,17 @@ import tyro
 C = TypeVar("C")
 
 
-def run(config_type: type[C], main: Callable[[C], Any], argv: list[str] | None = None, *,
+def parse(config_type: type[C], argv: list[str] | None, prog: str) -> C:
+    """``config_type`` from the command line, with ``prog`` (``python -m jaxforget.<step>``) as the program
+    name in usage lines and ``--help`` (tyro would show the module's file path)."""
+    return tyro.cli(config_type, args=argv, prog=prog)
+
+
+def run(config_type: type[C], main: Callable[[C], Any], argv: list[str] | None = None, *, prog: str,
         errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)) -> Any:
     """Parse ``config_type`` with tyro and call ``main(config)``. A user error (bad input, missing file)
     prints ``error: <message>`` to stderr and exits with status 2, without a traceback."""
-    config = tyro.cli(config_type, args=argv)
+    config = parse(config_type, argv, prog)
     try:
         return main(config)
     except errors as e:
@@ -28,11 +38,6 @@ def config_from_dict(config_type: type[C], values: Any, where: str = "config") -
     ``config`` a run recorded in ``meta.json``: lists become tuples, strings become Paths where the
     field is a Path; fields the JSON lacks keep their defaults (a run from an older version), and a
     field the dataclass does not have is an error naming it (``where`` prefixes the name)."""
-    import dataclasses
-    import types
-    import typing
-    from pathlib import Path
-
     def convert(tp: Any, value: Any, name: str) -> Any:
         if value is None:
             return None
@@ -59,3 +64,15 @@ def config_from_dict(config_type: type[C], values: Any, where: str = "config") -
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown} for {config_type.__name__}")
     return config_type(**{k: convert(hints[k], v, f"{where}.{k}") for k, v in values.items()})
+
+
+def to_jsonable(x: Any) -> Any:
+    """``dataclasses.asdict`` output as JSON values (tuples as lists, Paths as strings): the inverse of
+    :func:`config_from_dict`."""
+    if isinstance(x, dict):
+        return {k: to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x

@@ -16,6 +16,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from jaxforget.data.batching import bucket_lengths
+from jaxforget.data.tokenize import TokenizeConfig, tokenize_tasks
+from jaxforget.models import greedy_generate
+from jaxforget.models.sharding import put_global, to_host
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _BLANK_LINE = re.compile(r"\n\s*\n")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -48,7 +53,6 @@ class ExactMatchSet:
 def build_em_set(examples: Sequence, tokenizer, *, max_len: int) -> ExactMatchSet:
     """Tokenise ``prompt``/``completion`` or ``messages`` records (``jaxforget.data.readers.TaskExample``)
     exactly as fine-tuning renders them; the prompt is everything before the first answer token."""
-    from jaxforget.data.tokenize import TokenizeConfig, tokenize_tasks
 
     answers = []
     for ex in examples:
@@ -70,9 +74,6 @@ def make_em_eval(em: ExactMatchSet, tokenizer, *, batch_size: int, max_new_token
     split over the mesh's 'data' axis (None: left to jit, i.e. replicated). When the model's mesh spans
     several processes, every process must call `evaluate` (each gets the whole answer).
     """
-    from jaxforget.data.batching import bucket_lengths
-    from jaxforget.models import greedy_generate
-    from jaxforget.models.sharding import put_global, to_host
 
     lengths = np.array([len(p) for p in em.prompts])
     buckets = np.asarray(bucket_lengths(int(lengths.max())))

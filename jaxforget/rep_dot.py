@@ -54,6 +54,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxforget.collect import setup_from_run
+from jaxforget.completion import check_options, split_rows
+from jaxforget.train import TrainState, start_state
+
 LOSSES = ("regression", "binary")
 
 
@@ -123,8 +127,6 @@ class RepDotConfig:
     def from_options(cls, options: Mapping[str, Any], *, reserved: Sequence[str] = ()) -> "RepDotConfig":
         """From ``rep_dot:name=value,...`` options: unknown names, ``reserved`` ones (set by the caller)
         and values of the wrong type are errors naming the option."""
-        from jaxforget.completion._common import check_options
-
         for name in reserved:
             if name in options:
                 raise ValueError(f"rep_dot option {name} is set by the protocol (--seeds gives one predictor per "
@@ -299,8 +301,6 @@ def _step_fn(graphdef: Any, lr_encoder: float, lr_head: float, scale: float, los
     elsewhere). An episode is (fit task, flat example index, forgotten column, other column), drawn
     from ``fold_in(key, state.step)``.
     """
-    from jaxforget.train import TrainState
-
     tx = _optimizer(lr_encoder, lr_head)
     B = episodes
 
@@ -424,9 +424,6 @@ def train(model: nnx.Module, data: RepDotData, Z: Any, train_rows: Sequence[int]
     ``model``: a jaxforget ``Decoder``; it is not modified (its parameters are copied).
     ``threshold``: "forgotten" means ``z > threshold`` (episodes; the binary loss's label).
     """
-    from jaxforget.completion import split_rows
-    from jaxforget.train import start_state
-
     config.validate()
     t0 = time.perf_counter()
     Z = np.asarray(Z, np.float32)
@@ -578,8 +575,6 @@ def load_run(run: str | Path, config: RepDotConfig = RepDotConfig(), *, echo: Ca
     (``meta.json``) is rebuilt and resolved as collect does (``collect.build_setup``: the same upstream
     sample, task splits and tokenisation; the built-in world and base model from the cache), and the
     upstream ids and task names are checked against the run's."""
-    from jaxforget.collect import setup_from_run
-
     _, setup, meta = setup_from_run(run, echo)
     ids = list(meta["example_ids"])
     data = RepDotData.build(setup.upstream_tok, [setup.task_train[n] for n in setup.task_names],

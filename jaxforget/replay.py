@@ -41,13 +41,23 @@ import logging
 import math
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import tyro
+from tqdm import tqdm
 
-from jaxforget.store import RunDir, RunError, atomic_write_json, atomic_write_npz
+from jaxforget.analysis import paired_test
+from jaxforget.cli import run, to_jsonable
+from jaxforget.collect import (CollectConfig, Engine, Setup, TaskSchedule, TrainLoop, build_engine, collect,
+                               setup_from_run, task_seed)
+from jaxforget.completion import Method, complete_rows, evaluate, split_rows
+from jaxforget.data.batching import Batch
+from jaxforget.store import RunDir, RunError, atomic_write_json, atomic_write_npz, read_npz
+from jaxforget.tracking import open_tracker
 
 log = logging.getLogger("jaxforget.replay")
 
@@ -64,8 +74,6 @@ class Strategy:
 
     @classmethod
     def parse(cls, text: str) -> "Strategy":
-        from jaxforget.completion import Method
-
         kind, _, method = text.strip().partition(":")
         if kind not in KINDS:
             raise ValueError(f"--strategies: unknown strategy {text!r}; expected one of none, random, oracle, "
@@ -207,22 +215,18 @@ class Context:
     """What every fine-tuning of the experiment shares, built once."""
 
     config: ReplayConfig
-    collect_config: Any  # collect.CollectConfig of the run
-    setup: Any  # collect.Setup
-    engine: Any  # collect.Engine (K = 1)
+    collect_config: CollectConfig  # of the run
+    setup: Setup
+    engine: Engine  # K = 1
     Z: np.ndarray  # [M, N] the run's forgetting matrix
     nll_before: np.ndarray  # [N]
     columns: ColumnSplit
     task_rows: list[int]  # rows of Z fine-tuned here
     train_rows: list[int]  # rows that train the completion (the others, finite)
-    pad_id: int
 
 
 def load_context(config: ReplayConfig, echo=print) -> Context:
-    from jaxforget import collect
-    from jaxforget.completion import split_rows
-
-    cc, setup, _ = collect.setup_from_run(config.run, echo)
+    cc, setup, _ = setup_from_run(config.run, echo)
     run = RunDir(config.run)
     if not run.forgetting_path.exists():
         raise RunError(f"{run.forgetting_path}: the run is not complete (finish it, or merge its shards with "
@@ -249,7 +253,7 @@ def load_context(config: ReplayConfig, echo=print) -> Context:
     if needs_train and not train_rows:
         raise ValueError("offline and online prediction need at least one measured task besides --tasks")
 
-    engine = collect.build_engine(setup, cc)
+    engine = build_engine(setup, cc)
     nll_before = engine.evaluate(engine.base_params)[0]
     stored = run.read_base()["nll_before"]
     gap = float(np.nanmax(np.abs(nll_before - stored)))
@@ -259,15 +263,12 @@ def load_context(config: ReplayConfig, echo=print) -> Context:
     columns = ColumnSplit.make(Z.shape[1], config.heldout_fraction, config.heldout_seed)
     if config.k > columns.candidates.size:
         raise ValueError(f"--k {config.k}: only {columns.candidates.size} candidate examples")
-    return Context(config, cc, setup, engine, Z, nll_before, columns, task_rows, train_rows,
-                   collect._pad_id(setup.tokenizer))
+    return Context(config, cc, setup, engine, Z, nll_before, columns, task_rows, train_rows)
 
 
 def offline_scores(ctx: Context, strategy: Strategy, seed: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{task row: (predicted scores over the candidates, revealed candidate positions)} for one seed:
     the protocol of jaxforget.predict on Z restricted to the candidate columns, measured entries kept."""
-    from jaxforget.completion import evaluate
-
     Zc = ctx.Z[:, ctx.columns.candidates]
     rows = ctx.train_rows + ctx.task_rows
     res = evaluate(Zc[rows], test_rows=list(range(len(ctx.train_rows), len(rows))), methods=[strategy.method],
@@ -283,8 +284,6 @@ def offline_scores(ctx: Context, strategy: Strategy, seed: int) -> dict[int, tup
 def _extend(batch, replay: list, pad_id: int, n_rows: int, buckets: tuple[int, ...]):
     """The task micro-batch with `replay` upstream examples as extra rows, padded to n_rows rows and the
     smallest bucket holding every row."""
-    from jaxforget.data.batching import Batch
-
     longest = max([batch.input_ids.shape[1]] + [len(ex.ids) for ex in replay])
     T = min(b for b in buckets if b >= longest)
     B = batch.input_ids.shape[0]
@@ -304,6 +303,7 @@ class Trace:
 
     replayed: list[np.ndarray] = dataclasses.field(default_factory=list)
     arrays: list[tuple[np.ndarray, ...]] = dataclasses.field(default_factory=list)
+    """With keep_arrays: per step, the stacked batch trained on (input_ids, attention_mask, loss_mask)."""
     keep_arrays: bool = False
 
 
@@ -311,20 +311,11 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
               trace: Trace | None = None, progress=None) -> dict[str, np.ndarray]:
     """Fine-tune task `row` with `strategy` (training seed `seed`) and measure every upstream example.
     Returns the result fields (see the module docstring)."""
-    from jaxforget import collect
-    from jaxforget.data.batching import Batcher, num_train_steps
-    from jaxforget.models.sharding import to_host
-
-    cfg, cc, setup, engine = ctx.config, ctx.collect_config, ctx.setup, ctx.engine
-    t = cc.train
-    cc_s = dataclasses.replace(cc, train=dataclasses.replace(t, seed=seed))
+    cfg, setup, engine = ctx.config, ctx.setup, ctx.engine
+    t = ctx.collect_config.train
     name = setup.task_names[row]
-    task_seed = collect._task_seed(cc_s, row)
-    batcher = Batcher(setup.task_train[name], batch_size=t.batch_size, buckets=t.buckets, seed=task_seed,
-                      pad_id=ctx.pad_id)
-    n_steps = num_train_steps(-(-batcher.steps_per_epoch // t.grad_accum), max_steps=t.max_steps,
-                              max_epochs=t.max_epochs)
-    micro = list(batcher.batches(n_steps * t.grad_accum))
+    plan = engine.schedule(name, setup.task_train[name], task_seed(seed, row))  # the run's batches for seed
+    n_steps, micro = plan.n_steps, list(plan.batches)
     n_task = sum(int((b.index >= 0).sum()) for b in micro)
     pool = ctx.columns.candidates
     rng = np.random.default_rng([seed, row, KINDS.index(strategy.kind), 7])
@@ -357,39 +348,40 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
     order = sample_without_replacement(scores, n_first, temperature=cfg.temperature, rng=rng) if scores is not None \
         else np.zeros(0, np.int64)
     chosen = list(rng.permutation(order))  # replayed in a random order, spread over the whole run
+    used, step_replayed = 0, []
 
-    state = engine.start([collect.initial_params(cc_s, row, engine)])
-    metrics_dev, t0, used = [], time.perf_counter(), 0
-    for step in range(n_steps):
-        if strategy.kind == "online" and step == switch:
-            rest, revealed_cols = _online_choice(ctx, state, strategy, seed, rng, chosen, n_replay - len(chosen))
-            chosen += rest
-        batches, replayed = [], []
-        for a in range(t.grad_accum):
-            m = step * t.grad_accum + a
+    def with_replay() -> Iterator[Batch]:
+        """The task's micro-batches, each with its share of the replayed examples as extra rows. Drawn
+        lazily, one step at a time, so that the online choice made after a step feeds the next."""
+        nonlocal used
+        for m, b in enumerate(micro):
             take = [pool[i] for i in chosen[used:used + per_micro[m]]]
             used += per_micro[m]
-            replayed += take
-            b = micro[m]
-            if extra_rows:
-                b = _extend(b, [setup.upstream_tok[j] for j in take], ctx.pad_id, t.batch_size + extra_rows, t.buckets)
-            batches.append(b)
-        arrays = collect._stack_slots([batches], ctx.pad_id, batches[0].input_ids.shape[0], t.grad_accum)
+            step_replayed.extend(take)
+            yield _extend(b, [setup.upstream_tok[j] for j in take], engine.pad_id, t.batch_size + extra_rows,
+                          t.buckets) if extra_rows else b
+
+    state = engine.start([engine.initial_params(row, seed)])
+    loop = TrainLoop(engine, [TaskSchedule(name, plan.seed, n_steps, with_replay())], state,
+                     log_every=ctx.collect_config.log_every)
+    t0 = time.perf_counter()
+    for done, _ in loop:
         if trace is not None:
-            trace.replayed.append(np.asarray(replayed, np.int64))
+            trace.replayed.append(np.asarray(step_replayed, np.int64))
             if trace.keep_arrays:
-                trace.arrays.append(arrays)
-        state, metrics = engine.step(state, arrays, np.ones(1, bool))
-        metrics_dev.append(metrics["loss"])
+                trace.arrays.append(loop.arrays)
+        step_replayed.clear()
+        if strategy.kind == "online" and done == switch < n_steps:
+            rest, revealed_cols = _online_choice(ctx, loop.state, strategy, seed, rng, chosen, n_replay - len(chosen))
+            chosen += rest
         if progress is not None:
             progress.update(1)
-    losses = np.reshape(np.asarray(to_host(metrics_dev), np.float32), -1)
-    nll_after = engine.evaluate(state.params)[0]
+    nll_after = engine.evaluate(loop.state.params)[0]
     replayed_all = np.asarray([pool[i] for i in chosen[:used]], np.int64)
     if np.intersect1d(replayed_all, ctx.columns.heldout).size:  # cannot happen: the pool excludes them
         raise AssertionError("a held-out example was replayed")
     z = nll_after - ctx.nll_before
-    failed = not (np.isfinite(losses).all() and np.isfinite(nll_after).all())
+    failed = bool(loop.failed[0]) or not np.isfinite(nll_after).all()
     return dict(
         task=np.asarray(name), row=np.asarray(row), seed=np.asarray(seed), strategy=np.asarray(strategy.label),
         status=np.asarray("failed" if failed else "ok"), z=z.astype(np.float32),
@@ -398,7 +390,8 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
         replayed_forgetting=np.asarray(np.mean(z[replayed_all]) if replayed_all.size else np.nan),
         replayed=replayed_all, revealed=np.asarray(revealed_cols, np.int64), steps=np.asarray(n_steps),
         task_examples=np.asarray(n_task), extra_forward=np.asarray(extra_forward),
-        train_losses=losses, seconds=np.asarray(time.perf_counter() - t0), task_seed=np.asarray(task_seed))
+        train_losses=np.asarray(loop.losses[0], np.float32), seconds=np.asarray(time.perf_counter() - t0),
+        task_seed=np.asarray(plan.seed))
 
 
 def _online_choice(ctx: Context, state, strategy: Strategy, seed: int, rng: np.random.Generator,
@@ -406,15 +399,9 @@ def _online_choice(ctx: Context, state, strategy: Strategy, seed: int, rng: np.r
     """Measure k seed examples of the pool under the current weights, complete the row from the other
     tasks' rows, and draw the rest of the replay from the pool examples not drawn yet. Returns the
     drawn pool positions (in replay order) and the upstream indices of the seed examples."""
-    import dataclasses as dc
-
-    from jaxforget import collect
-    from jaxforget.completion import complete_rows
-
     pool, k = ctx.columns.candidates, ctx.config.k
     probe = np.sort(rng.choice(pool.size, k, replace=False))
-    sub = dc.replace(ctx.setup, upstream_tok=[ctx.setup.upstream_tok[j] for j in pool[probe]])
-    nll = collect.make_upstream_eval(ctx.engine.eval_step, sub, ctx.collect_config)(state.params)[0]
+    nll = ctx.engine.evaluator([ctx.setup.upstream_tok[j] for j in pool[probe]])(state.params)[0]
     z_probe = np.full(pool.size, np.nan, np.float32)
     z_probe[probe] = nll - ctx.nll_before[pool[probe]]
     revealed = np.zeros(pool.size, bool)
@@ -436,8 +423,6 @@ def summarize(results: list[dict[str, Any]], strategies: list[Strategy], task_na
     """Per strategy: held-out forgetting (mean and std over task x seed), its change relative to no
     replay and to random replay with paired tests across tasks (seeds averaged) and across (task,
     seed) pairs, forgetting on the candidate pool and on the replayed examples, extra forward passes."""
-    from jaxforget.analysis import paired_test
-
     labels = [s.label for s in strategies]
     T, S = len(task_names), len(seeds)
 
@@ -514,24 +499,16 @@ def report_markdown(summary: dict[str, Any], *, header: str) -> str:
 
 
 def _load_result(path: Path) -> dict[str, Any]:
-    fields = RunDir(path.parent)._load_npz(path)
+    fields = read_npz(path)
     return {k: (v.item() if v.ndim == 0 else v) for k, v in fields.items()}
 
 
 def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
-    import jax
-    from tqdm import tqdm
-
-    from jaxforget.collect import _jsonable
-    from jaxforget.tracking import open_tracker
-
     strategies = check_config(config)
     if not (config.run / "meta.json").exists():
         if config.run != Path("runs/default"):
             raise FileNotFoundError(f"{config.run}: not a run directory (no meta.json); "
                                     f"python -m jaxforget.collect --out {config.run} collects one")
-        from jaxforget.collect import CollectConfig, collect
-
         echo(f"no run at {config.run}: collecting the built-in default run first")
         if collect(CollectConfig(out=config.run, quiet=config.quiet), echo) != 0:
             raise RunError(f"{config.run}: the default collection had failed tasks; see its meta.json")
@@ -540,7 +517,7 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
     out = config.out or config.run / "replay"
     store = RunDir(out)
     compared = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_COMPARED}
-    store.start(dict(config=_jsonable(compared), run=str(config.run.absolute()),
+    store.start(dict(config=to_jsonable(compared), run=str(config.run.absolute()),
                      heldout_ids=[ctx.setup.upstream[j].id for j in ctx.columns.heldout],
                      n_candidates=int(ctx.columns.candidates.size),
                      train_tasks=[ctx.setup.task_names[i] for i in ctx.train_rows],
@@ -577,7 +554,7 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
               f"k {config.k}; {ctx.columns.heldout.size} held-out / {ctx.columns.candidates.size} candidate examples.")
     report = report_markdown(summary, header=header)
     atomic_write_json(out / "summary.json", dict(summary=summary, tasks=task_names, seeds=list(config.seeds),
-                                                 config=_jsonable(dataclasses.asdict(config))))
+                                                 config=to_jsonable(dataclasses.asdict(config))))
     (out / "report.md").write_text(report)
     with open_tracker("tensorboard", out / "tb") as tracker:
         for label, e in summary.items():
@@ -593,14 +570,13 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    from jaxforget.cli import run
-
     def _main(config: ReplayConfig):
         logging.basicConfig(level=logging.WARNING if config.quiet else logging.INFO,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         return main(config)
 
-    return run(ReplayConfig, _main, argv, errors=(ValueError, FileNotFoundError, RunError))
+    return run(ReplayConfig, _main, argv, prog="python -m jaxforget.replay",
+               errors=(ValueError, FileNotFoundError, RunError))
 
 
 if __name__ == "__main__":

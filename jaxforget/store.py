@@ -197,6 +197,15 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1] or 'value'}: {a!r} != {b!r}"]
 
 
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file the run directory wrote; a damaged file is a RunError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except Exception as e:  # zipfile/ValueError/OSError: any of them means the file is damaged
+        raise RunError(f"{path}: corrupted or unreadable ({type(e).__name__}: {e}); delete it to recompute") from None
+
+
 class RunDir:
     """``RUN/``: ``meta.json``, ``upstream.jsonl``, ``tasks.jsonl``, ``base.npz``, ``rows/``,
     ``forgetting.npz``, ``tb/``, ``checkpoints/``.
@@ -245,18 +254,11 @@ class RunDir:
     def update_meta(self, **fields: Any) -> None:
         atomic_write_json(self.meta_path, {**self.read_meta(), **fields})
 
-    def _load_npz(self, path: Path) -> dict[str, np.ndarray]:
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
-        except Exception as e:  # zipfile/ValueError/OSError: any of them means the file is damaged
-            raise RunError(f"{path}: corrupted or unreadable ({type(e).__name__}: {e}); delete it to recompute") from None
-
     def write_base(self, nll_before: np.ndarray, **extra: np.ndarray) -> None:
         atomic_write_npz(self.base_path, nll_before=np.asarray(nll_before, np.float32), **extra)
 
     def read_base(self) -> dict[str, np.ndarray] | None:
-        return self._load_npz(self.base_path) if self.base_path.exists() else None
+        return read_npz(self.base_path) if self.base_path.exists() else None
 
     def write_row(self, index: int, *, name: str, nll_after: np.ndarray, status: str = "ok", reason: str = "",
                   **extra: np.ndarray) -> None:
@@ -267,7 +269,7 @@ class RunDir:
                          status=np.asarray(status), reason=np.asarray(reason), **extra)
 
     def read_row(self, index: int) -> dict[str, Any]:
-        row = self._load_npz(self.row_path(index))
+        row = read_npz(self.row_path(index))
         missing = {"name", "nll_after", "status"} - set(row)
         if missing:
             raise RunError(f"{self.row_path(index)}: missing fields {sorted(missing)}; delete it to recompute")

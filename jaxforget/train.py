@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxforget.models.logprobs import nll_sums
 
@@ -125,7 +126,6 @@ def _on_mesh(state: TrainState, frozen: nnx.State | None = None) -> TrainState:
     uncommitted or single-device leaves would be another input signature and cost one more
     compilation per task.
     """
-    from jax.sharding import NamedSharding, PartitionSpec
 
     leaves = jax.tree.leaves(state.params)
     meshes = [x.sharding.mesh for x in leaves + jax.tree.leaves(frozen) if isinstance(x.sharding, NamedSharding)]

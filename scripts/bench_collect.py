@@ -30,8 +30,8 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from jaxforget.collect import (CollectConfig, DataConfig, EvalConfig, TrainConfig, _pad_id, _stack_slots,
-                               build_engine, build_setup, train_group)
+from jaxforget.collect import (CollectConfig, DataConfig, EvalConfig, ModelConfig, TrainConfig, build_engine,
+                               build_setup, stack_slots, train_group)
 from jaxforget.data.batching import Batcher
 from jaxforget.pretrain import ensure_base_model
 from jaxforget.store import RunDir
@@ -61,8 +61,6 @@ class BenchConfig:
 def collect_config(bench: BenchConfig, out: Path, *, mode: Literal["full", "lora"], k: int) -> CollectConfig:
     """collect's configuration for this benchmark: the built-in world and base model, `bench.steps`
     steps for every task (no epoch cap), no checkpoints."""
-    from jaxforget.collect import ModelConfig
-
     return CollectConfig(
         out=out, model=ModelConfig(dtype=bench.dtype), data=DataConfig(n_upstream=bench.n_upstream),
         train=TrainConfig(mode=mode, max_steps=bench.steps, max_epochs=1e9, batch_size=bench.batch_size,
@@ -77,8 +75,8 @@ def bench_full(bench: BenchConfig, out: Path) -> dict[str, float]:
     setup = build_setup(config, echo=lambda *_: None)
     engine = build_engine(setup, config)
     batcher = Batcher(setup.task_train[setup.task_names[0]], batch_size=bench.batch_size,
-                      buckets=config.train.buckets, seed=0, pad_id=_pad_id(setup.tokenizer))
-    batches = [_stack_slots([[b]], batcher.pad_id, bench.batch_size, 1) for b in batcher.batches(bench.steps)]
+                      buckets=config.train.buckets, seed=0, pad_id=setup.pad_id)
+    batches = [stack_slots([[b]], batcher.pad_id) for b in batcher.batches(bench.steps)]
     active = np.ones(1, bool)
     train_tokens = sum(int(attn.sum()) for _, attn, _ in batches)
     state = engine.start([engine.base_params])

@@ -180,15 +180,15 @@ def nan_start(monkeypatch, bad: int) -> None:
     """Task `bad` starts from NaN parameters (so its first loss is NaN); the others as usual."""
     import jax
 
-    import jaxforget.collect as C
+    from jaxforget.collect import Engine
 
-    real = C.initial_params
+    real = Engine.initial_params
 
-    def poisoned(config, index, engine):
-        params = real(config, index, engine)
+    def poisoned(engine, index, train_seed):
+        params = real(engine, index, train_seed)
         return jax.tree.map(lambda x: x * np.nan, params) if index == bad else params
 
-    monkeypatch.setattr(C, "initial_params", poisoned)
+    monkeypatch.setattr(Engine, "initial_params", poisoned)
 
 
 def test_one_failed_task_does_not_stop_the_others(cache, tmp_path, monkeypatch):

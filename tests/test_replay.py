@@ -109,10 +109,11 @@ def test_complete_rows_equals_the_protocols_prediction():
 
 def test_config_from_dict_round_trips_a_run_config(tmp_path):
     from jaxforget.cli import config_from_dict
-    from jaxforget.collect import CollectConfig, _jsonable
+    from jaxforget.cli import to_jsonable
+    from jaxforget.collect import CollectConfig
 
     config = tiny(tmp_path / "x", mesh=(1, 1, 1), shard="0/2")
-    back = config_from_dict(CollectConfig, json.loads(json.dumps(_jsonable(dataclasses.asdict(config)))))
+    back = config_from_dict(CollectConfig, json.loads(json.dumps(to_jsonable(dataclasses.asdict(config)))))
     assert back == config
     with pytest.raises(ValueError, match=r"meta.json: config.train: unknown field\(s\) \['nope'\]"):
         config_from_dict(CollectConfig, {"train": {"nope": 1}}, "meta.json: config")

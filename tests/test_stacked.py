@@ -48,7 +48,7 @@ def sequential(cache, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stacked(cache, tmp_path_factory):
     """LoRA, two tasks per step, models saved; returns (run dir, shapes of every train-step call)."""
-    import jaxforget.train as T
+    import jaxforget.collect.engine as T  # where build_engine looks the step factory up
 
     shapes: list[tuple[int, ...]] = []
     real = T.make_stacked_train_step

@@ -17,7 +17,7 @@ the jitted, validation-free cores (vmappable over problems); the short names val
 """
 
 from jaxforget.completion.additive import AdditiveFit, additive, col_mean_fit, fit_additive, row_mean_fit
-from jaxforget.completion._common import prepare
+from jaxforget.completion._common import check_options, mm, prepare
 from jaxforget.completion.goodness import LOW_RANK_ITERS, LOW_RANK_REG, fit_table, rank_fit
 from jaxforget.completion.knn import KNNFit, fit_knn, knn, similarity
 from jaxforget.completion.logistic import fit_logistic_mf, logistic_mf
@@ -49,5 +49,6 @@ __all__ = [
     "additive", "all_metrics", "classification", "col_mean_fit", "complete_rows", "evaluate", "fit_additive", "fit_knn",
     "fit_logistic_mf", "fit_low_rank", "fit_soft_impute", "fit_table", "fit_truncated_svd", "knn",
     "logistic_mf", "low_rank", "multiplicative", "planted_matrix", "precision_at_n", "r2", "reveal_mask",
-    "prepare", "rank_fit", "rmse", "roc_auc", "row_mean_fit", "similarity", "soft_impute", "split_rows", "truncated_svd",
+    "check_options", "mm", "prepare",
+    "rank_fit", "rmse", "roc_auc", "row_mean_fit", "similarity", "soft_impute", "split_rows", "truncated_svd",
 ]

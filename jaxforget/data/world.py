@@ -37,6 +37,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jaxforget.data.cache import build_once, cache_root, config_key
+from jaxforget.data.tokenizer_train import save_tokenizer, train_bpe
+
 DOMAINS = ("facts", "arithmetic", "code", "dialogue", "lists", "stories")
 
 # Share of the upstream corpus per domain: unequal on purpose, as in a real mixture.
@@ -659,9 +662,6 @@ def ensure_world(config: WorldConfig = WorldConfig(), *, vocab_size: int = 1024,
                  cache_dir: str | os.PathLike | None = None) -> Path:
     """The exported world plus its tokenizer (`tokenizer/`, byte-level BPE trained on upstream.jsonl),
     built on first use under the cache (`<cache>/world/<key>`) and reused afterwards."""
-    from jaxforget.data.cache import build_once, cache_root, config_key
-    from jaxforget.data.tokenizer_train import save_tokenizer, train_bpe
-
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     key = config_key(config, dict(vocab_size=vocab_size, world_version=WORLD_VERSION))
 

@@ -18,11 +18,14 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
 
 from jaxforget.models.config import ArchConfig, from_hf_config, to_hf_config
 from jaxforget.models.decoder import Decoder, is_layer_param, n_in_axes, param_specs
+from jaxforget.models.lora import merged_weights
 from jaxforget.models.sharding import DEFAULT_RULES, named_sharding, to_host
 
 
@@ -35,8 +38,6 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 def _np_dtypes() -> dict[str, Any]:
-    import ml_dtypes
-
     return {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
             "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
@@ -368,10 +369,6 @@ def save_hf(model: Decoder, path: str | os.PathLike, *, tokenizer=None, max_shar
     (``jax.distributed``) every process must call it (parameters sharded across processes are
     gathered); process 0 alone writes.
     """
-    from safetensors.numpy import save_file
-
-    from jaxforget.models.lora import merged_weights
-
     arch = model.arch
     path = Path(path)
     write = jax.process_index() == 0

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors.numpy import load_file, save_file
 
 from jaxforget.models.decoder import LORA_TARGETS, Decoder, n_in_axes, param_specs
 
@@ -189,8 +190,6 @@ def vmap_adapters(fn: Callable[..., Any], model: Decoder, *, in_axes: Any = None
 
 def save_adapter(model: Decoder, path: str | os.PathLike) -> None:
     """Write adapter weights (`adapter.safetensors`) and `adapter_config.json` to directory `path`."""
-    from safetensors.numpy import save_file
-
     if model.lora is None:
         raise ValueError("model has no LoRA adapters to save")
     path = Path(path)
@@ -206,8 +205,6 @@ def save_adapter(model: Decoder, path: str | os.PathLike) -> None:
 
 def load_adapter(model: Decoder, path: str | os.PathLike) -> Decoder:
     """Attach the adapters saved by `save_adapter` to `model` (in place)."""
-    from safetensors.numpy import load_file
-
     path = Path(path)
     meta = json.loads((path / "adapter_config.json").read_text())
     config = LoraConfig(rank=meta["rank"], alpha=meta["alpha"], dropout=meta["dropout"],

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -102,8 +104,6 @@ def variable_sharding(var, mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
 
 def shard_model(model, mesh: Mesh, rules=DEFAULT_RULES):
     """Place every variable of an NNX model onto its sharding on `mesh` (in place); returns the model."""
-    from flax import nnx
-
     for _, var in nnx.iter_graph(model):
         if isinstance(var, nnx.Variable) and hasattr(var.get_value(), "shape"):
             var.set_value(jax.device_put(var.get_value(), variable_sharding(var, mesh, rules)))
@@ -154,8 +154,6 @@ def to_host(tree: Any) -> Any:
         elif isinstance(x.sharding, NamedSharding):
             spread.setdefault(x.sharding.mesh, []).append(i)
         else:  # not expected from jitted code on a mesh; the generic (per-array) gather
-            from jax.experimental import multihost_utils
-
             out[i] = np.asarray(multihost_utils.process_allgather(x, tiled=True))
     for mesh, idx in spread.items():
         gathered = _replicate(mesh)([leaves[i] for i in idx])

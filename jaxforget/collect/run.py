@@ -1,0 +1,232 @@
+"""A collect run from start to finish: open (or resume) the run directory, measure the base model, train
+the tasks of this shard group by group (:func:`jaxforget.collect.loop.train_group`), record each row,
+and assemble Z with its summary when every task is done (:func:`merge` does only that)."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+import optax
+from matplotlib import colormaps
+from tqdm import tqdm
+
+import jaxforget
+from jaxforget.collect.config import CollectConfig, check_config, config_dict
+from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
+from jaxforget.collect.engine import batch_sharding, build_engine
+from jaxforget.collect.loop import TaskFailed, train_group
+from jaxforget.collect.setup import Setup, build_setup
+from jaxforget.completion import fit_table
+from jaxforget.exact_match import make_em_eval
+from jaxforget.store import RunDir, atomic_write_jsonl
+from jaxforget.tracking import open_tracker
+
+log = logging.getLogger("jaxforget.collect")
+
+
+def versions() -> dict[str, str]:
+    """The versions a run was made with (recorded in meta.json)."""
+    return dict(jaxforget=jaxforget.__version__, python=platform.python_version(), jax=jax.__version__,
+                flax=flax.__version__, optax=optax.__version__, numpy=np.__version__, backend=jax.default_backend())
+
+
+def summarize(out: dict[str, np.ndarray], task_names: list[str], example_ids: list[str]) -> str:
+    """Shape, mean, std, fraction positive, extremes and the R^2 fit table of Z (failed rows excluded)."""
+    Z = out["Z"]
+    ok = ~out["failed"]
+    Zok = Z[ok]
+    lines = [f"Z: {Z.shape[0]} tasks x {Z.shape[1]} examples ({int((~ok).sum())} failed tasks)"]
+    if Zok.size == 0:
+        return "\n".join(lines)
+    finite = Zok[np.isfinite(Zok)]
+    lines.append(f"mean {finite.mean():.4f}  std {finite.std():.4f}  positive {np.mean(finite > 0):.1%}")
+    row = np.nanmean(Zok, axis=1)
+    names_ok = [n for n, f in zip(task_names, ok) if f]
+    order = np.argsort(-row)
+    lines.append("most forgetting tasks:  " + ", ".join(f"{names_ok[i]} ({row[i]:+.3f})" for i in order[:3]))
+    lines.append("least forgetting tasks: " + ", ".join(f"{names_ok[i]} ({row[i]:+.3f})" for i in order[::-1][:3]))
+    col = np.nanmean(Zok, axis=0)
+    order = np.argsort(-col)
+    lines.append("most forgotten examples:  " + ", ".join(f"{example_ids[j]} ({col[j]:+.3f})" for j in order[:3]))
+    lines.append("least forgotten examples: " + ", ".join(f"{example_ids[j]} ({col[j]:+.3f})" for j in order[::-1][:3]))
+    if "Z_em" in out:
+        em = out["Z_em"][ok]
+        lines.append(f"exact match: base right on {out['em_before'].mean():.1%} of {out['em_before'].size} examples; "
+                     f"forgotten (Z_em = 1) on {np.nanmean(em) if np.isfinite(em).any() else float('nan'):.1%} "
+                     "of the measured entries")
+    if Zok.shape[0] >= 2:
+        ranks = tuple(range(1, min(5, *Zok.shape) + 1))
+        table = fit_table(Zok, ranks=ranks)
+        lines.append("R^2: " + "  ".join(f"{k} {v:.3f}" for k, v in table.items()))
+    return "\n".join(lines)
+
+
+def heatmap_image(Z: np.ndarray) -> np.ndarray:
+    """Z with rows and columns sorted by their means, blue-white-red, as an [H, W, 3] uint8 image."""
+    Zs = np.nan_to_num(Z, nan=0.0)
+    Zs = Zs[np.argsort(-Zs.mean(axis=1))][:, np.argsort(-Zs.mean(axis=0))]
+    lim = max(float(np.quantile(np.abs(Zs), 0.99)), 1e-6)
+    rgba = colormaps["bwr"]((np.clip(Zs, -lim, lim) + lim) / (2 * lim))
+    rgb = (rgba[..., :3] * 255).astype(np.uint8)
+    return np.repeat(rgb, max(1, 200 // max(1, Z.shape[0])), axis=0)  # rows tall enough to see
+
+
+def merge(path: Path, echo=print) -> dict[str, np.ndarray]:
+    """Assemble forgetting.npz of a run directory from its rows (every task must be finished)."""
+    run = RunDir(path)
+    meta = run.read_meta()
+    out = run.assemble(meta["task_names"], meta["example_ids"],
+                       em_base_correct_only=meta["config"]["eval"].get("em_base_correct_only", True))
+    echo(summarize(out, meta["task_names"], meta["example_ids"]))
+    echo(f"wrote {run.forgetting_path}")
+    return out
+
+
+def collect(config: CollectConfig, echo=print) -> int:
+    """Run (or resume) the collection; returns the process exit code (1 when a task failed).
+
+    With --distributed every process of the run calls this; process 0 alone writes the run
+    directory and echoes, and all return the same code."""
+    if config.merge is not None:
+        merge(config.merge, echo)
+        return 0
+    check_config(config)
+    init_distributed(config)  # before any other JAX call
+    primary = is_primary()
+    if not primary:
+        echo = silent
+    setup = build_setup(config, echo)
+    run = RunDir(config.out)
+    task_names = setup.task_names
+    example_ids = [ex.id for ex in setup.upstream]
+    meta = dict(config=config_dict(config), model_dir=str(setup.model_dir), task_names=task_names,
+                em_example_ids=setup.em_set.ids if setup.em_set is not None else None,
+                example_ids=example_ids, seeds=dict(data=config.data.seed, train=config.train.seed,
+                                                    world=config.world.seed),
+                versions=versions(), status="running")
+
+    def open_run() -> dict[str, Any]:
+        resumed = run.start(meta)
+        return dict(resumed=resumed, has_base=run.read_base() is not None, finished=run.finished())
+
+    # Process 0 reads (and creates) the run directory; every process acts on what it found.
+    found = on_primary(open_run, f"open the run directory {run.root}")
+    resumed, finished = found["resumed"], set(found["finished"])
+    echo(f"{'resuming' if resumed else 'starting'} {run.root}: {len(task_names)} tasks x {len(example_ids)} "
+         f"upstream examples; model {setup.model_dir}")
+
+    engine = build_engine(setup, config)
+    em_eval = None
+    if setup.em_set is not None:
+        em_eval = make_em_eval(setup.em_set, setup.tokenizer, batch_size=config.eval.em_batch_size,
+                               max_new_tokens=config.eval.em_max_new_tokens, pad_id=setup.pad_id,
+                               sharding=batch_sharding(setup.mesh, config.eval.em_batch_size))
+    nll_before = None  # process 0's: the others never need it
+    if not found["has_base"]:
+        echo("measuring the base model's NLL on the upstream examples")
+        nll_before = engine.evaluate(engine.base_params)[0]  # adapters start at B = 0: each is the base model
+        extra = {}
+        if em_eval is not None:
+            extra["em_before"] = em_eval(engine.model(engine.base_params, 0))
+            echo(f"base model exact match: {extra['em_before'].mean():.1%} of {extra['em_before'].size} examples")
+        if primary:
+            run.write_base(nll_before, **extra)
+            atomic_write_jsonl(run.root / "upstream.jsonl", [
+                dict(id=ex.id, source=ex.source, n_tokens=len(tok.ids), nll_before=float(nll), text=ex.text[:500])
+                for ex, tok, nll in zip(setup.upstream, setup.upstream_tok, nll_before)])
+    elif primary:
+        nll_before = run.read_base()["nll_before"]
+
+    shard_i, shard_n = config.shard_index
+    mine = [i for i in range(len(task_names)) if i % shard_n == shard_i]
+    todo = [i for i in mine if i not in finished]
+    echo(f"shard {shard_i}/{shard_n}: {len(mine)} tasks, {len(mine) - len(todo)} already done")
+    tracker = open_tracker("tensorboard", run.tb_dir) if primary else open_tracker("none")
+    if not resumed:
+        tracker.hparams(_flat(config_dict(config)), {"tasks": float(len(task_names))})
+    failed = []
+    K = config.tasks_per_step
+    with tracker, tqdm(total=len(todo) * config.train.max_steps, disable=config.quiet or not primary,
+                       desc="collect", unit="step") as progress:
+        for group in (todo[g:g + K] for g in range(0, len(todo), K)):
+            progress.set_postfix(task=", ".join(task_names[i] for i in group))
+            results = train_group(group, setup=setup, config=config, run=run, engine=engine, tracker=tracker,
+                                  em_eval=em_eval,
+                                  progress=progress)
+            failed += [task_names[i] for i, fields in zip(group, results) if isinstance(fields, TaskFailed)]
+            if config.train.checkpoint_every > 0:
+                barrier(f"closed checkpoints of group {group[0]}")  # before process 0 removes them
+            if primary:
+                _record_group(group, results, run=run, task_names=task_names, nll_before=nll_before,
+                              tracker=tracker, echo=echo)
+    if primary:
+        missing = sorted(set(range(len(task_names))) - set(run.finished()))
+        if missing:
+            echo(f"{len(missing)} tasks still to do in other shards; `python -m jaxforget.collect --merge {run.root}` "
+                 "assembles Z once they are finished")
+        else:
+            out = run.assemble(task_names, example_ids, em_base_correct_only=config.eval.em_base_correct_only)
+            _write_tasks_jsonl(run, task_names, setup)
+            all_failed = [str(run.read_row(j)["name"]) for j in range(len(task_names))
+                          if str(run.read_row(j)["status"]) == "failed"]
+            run.update_meta(status="complete" if not all_failed else "complete_with_failures",
+                            failed_tasks=all_failed)
+            echo(summarize(out, task_names, example_ids))
+            echo(f"wrote {run.forgetting_path}")
+        run.update_meta(compilations=engine.compilations())
+    return 1 if failed else 0
+
+
+def _record_group(group: list[int], results: list, *, run: RunDir, task_names: list[str], nll_before: np.ndarray,
+                  tracker, echo) -> None:
+    """Process 0, after a group of tasks: their rows, TensorBoard summaries, the checkpoint removed."""
+    for i, fields in zip(group, results):
+        name = task_names[i]
+        if isinstance(fields, TaskFailed):
+            log.error("task %s failed: %s", name, fields)
+            echo(f"task {name} FAILED: {fields}")
+            run.write_row(i, name=name, nll_after=np.full(len(nll_before), np.nan), status="failed",
+                          reason=str(fields))
+            continue
+        run.write_row(i, name=name, **fields)
+        z = fields["nll_after"] - nll_before
+        tracker.scalar("upstream_nll/mean_after", float(np.mean(fields["nll_after"])), i)
+        tracker.scalar("forgetting/mean", float(np.mean(z)), i)
+        tracker.histogram(f"forgetting/{name}", z, i)
+    shutil.rmtree(run.checkpoints_dir / f"task_{group[0]:05d}", ignore_errors=True)
+    done_rows = sorted(run.finished())
+    rows = np.stack([run.read_row(j)["nll_after"] for j in done_rows]) - nll_before[None]
+    tracker.image("forgetting/Z_sorted", heatmap_image(rows), len(done_rows))
+    tracker.flush()
+
+
+def _write_tasks_jsonl(run: RunDir, task_names: list[str], setup: Setup) -> None:
+    records = []
+    for j, name in enumerate(task_names):
+        row = run.read_row(j)
+        losses = row.get("train_losses", np.zeros(0))
+        records.append(dict(
+            name=name, status=str(row["status"]), reason=str(row["reason"]), n_train=len(setup.task_train[name]),
+            n_train_tokens=int(row["train_tokens"]) if "train_tokens" in row else None,
+            steps=int(row["steps_run"]) if "steps_run" in row else None,
+            train_loss_before=float(losses[0]) if losses.size else None,
+            train_loss_after=float(np.mean(losses[-10:])) if losses.size else None,
+            seconds=float(row["seconds"]) if "seconds" in row else None))
+    atomic_write_jsonl(run.root / "tasks.jsonl", records)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out

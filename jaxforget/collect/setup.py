@@ -1,0 +1,128 @@
+"""What a run is made of, built once: the base model on its mesh, the tokenizer, the upstream sample and
+the tokenised tasks (:func:`build_setup`), or the same rebuilt from a finished run directory
+(:func:`setup_from_run`) for the steps that work on one (replay, rep_dot, forecast)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxforget import models
+from jaxforget.cli import config_from_dict
+from jaxforget.collect.config import CollectConfig
+from jaxforget.collect.distributed import is_primary, on_primary
+from jaxforget.data import readers, tokenize
+from jaxforget.data.tokenize import Tokenized
+from jaxforget.data.world import ensure_world
+from jaxforget.exact_match import ExactMatchSet, build_em_set
+from jaxforget.pretrain import ensure_base_model
+from jaxforget.store import RunDir, RunError
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a run needs, built once."""
+
+    model: Any
+    """The base model (nnx), placed on `mesh`."""
+    tokenizer: Any
+    model_dir: Path
+    upstream: list[readers.UpstreamExample]
+    """The N upstream examples (Z's columns), in order."""
+    upstream_tok: list[Tokenized]
+    task_names: list[str]
+    """The M tasks (Z's rows), in order."""
+    task_train: dict[str, list[Tokenized]]
+    """Each task's training split, tokenised."""
+    mesh: Any
+    em_set: ExactMatchSet | None = None
+    """With --eval.metrics em: the exact-match examples."""
+
+    @property
+    def pad_id(self) -> int:
+        """The token that pads batches: the tokenizer's pad token, else its EOS, else 0."""
+        for tok_id in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0):
+            if tok_id is not None:
+                return int(tok_id)
+        return 0
+
+
+def build_setup(config: CollectConfig, echo=print) -> Setup:
+    """Model (on the mesh), tokenizer, upstream sample and tasks. In a multi-process run (after
+    `init_distributed`) every process calls it; process 0 builds the built-in world and base model
+    (when they are used and not cached yet) before the others look for them."""
+    d = config.data
+
+    def built_in() -> tuple[Path | None, Path | None]:
+        world = (ensure_world(config.world, vocab_size=config.base.vocab_size)
+                 if d.upstream is None or d.tasks is None else None)
+        base = ensure_base_model(config.world, config.base, config.pretrain, echo=echo) if config.model.path is None else None
+        return world, base
+
+    if jax.process_count() > 1:  # the cache's atomic builds would cope with a race, but one build is enough
+        built = on_primary(lambda: [p and str(p) for p in built_in()], "build the built-in world and base model")
+        # the others find process 0's entries (a shared cache) or build identical ones of their own
+        world_dir, model_dir = [p and Path(p) for p in built] if is_primary() else built_in()
+    else:
+        world_dir, model_dir = built_in()
+    model_dir = Path(config.model.path) if config.model.path is not None else model_dir
+    mesh = models.make_mesh(config.mesh) if config.mesh is not None else models.make_mesh()
+    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+    model, tokenizer = models.load(model_dir, dtype=dtype, mesh=mesh)
+    if tokenizer is None:
+        raise FileNotFoundError(f"{model_dir}: no tokenizer files; collect needs the model's tokenizer")
+
+    upstream_all = readers.read_upstream(d.upstream if d.upstream is not None else world_dir / "upstream.jsonl")
+    upstream = readers.sample_upstream(upstream_all, d.n_upstream, seed=d.seed, stratify=d.stratify)
+    upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer, tokenize.TokenizeConfig(max_len=d.max_len))
+
+    tasks = readers.read_tasks(d.tasks if d.tasks is not None else world_dir / "tasks")
+    names = list(d.task_names) or sorted(tasks)
+    unknown = [n for n in names if n not in tasks]
+    if unknown:
+        raise ValueError(f"--data.task-names: unknown task(s) {unknown}; available: {sorted(tasks)}")
+    tcfg = tokenize.TokenizeConfig(max_len=d.task_max_len)
+    task_train = {}
+    for n in names:
+        train, _ = readers.split_task(tasks[n], val_fraction=d.val_fraction, seed=d.seed)
+        task_train[n] = tokenize.tokenize_tasks(train, tokenizer, tcfg)
+    em_set = None
+    if "em" in config.eval.metrics:
+        records = readers.read_task_file(d.em_upstream, "em_upstream", check_task_field=False)
+        rng = np.random.default_rng([d.seed, 1])
+        if len(records) > d.n_em:
+            records = [records[i] for i in sorted(rng.choice(len(records), d.n_em, replace=False))]
+        em_set = build_em_set(records, tokenizer, max_len=d.task_max_len)
+    return Setup(model, tokenizer, model_dir, upstream, upstream_tok, names, task_train, mesh, em_set)
+
+
+def setup_from_run(path: str | Path, echo=print) -> tuple[CollectConfig, Setup, dict[str, Any]]:
+    """The configuration, Setup and meta.json of a collect run directory, for the steps that work on a
+    finished run (replay, the rep_dot predictor): the run's recorded configuration rebuilt (the same
+    upstream sample, task splits and tokenisation), the exact base model it used when that directory
+    still exists (else rebuilt from the configuration), NLL only, one task per step. The upstream ids
+    and task names are checked against the run's."""
+    run = RunDir(path)
+    if not run.meta_path.exists():
+        raise FileNotFoundError(f"{path}: not a run directory (no meta.json); "
+                                f"python -m jaxforget.collect --out {path} writes one")
+    meta = run.read_meta()
+    config = config_from_dict(CollectConfig, meta["config"], f"{run.meta_path}: config")
+    model_dir = Path(meta.get("model_dir") or "")
+    if config.model.path is None and meta.get("model_dir") and (model_dir / "config.json").exists():
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=model_dir))
+    config = dataclasses.replace(config, out=run.root, tasks_per_step=1, quiet=True, save_models=False,
+                                 eval=dataclasses.replace(config.eval, metrics=("nll",), eval_every=0))
+    setup = build_setup(config, echo)
+    if [ex.id for ex in setup.upstream] != list(meta["example_ids"]):
+        raise RunError(f"{run.meta_path}: the upstream examples rebuilt from its configuration differ from the "
+                       "run's example_ids (were the data files changed since the run?)")
+    if list(setup.task_names) != list(meta["task_names"]):
+        raise RunError(f"{run.meta_path}: tasks {setup.task_names} rebuilt from its configuration differ from the "
+                       f"run's task_names {meta['task_names']}")
+    return config, setup, meta
