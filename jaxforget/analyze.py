@@ -243,22 +243,31 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _r2_markdown(r2: dict[str, float]) -> str:
-    labels = dict(row_mean="row mean only", col_mean="column mean only", additive="additive (μ + a_i + b_j)",
-                  multiplicative="multiplicative (α_i β_j, rank 1)")
-    rows = [[labels.get(k, k.replace("_", " ")), v] for k, v in r2.items()]
-    return _md_table(["model", "R²"], rows)
+    from jaxforget.analysis import r2_label
+
+    return _md_table(["model", "R²"], [[r2_label(k), v] for k, v in r2.items()])
+
+
+def _fmt_p(p: float | None) -> str:
+    """A p-value: two decimals down to 0.01, then scientific (``3.2e-05``), never ``0.00``; a p-value
+    that underflows float64 is ``< 1e-300``."""
+    if p is None or not np.isfinite(p):
+        return "–"
+    if p >= 0.01:
+        return f"{p:.2f}"
+    return f"{p:.1e}" if p > 0 else "< 1e-300"
 
 
 def _corr_markdown(rows: list[dict]) -> str:
     return _md_table(
         ["effect", "statistic", "n", "Pearson r", "p", "Spearman ρ", "p"],
         [[r["effect"], r["statistic"] + (f" = {r['level']}" if r["level"] is not None else ""), r["n"],
-          r["pearson"], r["pearson_p"], r["spearman"], r["spearman_p"]] for r in rows])
+          r["pearson"], _fmt_p(r["pearson_p"]), r["spearman"], _fmt_p(r["spearman_p"])] for r in rows])
 
 
 def _note(row: dict) -> str:
-    return f"Pearson {_fmt(row['pearson'], 2)} (p {_fmt(row['pearson_p'], 2)}), " \
-           f"Spearman {_fmt(row['spearman'], 2)} (p {_fmt(row['spearman_p'], 2)})"
+    return f"Pearson {_fmt(row['pearson'], 2)} (p {_fmt_p(row['pearson_p'])}), " \
+           f"Spearman {_fmt(row['spearman'], 2)} (p {_fmt_p(row['spearman_p'])})"
 
 
 def _versions() -> dict[str, str]:
@@ -343,7 +352,7 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
                      title=f"Z sorted by task effect α (rows) and example effect β (columns); {sample_note}"),
          "heatmap_sorted.png")
     save(viz.panels([("Z", Zn[sub]), (f"rank-1 fit α·β (R² {good['r2']['multiplicative']:.3f})", rank1[sub]),
-                     ("residual Z − α·β", residual1[sub])], vmax=vmax,
+                     ("residual Z − α·β", residual1[sub])], vmax=vmax, row_labels=sorted_names,
                     suptitle=f"Multiplicative fit and residual, sorted by α and β; {sample_note}"),
          "rank1_residual.png")
     total = float(np.sum(np.where(mask_np, Z, 0.0) ** 2))
@@ -353,8 +362,9 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
         save(viz.heatmap(
             comp[sub], vmax=float(np.quantile(np.abs(comp[sub]), config.vmax_quantile)) or 1.0,
             title=f"component {r + 1} of the rank-{k} fit: σ = {s[r]:.3g} ({share:.1%} of ΣZ²); {sample_note}",
-            row_labels=sorted_names), f"component_{r + 1}.png")
-    save(viz.r2_curve(good["r2"]), "r2_vs_rank.png")
+            row_labels=sorted_names, cbar_label=f"component {r + 1} = σ u vᵀ (change in log-perplexity)"),
+            f"component_{r + 1}.png")
+    save(viz.r2_curve(good["r2"], labels=A.R2_LABELS), "r2_vs_rank.png")
     save(viz.task_distributions(Zn[row_order], sorted_names,
                                 title=f"Forgetting per task over {N:,} examples (tasks sorted by α)"),
          "task_distributions.png")

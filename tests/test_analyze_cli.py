@@ -188,6 +188,19 @@ def test_all_nan_row_is_an_error_naming_it(tmp_path, capsys):
     assert "left out 1 task(s) without any measured entry: t4" in result["notes"][0]
 
 
+def test_labels_of_the_fit_table_and_p_values(run_dir, tmp_path):
+    from jaxforget.analyze import _fmt_p, _note
+
+    run, _ = run_dir
+    cli([str(run), "--max-rank", "1", "--max-blocks", "0", "--tracker", "none", "--out", str(tmp_path / "a")])
+    table = (tmp_path / "a" / "fit_table.md").read_text()
+    assert "| additive (ridge ALS, λ 15/10) |" in table and "μ + a_i + b_j" not in table
+    assert [_fmt_p(p) for p in (0.5, 0.0123, 0.004, 2.2e-15, 0.0, None)] == \
+        ["0.50", "0.01", "4.0e-03", "2.2e-15", "< 1e-300", "–"]
+    note = _note(dict(pearson=0.98, pearson_p=3e-7, spearman=0.9, spearman_p=0.2))
+    assert note == "Pearson 0.98 (p 3.0e-07), Spearman 0.90 (p 0.20)" and "p 0.00" not in note
+
+
 def test_bad_inputs_are_clean_errors(tmp_path, run_dir, capsys):
     run, _ = run_dir
     bad = tmp_path / "bad"
