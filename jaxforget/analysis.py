@@ -41,6 +41,25 @@ Array = jax.Array
 # Goodness of fit
 
 
+ADDITIVE_REG = (15.0, 10.0)
+"""Ridge terms (task, example) of the table's additive fit: the paper's, as completion.fit_table's defaults."""
+
+R2_LABELS = {
+    "row_mean": "row mean only",
+    "col_mean": "column mean only",
+    # A ridge fit, not least squares: with few tasks it can explain less than the column means alone.
+    "additive": f"additive (ridge ALS, λ {ADDITIVE_REG[0]:g}/{ADDITIVE_REG[1]:g})",
+    "multiplicative": "multiplicative (α_i β_j, rank 1)",
+}
+"""How the R² table, its figure and the report name the rows of :func:`goodness`; other keys
+(``rank_<k>``, rows a later fit_table adds) are shown with underscores as spaces."""
+
+
+def r2_label(key: str) -> str:
+    """The display name of an R² table row (:data:`R2_LABELS`)."""
+    return R2_LABELS.get(key, key.replace("_", " "))
+
+
 def goodness(Z: Any, mask: Any | None = None, *, max_rank: int = 5, seed: int = 0) -> dict[str, Any]:
     """The R^2 table and the counts behind it.
 
@@ -53,8 +72,8 @@ def goodness(Z: Any, mask: Any | None = None, *, max_rank: int = 5, seed: int = 
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1; got {max_rank}")
     k = min(max_rank, *Z0.shape)
-    table = completion.fit_table(Z0, mask, ranks=tuple(range(1, k + 1)), seed=seed,
-                                 low_rank_reg=LOW_RANK_REG, low_rank_iters=LOW_RANK_ITERS)
+    table = completion.fit_table(Z0, mask, ranks=tuple(range(1, k + 1)), seed=seed, reg_row=ADDITIVE_REG[0],
+                                 reg_col=ADDITIVE_REG[1], low_rank_reg=LOW_RANK_REG, low_rank_iters=LOW_RANK_ITERS)
     return dict(r2=table, counts=counts(mask), moments=moments(Z0, mask),
                 method="truncated_svd" if bool(jnp.all(mask)) else "masked_als")
 

@@ -235,6 +235,10 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     cell = lambda v: _fmt(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -243,22 +247,31 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _r2_markdown(r2: dict[str, float]) -> str:
-    labels = dict(row_mean="row mean only", col_mean="column mean only", additive="additive (μ + a_i + b_j)",
-                  multiplicative="multiplicative (α_i β_j, rank 1)")
-    rows = [[labels.get(k, k.replace("_", " ")), v] for k, v in r2.items()]
-    return _md_table(["model", "R²"], rows)
+    from jaxforget.analysis import r2_label
+
+    return _md_table(["model", "R²"], [[r2_label(k), v] for k, v in r2.items()])
+
+
+def _fmt_p(p: float | None) -> str:
+    """A p-value: two decimals down to 0.01, then scientific (``3.2e-05``), never ``0.00``; a p-value
+    that underflows float64 is ``< 1e-300``."""
+    if p is None or not np.isfinite(p):
+        return "–"
+    if p >= 0.01:
+        return f"{p:.2f}"
+    return f"{p:.1e}" if p > 0 else "< 1e-300"
 
 
 def _corr_markdown(rows: list[dict]) -> str:
     return _md_table(
         ["effect", "statistic", "n", "Pearson r", "p", "Spearman ρ", "p"],
         [[r["effect"], r["statistic"] + (f" = {r['level']}" if r["level"] is not None else ""), r["n"],
-          r["pearson"], r["pearson_p"], r["spearman"], r["spearman_p"]] for r in rows])
+          r["pearson"], _fmt_p(r["pearson_p"]), r["spearman"], _fmt_p(r["spearman_p"])] for r in rows])
 
 
 def _note(row: dict) -> str:
-    return f"Pearson {_fmt(row['pearson'], 2)} (p {_fmt(row['pearson_p'], 2)}), " \
-           f"Spearman {_fmt(row['spearman'], 2)} (p {_fmt(row['spearman_p'], 2)})"
+    return f"Pearson {_fmt(row['pearson'], 2)} (p {_fmt_p(row['pearson_p'])}), " \
+           f"Spearman {_fmt(row['spearman'], 2)} (p {_fmt_p(row['spearman_p'])})"
 
 
 def _versions() -> dict[str, str]:
@@ -319,6 +332,7 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
     # Goodness of fit and the effects.
     good = A.goodness(Z0, mask, max_rank=config.max_rank, seed=config.seed)
     k = min(config.max_rank, M, N)
+    not_computed, limit_notes = _small_matrix_limits(M, N, config, k, bool(md.task_stats))
     U, s, V = A.components(A.rank_fit(Z0, mask, rank=k, seed=config.seed))
     fit1 = A.rank_fit(Z0, mask, rank=1, seed=config.seed)
     U1, s1, V1 = A.components(fit1)
@@ -343,7 +357,7 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
                      title=f"Z sorted by task effect α (rows) and example effect β (columns); {sample_note}"),
          "heatmap_sorted.png")
     save(viz.panels([("Z", Zn[sub]), (f"rank-1 fit α·β (R² {good['r2']['multiplicative']:.3f})", rank1[sub]),
-                     ("residual Z − α·β", residual1[sub])], vmax=vmax,
+                     ("residual Z − α·β", residual1[sub])], vmax=vmax, row_labels=sorted_names,
                     suptitle=f"Multiplicative fit and residual, sorted by α and β; {sample_note}"),
          "rank1_residual.png")
     total = float(np.sum(np.where(mask_np, Z, 0.0) ** 2))
@@ -353,16 +367,18 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
         save(viz.heatmap(
             comp[sub], vmax=float(np.quantile(np.abs(comp[sub]), config.vmax_quantile)) or 1.0,
             title=f"component {r + 1} of the rank-{k} fit: σ = {s[r]:.3g} ({share:.1%} of ΣZ²); {sample_note}",
-            row_labels=sorted_names), f"component_{r + 1}.png")
-    save(viz.r2_curve(good["r2"]), "r2_vs_rank.png")
+            row_labels=sorted_names, cbar_label=f"component {r + 1} = σ u vᵀ (change in log-perplexity)"),
+            f"component_{r + 1}.png")
+    save(viz.r2_curve(good["r2"], labels=A.R2_LABELS), "r2_vs_rank.png")
     save(viz.task_distributions(Zn[row_order], sorted_names,
                                 title=f"Forgetting per task over {N:,} examples (tasks sorted by α)"),
          "task_distributions.png")
 
     # Correlations of the effects with run statistics.
-    task_corr = A.correlate_effects(alpha, md.task_stats, effect_name="alpha") if md.task_stats else []
+    task_stats = {} if "task_correlations" in not_computed else md.task_stats
+    task_corr = A.correlate_effects(alpha, task_stats, effect_name="alpha") if task_stats else []
     example_corr = A.correlate_effects(beta, md.example_stats, effect_name="beta") if md.example_stats else []
-    for effect, stats, rows, name in (("α (task effect)", md.task_stats, task_corr, "correlations_tasks.png"),
+    for effect, stats, rows, name in (("α (task effect)", task_stats, task_corr, "correlations_tasks.png"),
                                       ("β (example effect)", md.example_stats, example_corr,
                                        "correlations_examples.png")):
         if not stats:
@@ -377,7 +393,7 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
     search = A.find_blocks(Z0, mask, rank=config.residual_rank, max_blocks=config.max_blocks,
                            n_permutations=config.block_permutations, alpha=config.block_alpha,
                            min_rows=config.min_block_rows, min_cols=config.min_block_cols,
-                           seed=config.seed) if config.max_blocks else None
+                           seed=config.seed) if config.max_blocks and "blocks" not in not_computed else None
     blocks = _block_records(search, data, md, config.top_examples) if search else []
     if blocks:
         fig, _ = viz.block_heatmap(search.residual, [(b.rows, b.cols) for b in search.blocks],
@@ -405,7 +421,8 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
         blocks=dict(residual_rank=config.residual_rank, seed=config.seed, permutations=config.block_permutations,
                     alpha=config.block_alpha, threshold=search.threshold if search else None,
                     null_scores=search.null_scores if search else None, found=blocks),
-        over_steps=over_steps, run_files=md.files, notes=md.notes, run_meta=md.meta,
+        over_steps=over_steps, run_files=md.files, notes=md.notes + limit_notes, not_computed=not_computed,
+        run_meta=md.meta,
         config={f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, versions=_versions(),
         tracker=dict(kind=config.tracker, path=None if config.tracker == "none" else str(tb_path)),
     )
@@ -472,12 +489,15 @@ def render_report(result: dict[str, Any], fit_md: str, files: list[str], md: Run
     have = set(files)
     c, m = result["counts"], result["moments"]
     lines = [f"# Forgetting analysis of `{result['source']}`", ""]
-    lines += [f"{c['n_tasks']} tasks × {c['n_examples']:,} upstream examples; {c['n_observed']:,} entries measured, "
+    lines += [f"{_count(c['n_tasks'], 'task')} × {_count(c['n_examples'], 'upstream example')}; "
+              f"{c['n_observed']:,} entries measured, "
               f"{c['n_missing']:,} not measured (NaN; ignored by every fit) in {c['rows_with_missing']} rows and "
               f"{c['cols_with_missing']} columns. Mean Z {m['mean']:.4g}, standard deviation {m['std']:.4g}, "
               f"{m['frac_nonneg']:.1%} of entries ≥ 0.", ""]
     for note in result["notes"]:
         lines += [f"Note: {note}.", ""]
+    for note in result["not_computed"].values():
+        lines += [f"Not computed: {note}.", ""]
 
     def image(name: str, alt: str) -> None:
         if name in have:
@@ -512,7 +532,9 @@ def render_report(result: dict[str, Any], fit_md: str, files: list[str], md: Run
 
     b = result["blocks"]
     lines += ["## Residual patterns", ""]
-    if b["threshold"] is None:
+    if "blocks" in result["not_computed"]:
+        lines += [f"Not computed: {result['not_computed']['blocks']}.", ""]
+    elif b["threshold"] is None:
         lines += ["Block search disabled (`--max-blocks 0`).", ""]
     else:
         lines += [f"Blocks of tasks × examples whose residual after the rank-{b['residual_rank']} fit stays large "
@@ -564,6 +586,27 @@ def _command_line(config: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _small_matrix_limits(M: int, N: int, config: AnalyzeConfig, k: int,
+                         has_task_stats: bool) -> tuple[dict[str, str], list[str]]:
+    """What a matrix of M tasks x N examples is too small for, in the user's terms (how many tasks it
+    takes, the flag to change), as ``({"blocks" | "task_correlations": reason}, notes)``; the notes
+    name the R² rows that are 1 by construction."""
+    skipped, notes = {}, []
+    tasks, examples = f"{M} task{'s' * (M != 1)}", f"{N} example{'s' * (N != 1)}"
+    if config.max_blocks and (M < config.min_block_rows or N < config.min_block_cols):
+        skipped["blocks"] = (f"residual blocks: a block needs at least {config.min_block_rows} tasks and "
+                             f"{config.min_block_cols} examples (--min-block-rows / --min-block-cols); the matrix "
+                             f"has {tasks} and {examples}")
+    if has_task_stats and M < 3:
+        skipped["task_correlations"] = (f"correlations of the task effect α with task statistics: they need at least "
+                                        f"3 tasks; the matrix has {tasks}")
+    if k == min(M, N):
+        exact = [f"rank {k}"] + (["column mean only"] if M == 1 else []) + (["row mean only"] if N == 1 else [])
+        notes.append(f"with {tasks} and {examples}, {' and '.join(exact)} reproduce{'s' * (len(exact) == 1)} Z "
+                     f"exactly: R² 1 by construction, not a finding")
+    return skipped, notes
+
+
 def drop_empty_rows(data: MatrixData, md: RunMetadata) -> tuple[MatrixData, RunMetadata]:
     """``data`` and ``md`` without the rows that have no measured entry (noted in ``md.notes``)."""
     keep = np.isfinite(data.Z).any(axis=1)
@@ -586,19 +629,24 @@ def main(config: AnalyzeConfig) -> dict[str, Any]:
     if config.drop_empty_rows:
         data, metadata = drop_empty_rows(data, metadata)
     M, N = data.Z.shape
-    print(f"matrix {data.source}: {M} tasks x {N} examples, {int(np.sum(~np.isfinite(data.Z)))} not measured"
+    print(f"matrix {data.source}: {_count(M, 'task')} x {_count(N, 'example')}, "
+          f"{int(np.sum(~np.isfinite(data.Z)))} not measured"
           + (f"; run files: {', '.join(metadata.files)}" if metadata.files else ""), flush=True)
     result = analyze(data, config, metadata)
     print(_r2_markdown(result["r2"]))
-    print(f"{len(result['blocks']['found'])} residual block(s); wrote {config.out_dir / 'report.md'} "
-          f"and {len(result['files'])} files in {config.out_dir}")
+    for note in result["notes"]:
+        print(f"note: {note}")
+    for reason in result["not_computed"].values():
+        print(f"not computed: {reason}")
+    blocks = "" if "blocks" in result["not_computed"] else f"{len(result['blocks']['found'])} residual block(s); "
+    print(f"{blocks}wrote {config.out_dir / 'report.md'} and {len(result['files'])} files in {config.out_dir}")
     return result
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     from jaxforget.cli import run
 
-    return run(AnalyzeConfig, main, argv, prog="python -m jaxforget.analyze")
+    return run(AnalyzeConfig, main, argv)
 
 
 if __name__ == "__main__":

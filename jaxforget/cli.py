@@ -3,30 +3,67 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import tyro
 
+from jaxforget.logs import configure_logging
+
 C = TypeVar("C")
 
-
-def parse(config_type: type[C], argv: list[str] | None, prog: str) -> C:
-    """``config_type`` from the command line, with ``prog`` (``python -m jaxforget.<step>``) as the program
-    name in usage lines and ``--help`` (tyro would show the module's file path)."""
-    return tyro.cli(config_type, args=argv, prog=prog)
+VERBOSE_HELP = ("Also print other libraries' INFO log lines (jax, orbax/absl, tensorboardX, transformers); "
+                "the environment variable JAXFORGET_LOG=info|debug does the same.")
 
 
-def run(config_type: type[C], main: Callable[[C], Any], argv: list[str] | None = None, *, prog: str,
-        errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)) -> Any:
-    """Parse ``config_type`` with tyro and call ``main(config)``. A user error (bad input, missing file)
-    prints ``error: <message>`` to stderr and exits with status 2, without a traceback."""
-    config = parse(config_type, argv, prog)
+def prog_name(main: Callable[..., Any]) -> str:
+    """``python -m jaxforget.<step>``: how the user runs the module that defines ``main`` (also when it
+    runs as ``__main__``), so usage lines and tyro's "for full helptext run ..." never show a file path."""
+    module = main.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    return f"python -m {module}"
+
+
+def with_verbose(config_type: type[C]) -> type:
+    """``config_type`` plus a ``--verbose`` flag (a frozen dataclass subclass, so tyro lists the flag
+    with the others); :func:`run` strips it again before calling ``main``."""
+    if any(f.name == "verbose" for f in dataclasses.fields(config_type)):  # the config has its own
+        return config_type
+    cls = dataclasses.make_dataclass(
+        config_type.__name__, [("verbose", Annotated[bool, tyro.conf.arg(help=VERBOSE_HELP)], False)],
+        bases=(config_type,), frozen=True)
+    cls.__doc__ = inspect.getdoc(config_type)
+    cls.__module__ = config_type.__module__
+    return cls
+
+
+def parse(config_type: type[C], argv: list[str] | None, prog: str) -> tuple[C, bool]:
+    """``(config, verbose)`` from the command line: ``config_type`` plus ``--verbose``, with ``prog``
+    (``python -m jaxforget.<step>``) as the program name in usage lines and ``--help``."""
+    parsed = tyro.cli(with_verbose(config_type), args=argv, prog=prog)
+    if type(parsed) is config_type:
+        return parsed, bool(getattr(parsed, "verbose", False))
+    fields = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(config_type) if f.init}
+    return config_type(**fields), parsed.verbose
+
+
+def run(config_type: type[C], main: Callable[[C], Any], argv: list[str] | None = None, *,
+        errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError), prog: str | None = None) -> Any:
+    """Parse ``config_type`` (plus ``--verbose``) with tyro, set up logging
+    (:func:`jaxforget.logs.configure_logging`, with the config's ``quiet`` where it has one) and call
+    ``main(config)``. A user error (bad input, missing file) prints ``error: <message>`` to stderr and
+    exits with status 2, without a traceback. ``prog`` is the program name of the usage line
+    (default :func:`prog_name` of ``main``)."""
+    config, verbose = parse(config_type, argv, prog or prog_name(main))
     try:
+        configure_logging(verbose, quiet=bool(getattr(config, "quiet", False)))
         return main(config)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)

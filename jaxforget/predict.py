@@ -206,8 +206,7 @@ def cli(argv: list[str] | None = None) -> dict:
     from jaxforget.store import RunError
 
     # a damaged or incomplete run directory is bad input too (RunError names the file)
-    return run(PredictConfig, main, argv, prog="python -m jaxforget.predict",
-               errors=(ValueError, FileNotFoundError, RunError))
+    return run(PredictConfig, main, argv, errors=(ValueError, FileNotFoundError, RunError))
 
 
 if __name__ == "__main__":

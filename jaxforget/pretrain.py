@@ -276,7 +276,7 @@ def main(config: PretrainConfig) -> Path:
 def cli(argv: list[str] | None = None) -> Path:
     from jaxforget.cli import run
 
-    return run(PretrainConfig, main, argv, prog="python -m jaxforget.pretrain")
+    return run(PretrainConfig, main, argv)
 
 
 if __name__ == "__main__":

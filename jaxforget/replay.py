@@ -62,6 +62,8 @@ from jaxforget.tracking import open_tracker
 log = logging.getLogger("jaxforget.replay")
 
 KINDS = ("none", "random", "oracle", "offline", "online")
+SIGNS = "negative = less forgetting than the reference"
+"""The sign of every change in forgetting that replay reports (report.md, summary.json, TensorBoard, console)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +138,7 @@ class ReplayConfig:
     out: Path | None = None
     """Output directory. Default: RUN/replay."""
     quiet: bool = False
-    """No progress bar."""
+    """No progress bar and no INFO log lines (the results, warnings and errors still print)."""
 
 
 # Fields that may differ between a run and its resumption.
@@ -422,7 +424,10 @@ def summarize(results: list[dict[str, Any]], strategies: list[Strategy], task_na
               seeds: list[int]) -> dict[str, Any]:
     """Per strategy: held-out forgetting (mean and std over task x seed), its change relative to no
     replay and to random replay with paired tests across tasks (seeds averaged) and across (task,
-    seed) pairs, forgetting on the candidate pool and on the replayed examples, extra forward passes."""
+    seed) pairs, forgetting on the candidate pool and on the replayed examples, extra forward passes.
+
+    Signs (:data:`SIGNS`): ``vs_<ref>.diff`` = F - F_ref and ``vs_<ref>.relative_change`` =
+    (F - F_ref) / F_ref over the pairs both have; negative = less forgetting than the reference."""
     labels = [s.label for s in strategies]
     T, S = len(task_names), len(seeds)
 
@@ -457,7 +462,7 @@ def summarize(results: list[dict[str, Any]], strategies: list[Strategy], task_na
                 task_h, task_b = np.nanmean(np.where(both, h, np.nan), 1), np.nanmean(np.where(both, base, np.nan), 1)
             entry[f"vs_{ref}"] = dict(
                 diff=diff if np.isfinite(diff) else None,
-                reduction=(-diff / ref_mean) if np.isfinite(diff) and ref_mean > 0 else None,
+                relative_change=(diff / ref_mean) if np.isfinite(diff) and ref_mean > 0 else None,
                 over_tasks=paired_test(task_h, task_b).to_json(),
                 over_pairs=paired_test(h[both], base[both]).to_json())
         summary[label] = entry
@@ -472,13 +477,13 @@ def report_markdown(summary: dict[str, Any], *, header: str) -> str:
         v = entry.get(f"vs_{ref}")
         if v is None:
             return "—", "—"
-        red = f(v["reduction"], "{:+.1%}")
+        change = f(v["relative_change"], "{:+.1%}")
         t, p = v["over_tasks"], v["over_pairs"]
-        return red, f"{f(t['p_t'], '{:.3g}')} / {f(t['p_perm'], '{:.3g}')} · {f(p['p_t'], '{:.3g}')} / {f(p['p_perm'], '{:.3g}')}"
+        return change, f"{f(t['p_t'], '{:.3g}')} / {f(t['p_perm'], '{:.3g}')} · {f(p['p_t'], '{:.3g}')} / {f(p['p_perm'], '{:.3g}')}"
 
     lines = [header, "",
              "| strategy | held-out forgetting | replayed-pool forgetting | forgetting of replayed examples | "
-             "reduction vs none | p vs none | reduction vs random | p vs random | extra forward passes |",
+             "change vs none | p vs none | change vs random | p vs random | extra forward passes |",
              "|---|---|---|---|---|---|---|---|---|"]
     for label, e in summary.items():
         rn, pn = test(e, "none")
@@ -487,10 +492,11 @@ def report_markdown(summary: dict[str, Any], *, header: str) -> str:
         lines.append(f"| {label} | {held} | {f(e['candidate_forgetting'], '{:.4f}')} | "
                      f"{f(e['replayed_forgetting'], '{:.4f}')} | {rn} | {pn} | {rr} | {pr} | "
                      f"{f(e['extra_forward'], '{:.0f}')} |")
-    lines += ["", "Forgetting: mean NLL increase (log-perplexity) over the upstream examples that are never replayed, "
-              "mean ± std over task x seed. Reduction: (F_ref - F) / F_ref. p: paired t-test / sign-flip permutation "
-              "test, across tasks (seeds averaged) · across (task, seed) pairs. Extra forward passes: upstream "
-              "examples measured to choose the replay (oracle: the whole pool after a full fine-tuning).", ""]
+    lines += ["", "Forgetting: mean NLL increase (log-perplexity) over the upstream examples that are never "
+              f"replayed, mean ± std over task x seed. Change: (F - F_ref) / F_ref; {SIGNS}. p: paired t-test / "
+              "sign-flip permutation test, across tasks (seeds averaged) · across (task, seed) pairs. Extra forward "
+              "passes: upstream examples measured to choose the replay (oracle: the whole pool after a full "
+              "fine-tuning).", ""]
     tasks = list(next(iter(summary.values()))["per_task"])
     lines += ["| task | " + " | ".join(summary) + " |", "|---|" + "---|" * len(summary)]
     for t in tasks:
@@ -554,6 +560,8 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
               f"k {config.k}; {ctx.columns.heldout.size} held-out / {ctx.columns.candidates.size} candidate examples.")
     report = report_markdown(summary, header=header)
     atomic_write_json(out / "summary.json", dict(summary=summary, tasks=task_names, seeds=list(config.seeds),
+                                                 signs=f"diff = F - F_ref, relative_change = (F - F_ref) / F_ref; "
+                                                       f"{SIGNS}",
                                                  config=to_jsonable(dataclasses.asdict(config))))
     (out / "report.md").write_text(report)
     with open_tracker("tensorboard", out / "tb") as tracker:
@@ -563,6 +571,10 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
                     tracker.scalar(f"heldout_forgetting/{label}", e["per_task"][t], i)
             if e["heldout_forgetting"] is not None:
                 tracker.scalar(f"mean_heldout_forgetting/{label}", e["heldout_forgetting"], 0)
+            for ref in ("none", "random"):  # (F - F_ref) / F_ref: negative = less forgetting, as in report.md
+                change = (e.get(f"vs_{ref}") or {}).get("relative_change")
+                if change is not None:
+                    tracker.scalar(f"change_vs_{ref}/{label}", change, 0)
         tracker.text("report", report)
     echo(report)
     echo(f"wrote {out / 'report.md'} and {out / 'summary.json'}")
@@ -570,13 +582,7 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    def _main(config: ReplayConfig):
-        logging.basicConfig(level=logging.WARNING if config.quiet else logging.INFO,
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        return main(config)
-
-    return run(ReplayConfig, _main, argv, prog="python -m jaxforget.replay",
-               errors=(ValueError, FileNotFoundError, RunError))
+    return run(ReplayConfig, main, argv, errors=(ValueError, FileNotFoundError, RunError))
 
 
 if __name__ == "__main__":

@@ -112,8 +112,19 @@ def _hparam_value(v: Any) -> bool | int | float | str:
     return v if isinstance(v, (bool, int, float, str)) else str(v)
 
 
+_ILLEGAL_TAG = re.compile(r"[^-/\w.]")  # what tensorboardX renames (with an INFO line per call)
+
+
+def tensorboard_tag(name: str) -> str:
+    """``name`` as a legal TensorBoard tag: characters other than letters, digits, ``_ - . /`` become
+    ``_`` and leading slashes go (``heldout/offline:mf`` -> ``heldout/offline_mf``), as tensorboardX
+    would rename it, but without its "Summary name ... is illegal" log line."""
+    return _ILLEGAL_TAG.sub("_", name).lstrip("/")
+
+
 class TensorBoardTracker(Tracker):
-    """TensorBoard event files under ``logdir`` via tensorboardX (no TensorFlow needed)."""
+    """TensorBoard event files under ``logdir`` via tensorboardX (no TensorFlow needed). Tags are
+    :func:`tensorboard_tag` of the names given."""
 
     def __init__(self, logdir: str | Path):
         from tensorboardX import SummaryWriter
@@ -124,21 +135,21 @@ class TensorBoardTracker(Tracker):
         self._closed = False
 
     def scalar(self, name: str, value: float, step: int = 0) -> None:
-        self._writer.add_scalar(name, float(value), step)
+        self._writer.add_scalar(tensorboard_tag(name), float(value), step)
 
     def image(self, name: str, image: ImageLike, step: int = 0) -> None:
         arr = image_array(image)
         if arr.shape[2] == 1:
             arr = np.repeat(arr, 3, axis=2)
-        self._writer.add_image(name, arr, step, dataformats="HWC")
+        self._writer.add_image(tensorboard_tag(name), arr, step, dataformats="HWC")
 
     def histogram(self, name: str, values: Any, step: int = 0) -> None:
         values = _finite(values)
         if values.size:  # tensorboardX refuses an empty histogram
-            self._writer.add_histogram(name, values, step)
+            self._writer.add_histogram(tensorboard_tag(name), values, step)
 
     def text(self, name: str, text: str, step: int = 0) -> None:
-        self._writer.add_text(name, text, step)
+        self._writer.add_text(tensorboard_tag(name), text, step)
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         # tensorboardX writes hparams through a second writer in a subdirectory; name it (its default

@@ -2,7 +2,8 @@
 
 Every function returns a :class:`matplotlib.figure.Figure` of a fixed size in inches; :func:`save_png`
 writes it at a fixed dpi (no tight bounding box), so a figure's pixel size is ``figsize * dpi``
-exactly. Heatmaps use a diverging blue-white-red map centred at 0 with a symmetric range
+exactly, after :func:`fit_inside` has moved the axes so that long tick and axis labels (task names)
+stay on the canvas. Heatmaps use a diverging blue-white-red map centred at 0 with a symmetric range
 (``vmax``; the paper uses 0.5, :func:`symmetric_range` picks a robust one), NaN in grey, and the
 paper's marginal strips: column means above, row means on the right.
 """
@@ -19,8 +20,10 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 CMAP = "RdBu_r"  # blue (negative: improved) - white (0) - red (positive: forgotten)
+Z_LABEL = "Z (change in log-perplexity)"
 MISSING_COLOR = "0.75"
 DPI = 100
 
@@ -57,6 +60,9 @@ def _draw_matrix(fig: Figure, rect, Z: np.ndarray, vmax: float, *, title: str | 
     norm = Normalize(-vmax, vmax)
     main, top, right = _matrix_axes(fig, rect, marginals)
     image = main.imshow(np.ma.masked_invalid(Z), cmap=_cmap(), norm=norm, aspect="auto", interpolation="nearest")
+    # rows and columns are indices: never a tick at 2.5
+    main.xaxis.set_major_locator(MaxNLocator(integer=True))
+    main.yaxis.set_major_locator(MaxNLocator(integer=True))
     if row_labels is not None and len(row_labels) <= 60:
         main.set_yticks(range(len(row_labels)), [str(s)[:24] for s in row_labels], fontsize=6)
     if xlabel:
@@ -84,36 +90,43 @@ def _draw_matrix(fig: Figure, rect, Z: np.ndarray, vmax: float, *, title: str | 
 
 def heatmap(Z: Any, *, vmax: float, title: str | None = None, marginals: bool = True,
             row_labels: Sequence[str] | None = None, xlabel: str | None = "upstream examples",
-            ylabel: str | None = "tasks", figsize: tuple[float, float] = (10.0, 6.0)) -> Figure:
+            ylabel: str | None = "tasks", cbar_label: str = Z_LABEL,
+            figsize: tuple[float, float] = (10.0, 6.0)) -> Figure:
     """One ``[M, N]`` matrix (already in display order) with column-mean and row-mean strips and a
-    colour bar; colour range ``[-vmax, vmax]``."""
+    colour bar labelled ``cbar_label``; colour range ``[-vmax, vmax]``."""
     fig = Figure(figsize=figsize, dpi=DPI)
     _, image = _draw_matrix(fig, (0.1, 0.1, 0.76, 0.82), Z, vmax, title=title, marginals=marginals,
                             row_labels=row_labels, xlabel=xlabel, ylabel=ylabel)
-    fig.colorbar(image, cax=fig.add_axes((0.9, 0.1, 0.015, 0.78)), label="Z (change in log-perplexity)")
+    fig.colorbar(image, cax=fig.add_axes((0.9, 0.1, 0.015, 0.78)), label=cbar_label)
     return fig
 
 
 def panels(matrices: Sequence[tuple[str, Any]], *, vmax: float, suptitle: str | None = None,
+           row_labels: Sequence[str] | None = None, cbar_label: str = Z_LABEL,
            figsize: tuple[float, float] | None = None) -> Figure:
     """Matrices of one shape side by side (e.g. Z, its rank-1 reconstruction, the residual) on one
-    colour scale, each with its marginal strips."""
+    colour scale, each with its marginal strips; ``row_labels`` (task names) beside the first."""
     n = len(matrices)
     fig = Figure(figsize=figsize or (5.0 * n + 1.0, 5.0), dpi=DPI)
     width = 0.86 / n
     image = None
     for k, (title, Z) in enumerate(matrices):
-        _, image = _draw_matrix(fig, (0.05 + k * width, 0.1, width - 0.03, 0.78), Z, vmax, title=title,
-                                marginals=True, row_labels=None, xlabel="examples", ylabel="tasks" if k == 0 else None)
-    fig.colorbar(image, cax=fig.add_axes((0.93, 0.1, 0.012, 0.74)), label="Z")
+        main, image = _draw_matrix(fig, (0.05 + k * width, 0.1, width - 0.03, 0.78), Z, vmax, title=title,
+                                   marginals=True, row_labels=row_labels if k == 0 else None, xlabel="examples",
+                                   ylabel="tasks" if k == 0 else None)
+        if k > 0 and row_labels is not None:
+            main.tick_params(left=False, labelleft=False)  # the same rows as the first panel's
+    fig.colorbar(image, cax=fig.add_axes((0.93, 0.1, 0.012, 0.74)), label=cbar_label)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return fig
 
 
-def r2_curve(r2: Mapping[str, float], *, title: str = "R² of low-rank fits") -> Figure:
+def r2_curve(r2: Mapping[str, float], *, title: str = "R² of low-rank fits",
+             labels: Mapping[str, str] | None = None) -> Figure:
     """R^2 of rank 1..k (``rank_<k>`` keys) against k, with the row-mean, column-mean and additive
-    fits as horizontal reference lines."""
+    fits as horizontal reference lines, named by ``labels`` (default: the keys)."""
+    labels = labels or {}
     fig = Figure(figsize=(6.0, 4.0), dpi=DPI)
     ax = fig.add_axes((0.12, 0.13, 0.83, 0.77))
     ranks = sorted(int(k.split("_")[1]) for k in r2 if k.startswith("rank_"))
@@ -121,7 +134,8 @@ def r2_curve(r2: Mapping[str, float], *, title: str = "R² of low-rank fits") ->
     ax.plot(ranks, values, "o-", color="C3", label="rank k (multiplicative at k = 1)")
     for key, style in (("additive", "--"), ("row_mean", ":"), ("col_mean", "-.")):
         if key in r2:
-            ax.axhline(r2[key], linestyle=style, color="0.3", label=f"{key.replace('_', ' ')} ({r2[key]:.3f})")
+            name = labels.get(key, key.replace("_", " "))
+            ax.axhline(r2[key], linestyle=style, color="0.3", label=f"{name} ({r2[key]:.3f})")
     for k, v in zip(ranks, values):
         ax.annotate(f"{v:.3f}", (k, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.set_xticks(ranks)
@@ -148,7 +162,7 @@ def task_distributions(Z: Any, row_names: Sequence[str], *, title: str) -> Figur
     ax.plot([d.mean() if d.size else np.nan for d in data], positions, ".", color="C3", label="mean")
     ax.axvline(0, color="0.5", linewidth=0.8)
     ax.set_yticks(positions, [str(s)[:30] for s in row_names], fontsize=6 if M > 40 else 8)
-    ax.set_xlabel("Z (change in log-perplexity)")
+    ax.set_xlabel(Z_LABEL)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     return fig
@@ -236,7 +250,8 @@ def block_heatmap(R: Any, blocks: Sequence[tuple[np.ndarray, np.ndarray]], *, vm
     row_order += np.flatnonzero(~seen_r).tolist()
     col_order += rest_c.tolist()
     fig = heatmap(R[np.ix_(row_order, col_order)], vmax=vmax, title=title, marginals=False,
-                  xlabel="upstream examples (block columns first)", ylabel="tasks (block rows first)")
+                  xlabel="upstream examples (block columns first)", ylabel="tasks (block rows first)",
+                  cbar_label="residual (change in log-perplexity)")
     ax = fig.axes[0]
     for b, (r0, nr, c0, nc) in enumerate(spans):
         if nr and nc:
@@ -245,9 +260,38 @@ def block_heatmap(R: Any, blocks: Sequence[tuple[np.ndarray, np.ndarray]], *, vm
     return fig, dict(rows=row_order, cols=col_order, seed=seed)
 
 
+def fit_inside(fig: Figure, *, pad: float = 4.0, rounds: int = 4) -> Figure:
+    """Move and shrink every axes of ``fig`` (one affine map of their positions, so their alignment
+    is kept) until each axis' tick labels and label lie at least ``pad`` pixels inside the canvas; the
+    canvas keeps its size. Titles are left alone (a long title is not fixed by moving the axes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    W, H = fig.bbox.width, fig.bbox.height
+    for _ in range(rounds):
+        renderer = canvas.get_renderer()
+        boxes = [b for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+                 if (b := axis.get_tightbbox(renderer)) is not None and b.width > 0 and b.height > 0]
+        if not boxes:
+            break
+        x0, y0 = min(b.x0 for b in boxes), min(b.y0 for b in boxes)
+        x1, y1 = max(b.x1 for b in boxes), max(b.y1 for b in boxes)
+        left, right = max(pad - x0, 0.0) / W, max(x1 - (W - pad), 0.0) / W
+        bottom, top = max(pad - y0, 0.0) / H, max(y1 - (H - pad), 0.0) / H
+        if max(left, right, bottom, top) < 0.5 / max(W, H) or left + right > 0.5 or bottom + top > 0.5:
+            break
+        sx, sy = 1.0 - left - right, 1.0 - bottom - top
+        for ax in fig.axes:
+            p = ax.get_position()
+            ax.set_position((left + p.x0 * sx, bottom + p.y0 * sy, p.width * sx, p.height * sy))
+    return fig
+
+
 def save_png(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as PNG at its own dpi (pixel size = figsize * dpi) and release it."""
+    """Write ``fig`` as PNG at its own dpi (pixel size = figsize * dpi), labels fitted inside
+    (:func:`fit_inside`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fit_inside(fig)
     fig.savefig(path, format="png", dpi=fig.dpi)
     return path

@@ -41,6 +41,29 @@ def test_additive_matrix_additive_r2_is_one():
     assert r2["additive"] > r2["row_mean"] and r2["additive"] > r2["col_mean"]
 
 
+def test_fit_table_defaults_to_the_ranks_a_small_matrix_has():
+    # The README's C.fit_table(Z) on fewer than 5 tasks: ranks 1..M, the last one exact.
+    Z = multiplicative_matrix(M=3, N=40, noise=0.1)
+    table = C.fit_table(Z)
+    assert [k for k in table if k.startswith("rank_")] == ["rank_1", "rank_2", "rank_3"]
+    assert table["rank_3"] == pytest.approx(1.0, abs=1e-5)
+    assert table == pytest.approx(C.fit_table(Z, ranks=(1, 2, 3)))
+    assert list(C.fit_table(multiplicative_matrix(M=8, N=40)))[-1] == "rank_5"  # 5 when there are enough
+    with pytest.raises(ValueError, match=r"ranks \[4\] out of range \[1, 3\]"):
+        C.fit_table(Z, ranks=(1, 4))  # an explicit rank beyond the matrix is still an error
+
+
+def test_r2_labels_name_the_ridge_additive_fit():
+    # The additive row is a ridge fit (the paper's 15 / 10), which can explain less than the column
+    # means alone on few tasks; its label says so.
+    assert A.r2_label("additive") == "additive (ridge ALS, λ 15/10)"
+    assert A.ADDITIVE_REG == (15.0, 10.0)
+    assert A.r2_label("rank_3") == "rank 3" and A.r2_label("col_mean") == "column mean only"
+    Z = multiplicative_matrix(M=3, N=40, noise=0.5, seed=3)
+    ridge = A.goodness(Z, max_rank=1)["r2"]["additive"]
+    assert ridge == pytest.approx(C.fit_table(Z, ranks=(1,), reg_row=15.0, reg_col=10.0)["additive"])
+
+
 def test_nan_entries_are_ignored_and_counted():
     Z = multiplicative_matrix()
     Zn = Z.copy()

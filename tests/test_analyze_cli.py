@@ -188,6 +188,49 @@ def test_all_nan_row_is_an_error_naming_it(tmp_path, capsys):
     assert "left out 1 task(s) without any measured entry: t4" in result["notes"][0]
 
 
+def test_one_task_run_writes_what_is_computable_and_says_what_is_not(tmp_path, run_dir, capsys):
+    # A run directory with a single task (its stats, the per-step tensor): no error with internal names.
+    run, p = run_dir
+    one = tmp_path / "one"
+    one.mkdir()
+    with np.load(run / "forgetting.npz") as f:
+        np.savez(one / "forgetting.npz", Z=f["Z"][:1], task_names=f["task_names"][:1], example_ids=f["example_ids"],
+                 nll_before=f["nll_before"], Z_steps=f["Z_steps"][:1], steps=f["steps"])
+    first = next(line for line in (run / "tasks.jsonl").read_text().splitlines() if '"task_00"' in line)
+    (one / "tasks.jsonl").write_text(first + "\n")
+    (one / "upstream.jsonl").write_text((run / "upstream.jsonl").read_text())
+    result = cli([str(one), "--tracker", "none"])
+    console = capsys.readouterr().out
+    out = one / "analysis"
+    assert result["shape"] == [1, N] and result["blocks"]["found"] == []
+    assert set(result["not_computed"]) == {"blocks", "task_correlations"}
+    assert "min_rows" not in console and "min_cols" not in console
+    assert "not computed: residual blocks: a block needs at least 2 tasks and 2 examples " \
+           "(--min-block-rows / --min-block-cols); the matrix has 1 task and 300 examples" in console
+    assert "rank 1 and column mean only reproduce Z exactly" in console
+    assert result["correlations"]["tasks"] == [] and result["correlations"]["examples"]  # examples still correlate
+    report, _ = check_report_links(out)
+    assert report.count("Not computed: residual blocks") == 2  # at the top and in its section
+    assert "1 task × 300 upstream examples" in report
+    assert {"heatmap_sorted.png", "rank1_residual.png", "correlations_examples.png", "r2_over_steps.png"} <= \
+        {f.name for f in out.glob("*.png")}
+    assert "correlations_tasks.png" not in {f.name for f in out.glob("*.png")}
+    assert json.loads((out / "analysis.json").read_text())["not_computed"] == result["not_computed"]
+
+
+def test_labels_of_the_fit_table_and_p_values(run_dir, tmp_path):
+    from jaxforget.analyze import _fmt_p, _note
+
+    run, _ = run_dir
+    cli([str(run), "--max-rank", "1", "--max-blocks", "0", "--tracker", "none", "--out", str(tmp_path / "a")])
+    table = (tmp_path / "a" / "fit_table.md").read_text()
+    assert "| additive (ridge ALS, λ 15/10) |" in table and "μ + a_i + b_j" not in table
+    assert [_fmt_p(p) for p in (0.5, 0.0123, 0.004, 2.2e-15, 0.0, None)] == \
+        ["0.50", "0.01", "4.0e-03", "2.2e-15", "< 1e-300", "–"]
+    note = _note(dict(pearson=0.98, pearson_p=3e-7, spearman=0.9, spearman_p=0.2))
+    assert note == "Pearson 0.98 (p 3.0e-07), Spearman 0.90 (p 0.20)" and "p 0.00" not in note
+
+
 def test_bad_inputs_are_clean_errors(tmp_path, run_dir, capsys):
     run, _ = run_dir
     bad = tmp_path / "bad"

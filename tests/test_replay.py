@@ -210,6 +210,14 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
     report = (out / "report.md").read_text()
     assert "| offline:additive |" in report and "held-out forgetting" in report
     assert list((out / "tb").glob("events.out.tfevents.*"))
+    saved = json.loads((out / "summary.json").read_text())
+    assert "negative = less forgetting" in saved["signs"]
+    change = saved["summary"]["offline:additive"]["vs_none"]["relative_change"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0}).Reload()
+    assert acc.Scalars("change_vs_none/offline_additive")[0].value == pytest.approx(change, rel=1e-6)
+    assert not [t for t in acc.Tags()["scalars"] if ":" in t]  # legal tags, no tensorboardX renaming
     files = sorted((out / "results").glob("*.npz"))
     assert len(files) == 5
     stamps = [f.stat().st_mtime_ns for f in files]
@@ -246,6 +254,14 @@ def test_combinations_are_paired_by_seed_and_task(run_dir):
     results[-1]["heldout_forgetting"] = 0.7  # (b, 1) random
     out = summarize(results, strategies, ["a", "b"], [0, 1])
     assert out["random"]["vs_none"]["diff"] == pytest.approx(np.mean([-0.5, -0.5, -0.5, -0.3]))
-    assert out["random"]["vs_none"]["reduction"] == pytest.approx(0.45)
+    # one sign everywhere: (F - F_ref) / F_ref, negative = less forgetting (README, report.md, summary.json, TB)
+    assert out["random"]["vs_none"]["relative_change"] == pytest.approx(-0.45)
+    assert out["none"]["vs_random"]["relative_change"] == pytest.approx(0.45 / 0.55)
+    from jaxforget.replay import report_markdown
+
+    report = report_markdown(out, header="# h")
+    assert "| change vs none |" in report and "reduction" not in report
+    assert report.splitlines()[5].split(" | ")[4] == "-45.0%"  # the random row's change vs none
+    assert "(F - F_ref) / F_ref; negative = less forgetting than the reference" in report
     assert out["random"]["per_task"] == {"a": 0.5, "b": pytest.approx(0.6)}
     assert out["random"]["vs_none"]["over_tasks"]["n"] == 2 and out["random"]["vs_none"]["over_pairs"]["n"] == 4

@@ -104,3 +104,21 @@ def test_close_is_idempotent(tmp_path):
     tb = TensorBoardTracker(tmp_path / "tb")
     tb.close()
     tb.close()
+
+
+def test_tensorboard_tags_are_made_legal_without_a_log_line(tmp_path, caplog):
+    import logging
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from jaxforget.tracking import tensorboard_tag
+
+    assert tensorboard_tag("heldout_forgetting/offline:mf:rank=3") == "heldout_forgetting/offline_mf_rank_3"
+    assert tensorboard_tag("/a b/c-d.e") == "a_b/c-d.e"
+    with caplog.at_level(logging.INFO), TensorBoardTracker(tmp_path / "tb") as t:
+        t.scalar("change_vs_none/offline:additive", -0.2)
+        t.histogram("z/online:mf", [1.0, 2.0])
+        t.text("report/offline:mf", "x")
+    assert "is illegal" not in caplog.text  # tensorboardX renames with an INFO line per call
+    tags = EventAccumulator(str(tmp_path / "tb")).Reload().Tags()
+    assert tags["scalars"] == ["change_vs_none/offline_additive"] and tags["histograms"] == ["z/online_mf"]

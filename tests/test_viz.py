@@ -76,3 +76,46 @@ def test_block_heatmap_orders_blocks_first_and_samples_the_rest(tmp_path, Z):
     assert order["cols"][:4] == [10, 11, 12, 40] and len(order["cols"]) == 20 and len(set(order["cols"])) == 20
     _, again = viz.block_heatmap(R, blocks, vmax=0.5, title="blocks", max_cols=20, seed=3)
     assert again["cols"] == order["cols"]  # the sample is seeded
+
+
+def _axis_boxes(fig):
+    """Pixel boxes of every axis' tick labels and label, as drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    return [b for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+            if (b := axis.get_tightbbox(renderer)) is not None and b.width > 0]
+
+
+LONG_NAMES = ["atlas_counterfactual", "dialogue_reply", "reverse_letters", "compare_numbers", "arith_reversed",
+              "a_very_long_task_name_xx", "shout_reply"] * 3  # 21 tasks, as the built-in world
+
+
+def test_long_task_names_and_axis_labels_stay_on_the_canvas(tmp_path):
+    Z = np.random.default_rng(0).normal(size=(21, 300))
+    for name, fig, size in (
+            ("h.png", viz.heatmap(Z, vmax=1.0, title="t", row_labels=LONG_NAMES), (10.0, 6.0)),
+            ("p.png", viz.panels([("Z", Z), ("fit", Z), ("residual", Z)], vmax=1.0, row_labels=LONG_NAMES),
+             (16.0, 5.0))):
+        assert_png(viz.save_png(fig, tmp_path / name), size)  # the canvas keeps its size
+        for box in _axis_boxes(fig):
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, (name, box)
+        labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        assert labels == LONG_NAMES, name  # task names, not 0.0, 2.5, ...
+
+
+def test_matrix_ticks_are_integers_and_colour_bars_say_what_they_show(tmp_path):
+    Z = np.random.default_rng(0).normal(size=(21, 7))
+    fig = viz.panels([("Z", Z), ("fit", Z)], vmax=1.0)  # no names: indices
+    viz.save_png(fig, tmp_path / "p.png")
+    for ax in (fig.axes[0], fig.axes[3]):
+        for ticks in (ax.get_yticks(), ax.get_xticks()):
+            assert np.all(ticks == np.round(ticks)), ticks
+    fig = viz.heatmap(Z, vmax=1.0, cbar_label="component 2 = σ u vᵀ (change in log-perplexity)")
+    assert fig.axes[-1].get_ylabel() == "component 2 = σ u vᵀ (change in log-perplexity)"
+    assert viz.heatmap(Z, vmax=1.0).axes[-1].get_ylabel() == "Z (change in log-perplexity)"
+    fig, _ = viz.block_heatmap(Z, [], vmax=1.0, title="b")
+    assert fig.axes[-1].get_ylabel().startswith("residual")
+    fig = viz.r2_curve({"additive": 0.4, "rank_1": 0.8}, labels={"additive": "additive (ridge ALS, λ 15/10)"})
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][1] == "additive (ridge ALS, λ 15/10) (0.400)"

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from jaxforget import collect as package  # its names load their modules on first use
 from jaxforget.cli import parse
 from jaxforget.collect.config import CollectConfig
+from jaxforget.logs import configure_logging
 from jaxforget.store import RunError
 
 
 def cli(argv: list[str] | None = None) -> int:
     """The command: returns the exit status (2 for a user error, printed as one line; 1 when a task failed)."""
-    config = parse(CollectConfig, argv, prog="python -m jaxforget.collect")
-    logging.basicConfig(level=logging.WARNING if config.quiet else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config, verbose = parse(CollectConfig, argv, prog="python -m jaxforget.collect")
     try:
+        configure_logging(verbose, quiet=config.quiet)
         return package.collect(config)  # loads jax and the engine: after the flags are parsed
     except (ValueError, FileNotFoundError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)

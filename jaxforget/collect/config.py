@@ -161,7 +161,8 @@ class CollectConfig:
     log_every: int = 10
     """Steps between host reads of the loss (NaN detection, logging)."""
     quiet: bool = False
-    """No progress bars."""
+    """No progress bar and no jaxforget INFO log lines (the per-task results, warnings, errors and the summary
+    still print). Other libraries' INFO lines are off unless --verbose."""
 
     @property
     def shard_index(self) -> tuple[int, int]:

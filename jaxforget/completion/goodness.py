@@ -35,7 +35,7 @@ def fit_table(
     Z: Any,
     mask: Any | None = None,
     *,
-    ranks: Sequence[int] = (1, 2, 3, 4, 5),
+    ranks: Sequence[int] | None = None,
     reg_row: float = 15.0,
     reg_col: float = 10.0,
     additive_epochs: int = 100,
@@ -48,9 +48,13 @@ def fit_table(
 
     Fully observed matrices use the truncated SVD of the uncentred matrix (so ``multiplicative ==
     rank_1``); otherwise masked uncentred rank-k ALS with a small ridge (``low_rank_reg``).
-    Keys: ``row_mean``, ``col_mean``, ``additive``, ``multiplicative``, ``rank_<k>``.
+    Keys: ``row_mean``, ``col_mean``, ``additive``, ``multiplicative``, ``rank_<k>``. ``ranks``
+    defaults to 1..5, fewer when Z has fewer than 5 rows or columns; a rank given explicitly beyond
+    them is an error.
     """
     Z0, mask = prepare(Z, mask)
+    if ranks is None:
+        ranks = range(1, min(5, *Z0.shape) + 1)
     bad = [k for k in ranks if not 1 <= k <= min(Z0.shape)]
     if bad:
         raise ValueError(f"ranks {bad} out of range [1, {min(Z0.shape)}] for Z with shape {Z0.shape}")
