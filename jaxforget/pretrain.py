@@ -6,7 +6,7 @@ pretrain.json with the losses) that `jaxforget.models.load` and
 its base model through the same path as a real checkpoint.
 
     python -m jaxforget.pretrain                         # build (or reuse) the cached default base model
-    python -m jaxforget.pretrain --out base/ --train.epochs 1 --model.n-layers 2
+    python -m jaxforget.pretrain --out base/ --pretrain.epochs 1 --base.n-layers 2
     python -m jaxforget.pretrain --world.seed 1          # another world, another base model
 
 `ensure_base_model` is what `collect` calls: the model is built on first use and cached under
@@ -107,10 +107,10 @@ class PretrainConfig:
 
     world: WorldConfig = WorldConfig()
     """The synthetic world (corpus, tasks) the model is trained on."""
-    model: BaseModelConfig = BaseModelConfig()
-    """Architecture."""
-    train: PretrainTrainConfig = PretrainTrainConfig()
-    """Training."""
+    base: BaseModelConfig = BaseModelConfig()
+    """Architecture (the same --base.* flags as collect's)."""
+    pretrain: PretrainTrainConfig = PretrainTrainConfig()
+    """Training (the same --pretrain.* flags as collect's)."""
     out: Path | None = None
     """Output directory. Default: the cache entry `collect` uses (reused when it already exists)."""
     force: bool = False
@@ -261,8 +261,8 @@ def main(config: PretrainConfig) -> Path:
     from jaxforget.data.cache import build_once, is_complete
 
     if config.out is None and not config.force:
-        return ensure_base_model(config.world, config.model, config.train)
-    path = config.out or default_base_dir(config.world, config.model, config.train)
+        return ensure_base_model(config.world, config.base, config.pretrain)
+    path = config.out or default_base_dir(config.world, config.base, config.pretrain)
     if is_complete(path) and not config.force:
         print(f"pretrain: {path} already holds a finished model (use --force to retrain)")
         return path
@@ -270,7 +270,7 @@ def main(config: PretrainConfig) -> Path:
         import shutil
 
         shutil.rmtree(path)
-    return build_once(path, lambda tmp: pretrain(config.world, config.model, config.train, tmp))
+    return build_once(path, lambda tmp: pretrain(config.world, config.base, config.pretrain, tmp))
 
 
 def cli(argv: list[str] | None = None) -> Path:

@@ -226,3 +226,28 @@ def test_bad_flags_and_paths_give_clear_errors(cache, tmp_path, capsys):
     assert cli([*flags(tmp_path / "y"), "--train.max-steps", "3", "--train.checkpoint-every", "0"]) == 0
     assert cli([*flags(tmp_path / "y"), "--train.max-steps", "4", "--train.checkpoint-every", "0"]) == 2
     assert "train.max_steps: 3 != 4" in capsys.readouterr().err
+
+
+def test_console_one_line_per_task_and_a_progress_bar_that_ends_at_its_total(cache, tmp_path, capsys):
+    import re
+
+    lines: list[str] = []
+    out = tmp_path / "console"
+    # max_steps far above what the epoch cap allows: the bar's total must be the steps really run
+    config = tiny(out, quiet=False, train=TrainConfig(max_steps=500, max_epochs=0.5, batch_size=8,
+                                                      checkpoint_every=0))
+    assert collect(config, echo=lines.append) == 0
+    steps = [int(RunDir(out).read_row(i)["steps_run"]) for i in range(3)]
+    assert max(steps) < 500
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    last = [b for b in bar if b.startswith("collect:")][-1]
+    assert "100%" in last and f"{sum(steps)}/{sum(steps)}" in last
+    task_lines = [x for x in lines if x.startswith("task ")]
+    assert len(task_lines) == 3
+    for i, (name, line) in enumerate(zip(TASKS, task_lines)):
+        assert re.fullmatch(rf"task {i + 1}/3 {name}: {steps[i]} steps, train loss \d+\.\d{{3}} -> \d+\.\d{{3}}, "
+                            r"mean forgetting [+-]\d\.\d{4}", line), line
+    meta = RunDir(out).read_meta()
+    assert Path(meta["model_dir"]).is_absolute()
+    # --save-models may differ on a resume (it writes extra files, it does not change Z)
+    assert collect(dataclasses.replace(config, save_models=True), echo=lines.append) == 0

@@ -123,10 +123,10 @@ def test_pretrain_cli_writes_a_checkpoint_that_jaxforget_and_transformers_load(t
 
     out = tmp_path / "base"
     argv = ["--out", str(out), "--world.n-countries", "8", "--world.n-people", "8", "--world.n-upstream", "480",
-            "--world.task-scale", "0.05", "--model.d-model", "32", "--model.n-layers", "1", "--model.n-heads", "2",
-            "--model.d-ff", "64", "--model.vocab-size", "300", "--train.epochs", "2", "--train.batch-size", "16",
-            "--train.lr", "1e-2", "--train.warmup-steps", "5", "--train.buckets", "32", "64",
-            "--train.eval-per-domain", "8", "--train.log-every", "0"]
+            "--world.task-scale", "0.05", "--base.d-model", "32", "--base.n-layers", "1", "--base.n-heads", "2",
+            "--base.d-ff", "64", "--base.vocab-size", "300", "--pretrain.epochs", "2", "--pretrain.batch-size", "16",
+            "--pretrain.lr", "1e-2", "--pretrain.warmup-steps", "5", "--pretrain.buckets", "32", "64",
+            "--pretrain.eval-per-domain", "8", "--pretrain.log-every", "0"]
     monkeypatch.setenv("JAXFORGET_CACHE", str(tmp_path / "cache"))  # the world is cached here
     assert cli(argv) == out
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["world"]  # the model went to --out

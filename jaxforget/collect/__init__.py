@@ -58,7 +58,7 @@ _EXPORTS = {
     **dict.fromkeys(("Setup", "build_setup", "setup_from_run"), "setup"),
     **dict.fromkeys(("Engine", "TaskSchedule", "batch_sharding", "build_engine", "stack_slots", "task_seed"),
                     "engine"),
-    **dict.fromkeys(("TaskFailed", "TrainLoop", "train_group"), "loop"),
+    **dict.fromkeys(("TaskFailed", "TrainLoop", "run_schedule", "train_group"), "loop"),
     **dict.fromkeys(("collect", "merge", "summarize"), "run"),
     "cli": "__main__",
 }

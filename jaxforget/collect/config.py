@@ -178,7 +178,7 @@ class CollectConfig:
 
 
 # Fields that may differ between the jobs or restarts of one run.
-NOT_COMPARED = ("shard", "merge", "quiet", "log_every", "distributed", "coordinator", "num_processes",
+NOT_COMPARED = ("shard", "merge", "quiet", "log_every", "save_models", "distributed", "coordinator", "num_processes",
                  "process_id", "tasks_per_pass")
 
 

@@ -147,6 +147,13 @@ def save_model(model, path: Path, tokenizer) -> None:
         tmp.rename(path)
 
 
+def run_schedule(engine: Engine, setup: Setup, index: int) -> TaskSchedule:
+    """Task `index` of the run as collect trains it: its training split, in the order of its seed under
+    --train.seed."""
+    name = setup.task_names[index]
+    return engine.schedule(name, setup.task_train[name], task_seed(engine.train.seed, index))
+
+
 def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run: RunDir, engine: Engine,
                 tracker, progress, em_eval: Callable[[Any], np.ndarray] | None = None
                 ) -> list[dict[str, Any] | TaskFailed]:
@@ -155,13 +162,14 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
 
     A task whose loss or NLL is non-finite fails alone: its slot stops training, the others go on.
     The group checkpoints as one unit in checkpoints/task_<first index> (fault point
-    ``checkpoint:<first index>:<step>``). Row fields: nll_after [N], train_losses, steps_run,
+    ``checkpoint:<first index>:<step>``). `progress` advances by one per task step, to the sum of the
+    tasks' steps (steps trained before a resume, or lost to a failure, are added at the end). Row fields: nll_after [N], train_losses, steps_run,
     train_tokens, seconds (wall time of the whole group), seed; nll_steps [T, N] and steps [T] with
     --eval.eval-every; with --save-models the fine-tuned model is written to RUN/models/<task>.
     """
     t, K, n_real = config.train, engine.k, len(indices)
     names = [setup.task_names[i] for i in indices]
-    schedules = [engine.schedule(n, setup.task_train[n], task_seed(t.seed, i)) for n, i in zip(names, indices)]
+    schedules = [run_schedule(engine, setup, i) for i in indices]
     inits = [engine.initial_params(i, t.seed) for i in indices]
     state = engine.start(inits + inits[:1] * (K - n_real))  # dummy slots: never active, never read
     losses: list[list[float]] = [[] for _ in indices]
@@ -189,6 +197,7 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
     loop = TrainLoop(engine, schedules, state, first_step=first, losses=losses, failed=failed,
                      log_every=config.log_every, on_loss=on_loss)
     t0 = time.perf_counter()
+    counted = 0  # steps shown on `progress`: it ends at the group's planned steps, resumed or failed ones included
     for done, active in loop:
         due = [k for k in range(n_real) if active[k] and not failed[k] and done < schedules[k].n_steps]
         if config.eval.eval_every and done % config.eval.eval_every == 0 and due:
@@ -205,6 +214,8 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
                                              nll_steps=[[x.tolist() for x in xs] for xs in nll_steps]))))
             fault_point(f"checkpoint:{indices[0]}:{done}")
         progress.update(int(active.sum()))
+        counted += int(active.sum())
+    progress.update(sum(s.n_steps for s in schedules) - counted)
     state = loop.state
     nll_after = engine.evaluate(state.params) if not all(failed) else None
     results: list[dict[str, Any] | TaskFailed] = []

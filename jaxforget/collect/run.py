@@ -4,7 +4,6 @@ and assemble Z with its summary when every task is done (:func:`merge` does only
 
 from __future__ import annotations
 
-import logging
 import platform
 import shutil
 from pathlib import Path
@@ -21,14 +20,12 @@ import jaxforget
 from jaxforget.collect.config import CollectConfig, check_config, config_dict
 from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
 from jaxforget.collect.engine import batch_sharding, build_engine
-from jaxforget.collect.loop import TaskFailed, train_group
+from jaxforget.collect.loop import TaskFailed, run_schedule, train_group
 from jaxforget.collect.setup import Setup, build_setup
 from jaxforget.completion import fit_table
 from jaxforget.exact_match import make_em_eval
 from jaxforget.store import RunDir, atomic_write_jsonl
 from jaxforget.tracking import open_tracker
-
-log = logging.getLogger("jaxforget.collect")
 
 
 def versions() -> dict[str, str]:
@@ -106,7 +103,7 @@ def collect(config: CollectConfig, echo=print) -> int:
     run = RunDir(config.out)
     task_names = setup.task_names
     example_ids = [ex.id for ex in setup.upstream]
-    meta = dict(config=config_dict(config), model_dir=str(setup.model_dir), task_names=task_names,
+    meta = dict(config=config_dict(config), model_dir=str(setup.model_dir.resolve()), task_names=task_names,
                 em_example_ids=setup.em_set.ids if setup.em_set is not None else None,
                 example_ids=example_ids, seeds=dict(data=config.data.seed, train=config.train.seed,
                                                     world=config.world.seed),
@@ -153,8 +150,14 @@ def collect(config: CollectConfig, echo=print) -> int:
         tracker.hparams(_flat(config_dict(config)), {"tasks": float(len(task_names))})
     failed = []
     K = config.tasks_per_step
-    with tracker, tqdm(total=len(todo) * config.train.max_steps, disable=config.quiet or not primary,
-                       desc="collect", unit="step") as progress:
+    # the bar counts each task's real steps (--train.max-steps capped by --train.max-epochs)
+    total = sum(run_schedule(engine, setup, i).n_steps for i in todo)
+    with tracker, tqdm(total=total, disable=config.quiet or not primary, desc="collect", unit="step") as progress:
+
+        def say(line: str) -> None:  # a line above the progress bar, not through it
+            with tqdm.external_write_mode():
+                echo(line)
+
         for group in (todo[g:g + K] for g in range(0, len(todo), K)):
             progress.set_postfix(task=", ".join(task_names[i] for i in group))
             results = train_group(group, setup=setup, config=config, run=run, engine=engine, tracker=tracker,
@@ -165,7 +168,7 @@ def collect(config: CollectConfig, echo=print) -> int:
                 barrier(f"closed checkpoints of group {group[0]}")  # before process 0 removes them
             if primary:
                 _record_group(group, results, run=run, task_names=task_names, nll_before=nll_before,
-                              tracker=tracker, echo=echo)
+                              tracker=tracker, echo=say)
     if primary:
         missing = sorted(set(range(len(task_names))) - set(run.finished()))
         if missing:
@@ -190,13 +193,15 @@ def _record_group(group: list[int], results: list, *, run: RunDir, task_names: l
     for i, fields in zip(group, results):
         name = task_names[i]
         if isinstance(fields, TaskFailed):
-            log.error("task %s failed: %s", name, fields)
-            echo(f"task {name} FAILED: {fields}")
+            echo(f"task {i + 1}/{len(task_names)} {name}: FAILED ({fields})")
             run.write_row(i, name=name, nll_after=np.full(len(nll_before), np.nan), status="failed",
                           reason=str(fields))
             continue
         run.write_row(i, name=name, **fields)
         z = fields["nll_after"] - nll_before
+        losses = fields["train_losses"]
+        echo(f"task {i + 1}/{len(task_names)} {name}: {int(fields['steps_run'])} steps, train loss "
+             f"{losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}, mean forgetting {np.mean(z):+.4f}")
         tracker.scalar("upstream_nll/mean_after", float(np.mean(fields["nll_after"])), i)
         tracker.scalar("forgetting/mean", float(np.mean(z)), i)
         tracker.histogram(f"forgetting/{name}", z, i)
