@@ -3,8 +3,8 @@
 The numerics behind ``python -m jaxforget.analyze``; every function takes host arrays (NaN = not
 measured, or an explicit ``mask``) and runs jitted JAX, mostly through :mod:`jaxforget.completion`:
 
-* :func:`goodness` -- R^2 of row mean, column mean, additive, multiplicative and rank 1..k fits, plus
-  the counts of observed / missing entries and the moments of Z.
+* :func:`goodness` -- R^2 of row mean, column mean, additive (ridge and exact), multiplicative and rank
+  1..k fits, plus the counts of observed / missing entries and the moments of Z.
 * ``rank_fit`` (re-exported from completion) and :func:`components` -- the rank-k fit used for reconstructions and residuals,
   and its components ordered by singular value (orthogonal, signs fixed).
 * :func:`correlation` / :func:`correlate_effects` -- Pearson and Spearman correlations with two-sided
@@ -44,7 +44,8 @@ Array = jax.Array
 def goodness(Z: Any, mask: Any | None = None, *, max_rank: int = 5, seed: int = 0) -> dict[str, Any]:
     """The R^2 table and the counts behind it.
 
-    Returns ``{"r2": {row_mean, col_mean, additive, multiplicative, rank_1..rank_k}, "counts": {...},
+    Returns ``{"r2": {row_mean, col_mean, additive (ridge ALS), additive_exact (least squares), multiplicative,
+    rank_1..rank_k}, "counts": {...},
     "moments": {...}}`` with ``k = min(max_rank, M, N)``. R^2 pools all observed entries (NaN entries
     are ignored by every fit and counted in ``counts``). Raises ValueError naming a row without any
     observed entry (:func:`jaxforget.completion._common.prepare`).

@@ -243,7 +243,9 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _r2_markdown(r2: dict[str, float]) -> str:
-    labels = dict(row_mean="row mean only", col_mean="column mean only", additive="additive (μ + a_i + b_j)",
+    labels = dict(row_mean="row mean only", col_mean="column mean only",
+                  additive="additive μ + a_i + b_j, ridge ALS (λ_task 15, λ_ex 10: the paper's)",
+                  additive_exact="additive μ + a_i + b_j, exact least squares",
                   multiplicative="multiplicative (α_i β_j, rank 1)")
     rows = [[labels.get(k, k.replace("_", " ")), v] for k, v in r2.items()]
     return _md_table(["model", "R²"], rows)
