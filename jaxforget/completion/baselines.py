@@ -1,9 +1,9 @@
 """Trivial predictors every prediction table is scored against, on the same hidden entries.
 
-A method is only worth its cost where it beats all of these (measured on the default run's matrix:
-78% of the hidden entries are positive, so "everything is forgotten" has F1 0.876, higher than the
-additive model's; predicting 0 everywhere is as good as the additive model in RMSE; the mean of the
-row's own k revealed entries beats additive and KNN). Predictions, for ``S`` seeds and ``T`` test rows:
+A method is only worth its cost where it beats all of these. On a default run's matrix (README,
+predict section) 77% of the hidden entries are positive, so "everything is forgotten" has F1 0.87,
+above every method, and the mean of the row's own k revealed entries has RMSE 0.053, below the
+additive model's (0.061) and KNN's (0.059). Predictions, for ``S`` seeds and ``T`` test rows:
 
 * ``zero``: 0 everywhere.
 * ``train_mean``: the mean of all observed entries of the train rows (one constant).
