@@ -56,7 +56,7 @@ def roc_auc(scores: Array, labels: Array, mask: Array) -> Array:
     Counts are floats and U is accumulated as the mean over positives of
     ``(midrank - (n_pos + 1) / 2) / n_neg`` (each term in [0, 1]): no integer product of counts (an
     int32 ``n_pos * n_neg`` overflows beyond ~46k entries per class) and no float32 cancellation of
-    two sums of order ``n_pos * n``. Mid-ranks are exact in float32 up to 2^23 masked entries.
+    two sums of order ``n_pos * n``. Mid-ranks are exact in float32 up to 2^23 entries (masked or not).
     """
     scores = jnp.asarray(scores)
     s = jnp.where(mask, scores, jnp.inf).ravel()
