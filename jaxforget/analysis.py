@@ -3,8 +3,8 @@
 The numerics behind ``python -m jaxforget.analyze``; every function takes host arrays (NaN = not
 measured, or an explicit ``mask``) and runs jitted JAX, mostly through :mod:`jaxforget.completion`:
 
-* :func:`goodness` -- R^2 of row mean, column mean, additive, multiplicative and rank 1..k fits, plus
-  the counts of observed / missing entries and the moments of Z.
+* :func:`goodness` -- R^2 of row mean, column mean, additive (ridge and exact), multiplicative and rank
+  1..k fits, plus the counts of observed / missing entries and the moments of Z.
 * ``rank_fit`` (re-exported from completion) and :func:`components` -- the rank-k fit used for reconstructions and residuals,
   and its components ordered by singular value (orthogonal, signs fixed).
 * :func:`correlation` / :func:`correlate_effects` -- Pearson and Spearman correlations with two-sided
@@ -49,6 +49,7 @@ R2_LABELS = {
     "col_mean": "column mean only",
     # A ridge fit, not least squares: with few tasks it can explain less than the column means alone.
     "additive": f"additive (ridge ALS, λ {ADDITIVE_REG[0]:g}/{ADDITIVE_REG[1]:g})",
+    "additive_exact": "additive (exact least squares)",
     "multiplicative": "multiplicative (α_i β_j, rank 1)",
 }
 """How the R² table, its figure and the report name the rows of :func:`goodness`; other keys
@@ -63,7 +64,8 @@ def r2_label(key: str) -> str:
 def goodness(Z: Any, mask: Any | None = None, *, max_rank: int = 5, seed: int = 0) -> dict[str, Any]:
     """The R^2 table and the counts behind it.
 
-    Returns ``{"r2": {row_mean, col_mean, additive, multiplicative, rank_1..rank_k}, "counts": {...},
+    Returns ``{"r2": {row_mean, col_mean, additive (ridge ALS), additive_exact (least squares), multiplicative,
+    rank_1..rank_k}, "counts": {...},
     "moments": {...}}`` with ``k = min(max_rank, M, N)``. R^2 pools all observed entries (NaN entries
     are ignored by every fit and counted in ``counts``). Raises ValueError naming a row without any
     observed entry (:func:`jaxforget.completion.prepare`).

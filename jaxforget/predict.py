@@ -2,7 +2,9 @@
 
 Runs the paper's protocol (train tasks fully measured; k revealed entries per test task; the rest
 predicted) for several methods on one matrix and prints a table of method x metric, mean ± std over
-seeds; the same numbers, per seed, go to a JSON file.
+seeds, with the trivial baselines (zero, train_mean, revealed_mean, column_mean, all_positive)
+scored on the same hidden entries and each method's gain over the best of them; the same numbers,
+per seed, go to a JSON file, and with ``--save-predictions`` every prediction goes to an npz.
 
     python -m jaxforget.predict                                  # planted synthetic matrix
     python -m jaxforget.predict --matrix runs/default            # a collected run
@@ -27,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from jaxforget.store import MatrixData, atomic_write_json, load_matrix
+from jaxforget.store import MatrixData, atomic_write_json, atomic_write_npz, load_matrix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,21 +45,24 @@ class PredictConfig:
     split_seed: int = 0
     """Seed of a fractional split."""
     methods: tuple[str, ...] = ("additive", "knn_baseline", "mf")
-    """Methods, each NAME or NAME:option=value,...; names: additive, knn, knn_baseline, mf, soft_impute,
-    logistic_mf, logistic_additive, and rep_dot (the LM-based predictor; needs a run directory)."""
+    """Methods, each NAME or NAME:option=value,...; names: additive, knn, knn_baseline, mf, svd (the reference
+    code's surprise SVD by SGD, slow), soft_impute, logistic_mf, logistic_additive, and rep_dot (the LM-based
+    predictor; needs a run directory). The baselines are always scored."""
     k: int = 30
     """Revealed entries per test task."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """One reveal draw (and initialisation) per seed; the table reports mean ± std over them."""
     reveal: Literal["without_replacement", "reference"] = "without_replacement"
-    """without_replacement: k distinct entries per test row. reference: the paper's code (one draw of k column
-    indices with replacement, shared by all test rows)."""
+    """without_replacement: k distinct entries per test row. reference: the paper's code exactly
+    (numpy.random.default_rng(seed).choice(N, k): with replacement, shared by all test rows)."""
     mode: Literal["refit", "fold_in"] = "refit"
     """refit: fit train rows + revealed entries per test task. fold_in: fit train rows once, fold each test row in."""
     binary: bool | None = None
     """Treat the matrix as 0/1 exact-match drop. Default: detected (all observed entries are 0 or 1)."""
     threshold: float | None = None
-    """Forgotten means Z > threshold for F1/precision/recall/AUC (default 0; 0.5 for binary)."""
+    """Forgotten means Z > threshold, for F1/precision/recall and the AUC labels; a prediction above it is a
+    predicted "forgotten" (default 0; 0.5 for binary). On a real-valued Z the F1 depends on it and the
+    all-positive baseline often scores high; AUC and precision@n do not depend on it."""
     top_n: int = 100
     """n of precision@n (top-n predicted vs top-n true hidden entries of each test task)."""
     clip: bool = False
@@ -67,6 +72,11 @@ class PredictConfig:
     out: Path | None = None
     """JSON output. Default: RUN/predict.json for a run directory, predict_<name>.json beside a file, or
     ./predict_synthetic.json."""
+    save_predictions: Path | None = None
+    """Also write every prediction here (npz): per seed and test task the hidden and revealed masks, the truth,
+    and each baseline's and method's predicted row (labels, kinds, predictions [L, S, T, N], pred_thresholds,
+    truth, hidden, revealed, seeds, test_rows, test_tasks, example_ids, threshold, top_n, k), enough to
+    recompute any metric of the table."""
     synthetic_rows: int = 85
     """Rows (tasks) of the synthetic matrix."""
     synthetic_cols: int = 2000
@@ -146,6 +156,7 @@ def main(config: PredictConfig) -> dict:
     from jaxforget import completion
 
     methods, rep = parse_methods(config.methods)  # bad names fail before any work
+    check_flags(config)
     if rep and (config.matrix is None or not (config.matrix / "meta.json").exists()):
         raise ValueError(f"--methods {rep[0][0]}: the LM-based predictor needs --matrix RUN, a run directory of "
                          "`python -m jaxforget.collect` (its texts and base model); got "
@@ -161,6 +172,9 @@ def main(config: PredictConfig) -> dict:
     test_rows = resolve_test_rows(config.split, data, config.split_seed)
     finite = data.Z[np.isfinite(data.Z)]
     binary = config.binary if config.binary is not None else bool(np.all((finite == 0) | (finite == 1)))
+    if binary and config.threshold is not None and not 0 <= config.threshold < 1:
+        raise ValueError(f"--threshold {config.threshold}: the matrix is binary (0/1), so forgotten means "
+                         "Z > threshold with a threshold in [0, 1); any other value puts every entry in one class")
     n_nan = int(np.sum(~np.isfinite(data.Z)))
     print(f"matrix {data.source}: {data.Z.shape[0]} tasks x {data.Z.shape[1]} examples, {n_nan} not measured; "
           f"{len(test_rows)} test tasks, k={config.k}, seeds={list(config.seeds)}, "
@@ -198,7 +212,27 @@ def main(config: PredictConfig) -> dict:
     out = config.out or _default_out(config)
     atomic_write_json(out, report)
     print(f"wrote {out}")
+    if config.save_predictions is not None:
+        arrays = result.arrays()
+        arrays.update(test_tasks=np.array([data.row_names[i] for i in test_rows]), example_ids=np.array(data.col_ids))
+        atomic_write_npz(config.save_predictions, **arrays)
+        print(f"wrote {config.save_predictions} ({len(arrays['labels'])} predictors x {len(config.seeds)} seeds x "
+              f"{len(test_rows)} test tasks x {data.Z.shape[1]} examples)")
     return report
+
+
+def check_flags(config: PredictConfig) -> None:
+    """Numeric flags a run would otherwise fail on late (or silently misuse), each error naming its flag."""
+    if config.k < 1:
+        raise ValueError(f"--k {config.k}: at least one entry per test task must be revealed")
+    if config.top_n < 1:
+        raise ValueError(f"--top-n {config.top_n}: precision@n needs n >= 1")
+    if config.threshold is not None and not np.isfinite(config.threshold):
+        raise ValueError(f"--threshold {config.threshold}: must be a finite number")
+    if not config.seeds:
+        raise ValueError("--seeds: give at least one seed")
+    if config.save_predictions is not None and config.save_predictions.suffix != ".npz":
+        raise ValueError(f"--save-predictions {config.save_predictions}: the file is an npz archive; name it *.npz")
 
 
 def cli(argv: list[str] | None = None) -> dict:

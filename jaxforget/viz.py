@@ -125,16 +125,15 @@ def panels(matrices: Sequence[tuple[str, Any]], *, vmax: float, suptitle: str | 
 def r2_curve(r2: Mapping[str, float], *, title: str = "R² of low-rank fits",
              labels: Mapping[str, str] | None = None) -> Figure:
     """R^2 of rank 1..k (``rank_<k>`` keys) against k, with the row-mean, column-mean and additive
-    fits as horizontal reference lines, named by ``labels`` (default: the keys)."""
-    labels = labels or {}
+    (ridge and exact) fits as horizontal reference lines, named by ``labels`` (default: the keys)."""
     fig = Figure(figsize=(6.0, 4.0), dpi=DPI)
     ax = fig.add_axes((0.12, 0.13, 0.83, 0.77))
     ranks = sorted(int(k.split("_")[1]) for k in r2 if k.startswith("rank_"))
     values = [r2[f"rank_{k}"] for k in ranks]
     ax.plot(ranks, values, "o-", color="C3", label="rank k (multiplicative at k = 1)")
-    for key, style in (("additive", "--"), ("row_mean", ":"), ("col_mean", "-.")):
+    for key, style in (("additive_exact", (0, (5, 1))), ("additive", "--"), ("row_mean", ":"), ("col_mean", "-.")):
         if key in r2:
-            name = labels.get(key, key.replace("_", " "))
+            name = (labels or {}).get(key, key.replace("_", " "))
             ax.axhline(r2[key], linestyle=style, color="0.3", label=f"{name} ({r2[key]:.3f})")
     for k, v in zip(ranks, values):
         ax.annotate(f"{v:.3f}", (k, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)

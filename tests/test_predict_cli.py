@@ -102,3 +102,92 @@ def test_default_run_on_the_synthetic_matrix(tmp_path):
     assert report["shape"] == [20, 200]
     # the planted matrix has low-rank structure: MF beats the additive model
     assert report["summary"]["mf"]["rmse"]["mean"] < report["summary"]["additive"]["rmse"]["mean"]
+
+
+def _inclusion(scores, n):
+    """P(entry among the top n) with ties broken at random (the table's precision@n convention)."""
+    cut = np.sort(scores)[::-1][n - 1]
+    above, tied = scores > cut, scores == cut
+    return np.where(above, 1.0, np.where(tied, (n - above.sum()) / tied.sum(), 0.0))
+
+
+def _recompute(pred, truth, hidden, threshold, cut, top_n):
+    """Metrics of one seed from the saved arrays alone: numpy + scipy, float64."""
+    from scipy import stats
+
+    p, z = pred[hidden].astype(np.float64), truth[hidden].astype(np.float64)
+    lab, guess = z > threshold, p > cut
+    tp = np.sum(lab & guess)
+    ranks = stats.rankdata(p)
+    n_pos, n_neg = lab.sum(), (~lab).sum()
+    out = dict(rmse=np.sqrt(np.mean((p - z) ** 2)), f1=2 * tp / (lab.sum() + guess.sum()),
+               precision=tp / max(guess.sum(), 1), recall=tp / lab.sum(),
+               auc=(ranks[lab].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    per_row = []
+    for t in range(truth.shape[0]):
+        h = hidden[t]
+        n = min(top_n, h.sum())
+        per_row.append(np.sum(_inclusion(pred[t][h], n) * _inclusion(truth[t][h], n)) / n)
+    out[f"precision@{top_n}"] = np.mean(per_row)
+    return out
+
+
+def _parse_table(text):
+    rows = {}
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    for ln in lines[1:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[cells[0].replace(" (baseline)", "")] = dict(zip(header[1:], cells[1:]))
+    return rows
+
+
+def test_saved_predictions_reproduce_the_printed_table(tmp_path, Z, capsys):
+    with open(tmp_path / "ref.pkl", "wb") as fh:
+        pickle.dump({"train_mat": Z[:7], "test_mat": Z[7:]}, fh)
+    npz = tmp_path / "preds.npz"
+    cli(["--matrix", str(tmp_path / "ref.pkl"), "--methods", "additive", "mf:rank=2", "--k", "10", "--seeds", "0", "1",
+         "2", "--out", str(tmp_path / "r.json"), "--top-n", "5", "--threshold", "0.3", "--save-predictions", str(npz)])
+    table = _parse_table(capsys.readouterr().out)
+    f = np.load(npz)
+    labels = f["labels"].tolist()
+    assert labels == ["zero", "train_mean", "revealed_mean", "column_mean", "additive", "mf:rank=2"]
+    assert f["predictions"].shape == (6, 3, 3, 60) and f["test_tasks"].tolist() == ["test0", "test1", "test2"]
+    truth, hidden = f["truth"], f["hidden"]
+    assert not (hidden & f["revealed"]).any() and not hidden[:, np.isnan(truth)].any()
+    metrics = ["rmse", "f1", "precision", "recall", "auc", "precision@5"]
+    recomputed = {}
+    for i, label in enumerate(labels):
+        per_seed = [_recompute(f["predictions"][i, s], truth, hidden[s], float(f["threshold"]),
+                               float(f["pred_thresholds"][i]), int(f["top_n"])) for s in range(3)]
+        recomputed[label] = {m: np.array([d[m] for d in per_seed]) for m in metrics}
+        for m in metrics:
+            mean, std = table[label][m].split(" (")[0].split(" ± ")
+            v = recomputed[label][m]
+            assert abs(float(mean) - v.mean()) < 1.5e-4 and abs(float(std) - v.std()) < 1.5e-4, (label, m, mean, v)
+    # the all-positive classifier: every hidden entry called forgotten
+    pos = [np.mean(truth[hidden[s]] > 0.3) for s in range(3)]
+    assert float(table["all_positive"]["f1"].split(" ± ")[0]) == pytest.approx(
+        np.mean([2 * p / (1 + p) for p in pos]), abs=1e-4)
+    # each method's gain: paired per seed against the best baseline of the column
+    for m, better in (("rmse", min), ("auc", max)):
+        base = {b: recomputed[b][m] for b in labels[:4]}
+        best = better(base, key=lambda b: base[b].mean())
+        gain = recomputed["mf:rank=2"][m] - base[best]
+        gain = -gain if m == "rmse" else gain
+        printed = float(table["mf:rank=2"][m].split("(")[1].rstrip(")"))
+        assert abs(printed - gain.mean()) < 1.5e-4, (m, printed, gain)
+
+
+def test_bad_numeric_flags_name_the_flag(tmp_path, capsys):
+    for argv, msg in ((["--k", "0"], "--k 0: at least one entry"), (["--top-n", "0"], "--top-n 0"),
+                      (["--threshold", "nan"], "--threshold nan: must be a finite number"),
+                      (["--save-predictions", str(tmp_path / "p.txt")], "name it *.npz")):
+        with pytest.raises(SystemExit) as e:
+            cli([*argv, "--out", str(tmp_path / "x.json")])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    np.save(tmp_path / "em.npy", (np.random.default_rng(0).random((8, 40)) < 0.5).astype(np.float32))
+    with pytest.raises(SystemExit) as e:
+        cli(["--matrix", str(tmp_path / "em.npy"), "--threshold", "1.5", "--out", str(tmp_path / "x.json")])
+    assert e.value.code == 2 and "--threshold 1.5: the matrix is binary" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

@@ -141,10 +141,13 @@ def test_added_predictions_are_scored_on_the_protocol_entries(planted):
     for name, v in res.metrics["additive"].items():
         np.testing.assert_array_equal(res.metrics["again"][name], v)
     assert res.hidden.shape == (2, 4, N) and not (res.hidden & res.reveal).any()
-    header, _, additive, again = res.table().splitlines()
+    lines = res.table().splitlines()
+    header = lines[0]
+    additive, again = (next(ln for ln in lines if ln.startswith(f"| {m} |")) for m in ("additive", "again"))
     assert header.split("|")[-3].strip() == "extra"
     assert additive.split("|")[-3].strip() == "—"  # a metric the method does not have
     assert again.split("|")[-3].strip() == "1.5000 ± 0.5000"
+    assert next(ln for ln in lines if ln.startswith("| zero (baseline) |")).split("|")[-3].strip() == "—"
     with pytest.raises(ValueError, match=r"predictions of shape \(4, 48\)"):
         res.add("bad", res.predictions["additive"][0], seconds=0.0)
     empty = evaluate(Z, test_rows=TEST_ROWS, methods=[], k=6, seeds=(0, 1))

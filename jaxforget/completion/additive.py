@@ -11,6 +11,11 @@ scikit-surprise's ``BaselineOnly`` with ``bsl_options={'method': 'als'}`` (surpr
 rows, its items our columns: ``reg_u = reg_row``, ``reg_i = reg_col``) and the paper's analysis
 (100 sweeps, lambda_ex = reg_col = 10, lambda_task = reg_row = 15). ``method="gd"`` minimises the
 same objective with full-batch Adam, the full-batch counterpart of surprise's per-rating SGD.
+
+:func:`exact_additive` is the unregularised least-squares two-way fit (the best any additive model
+does, the R^2 table's ``additive_exact``): row and column means when Z is fully observed, otherwise
+the normal equations reduced to an ``M x M`` system for the row offsets (the column offsets
+eliminated), solved by least squares (min-norm where the observed pattern splits into parts).
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ class AdditiveFit:
         return self.mu + b[..., None] + self.b_col
 
 
-def _als(Z0: Array, W: Array, reg_row: Array, reg_col: Array, n_epochs: int) -> AdditiveFit:
+def _als(Z0: Array, W: Array, reg_row: Array, reg_col: Array, n_epochs: int,
+         init: AdditiveFit | None = None) -> AdditiveFit:
     mu = global_mean(Z0, W)
     R = (Z0 - mu) * W  # residual after mu, zero where hidden
     n_row, n_col = jnp.sum(W, axis=1), jnp.sum(W, axis=0)
@@ -69,8 +75,10 @@ def _als(Z0: Array, W: Array, reg_row: Array, reg_col: Array, n_epochs: int) -> 
         b_row = (jnp.sum(R, axis=1) - mm(W, b_col)) / (reg_row + n_row)
         return b_row, b_col
 
-    init = (jnp.zeros(Z0.shape[0], Z0.dtype), jnp.zeros(Z0.shape[1], Z0.dtype))
-    b_row, b_col = jax.lax.fori_loop(0, n_epochs, sweep, init)
+    start = (jnp.zeros(Z0.shape[0], Z0.dtype), jnp.zeros(Z0.shape[1], Z0.dtype))
+    if init is not None:  # a warm start: the first sweep reads only b_row
+        start = (jnp.asarray(init.b_row, Z0.dtype), start[1])
+    b_row, b_col = jax.lax.fori_loop(0, n_epochs, sweep, start)
     return AdditiveFit(mu, b_row, b_col, jnp.asarray(reg_row, Z0.dtype))
 
 
@@ -106,11 +114,17 @@ def fit_additive(
     reg_col: float = 10.0,
     n_epochs: int = 10,
     lr: float = 0.05,
+    init: AdditiveFit | None = None,
 ) -> AdditiveFit:
-    """Jitted core of :func:`additive` without host-side validation (vmappable)."""
+    """Jitted core of :func:`additive` without host-side validation (vmappable).
+
+    ``init``: start ALS from this fit's row offsets (``b_row [M]``) instead of zeros, e.g. the
+    previous fit when rows were appended (:class:`jaxforget.completion.Completer`)."""
     Z0, W = zero_hidden(Z, mask)
     if method == "als":
-        return _als(Z0, W, reg_row, reg_col, n_epochs)
+        return _als(Z0, W, reg_row, reg_col, n_epochs, init)
+    if init is not None:
+        raise ValueError("fit_additive: init (a warm start) is for method='als' only")
     return _gd(Z0, W, reg_row, reg_col, n_epochs, lr)
 
 
@@ -158,3 +172,35 @@ def col_mean_fit(Z: Array, mask: Array) -> Array:
     n = jnp.sum(W, axis=0)
     m = jnp.where(n > 0, jnp.sum(Z0, axis=0) / jnp.maximum(n, 1.0), global_mean(Z0, W))
     return jnp.broadcast_to(m[None, :], Z.shape)
+
+
+@jax.jit
+def _exact_full(Z: Array) -> AdditiveFit:
+    mu = jnp.mean(Z)
+    return AdditiveFit(mu, jnp.mean(Z, axis=1) - mu, jnp.mean(Z, axis=0) - mu, jnp.zeros((), Z.dtype))
+
+
+@jax.jit
+def _exact_masked(Z: Array, mask: Array) -> AdditiveFit:
+    # Normal equations of min sum_obs (R - a_i - b_j)^2 with R = Z - mu: b_j = (c_j - sum_i w_ij a_i) / n_j and
+    # (diag(n_row) - W diag(1/n_col) W^T) a = r - W (c / n_col): a graph Laplacian (singular along the
+    # all-ones vector of each connected part, where the right-hand side is orthogonal to it).
+    Z0, W = zero_hidden(Z, mask)
+    mu = global_mean(Z0, W)
+    R = (Z0 - mu) * W
+    n_row, n_col = jnp.sum(W, axis=1), jnp.sum(W, axis=0)
+    inv_col = jnp.where(n_col > 0, 1.0 / jnp.maximum(n_col, 1.0), 0.0)
+    c, r = jnp.sum(R, axis=0), jnp.sum(R, axis=1)
+    S = jnp.diag(n_row) - mm(W * inv_col, W.T)
+    a = jnp.linalg.lstsq(S, r - mm(W, inv_col * c))[0]
+    b = inv_col * (c - mm(a, W))
+    return AdditiveFit(mu, a, b, jnp.zeros((), Z0.dtype))
+
+
+def exact_additive(Z: Any, mask: Any | None = None) -> AdditiveFit:
+    """The least-squares fit of ``mu + b_row[i] + b_col[j]`` to the observed entries, without ridge
+    terms (see module docstring). Its ``fold_in`` is the exact least-squares offset of a new row."""
+    Z0, mask = prepare(Z, mask)
+    if bool(jnp.all(mask)):
+        return _exact_full(Z0)
+    return _exact_masked(Z0, mask)

@@ -133,13 +133,15 @@ def _ridge_rows(W: Array, T: Array, F: Array, reg_vec: Array) -> Array:
     return jnp.linalg.solve(A, rhs[..., None])[..., 0]
 
 
-def _als(Z0, W, rank, biased, reg, reg_bias, n_iters, key):
+def _als(Z0, W, rank, biased, reg, reg_bias, n_iters, key, init=None):
     M, N = Z0.shape
     mu = global_mean(Z0, W) if biased else jnp.zeros((), Z0.dtype)
     Q = 0.1 * jax.random.normal(key, (N, rank), Z0.dtype)
     P = jnp.zeros((M, rank), Z0.dtype)
     b_row = jnp.zeros(M, Z0.dtype)
     b_col = jnp.zeros(N, Z0.dtype)
+    if init is not None:  # a warm start: the first half-sweep reads only the column side
+        Q, b_col = jnp.asarray(init.Q, Z0.dtype), jnp.asarray(init.b_col, Z0.dtype)
 
     def sweep(_, params):
         P, Q, b_row, b_col = params
@@ -202,12 +204,18 @@ def fit_low_rank(
     lr: float = 0.01,
     init_std: float = 0.1,
     seed: int | Array = 0,
+    init: LowRankFit | None = None,
 ) -> LowRankFit:
-    """Jitted core of :func:`low_rank` without host-side validation (vmappable, seed may be traced)."""
+    """Jitted core of :func:`low_rank` without host-side validation (vmappable, seed may be traced).
+
+    ``init``: start ALS from this fit's column side (``Q [N, rank]``, ``b_col``) instead of random
+    factors, e.g. the previous fit when rows were appended (:class:`jaxforget.completion.Completer`)."""
     Z0, W = zero_hidden(Z, mask)
     key = jax.random.key(seed)
     if method == "als":
-        return _als(Z0, W, rank, biased, reg, reg_bias, n_iters, key)
+        return _als(Z0, W, rank, biased, reg, reg_bias, n_iters, key, init)
+    if init is not None:
+        raise ValueError("fit_low_rank: init (a warm start) is for method='als' only")
     return _gd(Z0, W, rank, biased, reg, reg_bias, n_iters, key, lr, init_std)
 
 

@@ -51,34 +51,55 @@ def classification(pred: Array, Z: Array, mask: Array, threshold: float = 0.0,
 
 def roc_auc(scores: Array, labels: Array, mask: Array) -> Array:
     """ROC-AUC of ``scores`` for boolean ``labels`` over masked entries (Mann-Whitney U with
-    mid-ranks for ties). NaN when the masked entries hold only one class."""
+    mid-ranks for ties). NaN when the masked entries hold only one class.
+
+    Counts are floats and U is accumulated as the mean over positives of
+    ``(midrank - (n_pos + 1) / 2) / n_neg`` (each term in [0, 1]): no integer product of counts (an
+    int32 ``n_pos * n_neg`` overflows beyond ~46k entries per class) and no float32 cancellation of
+    two sums of order ``n_pos * n``. Mid-ranks are exact in float32 up to 2^23 entries (masked or not).
+    """
+    scores = jnp.asarray(scores)
     s = jnp.where(mask, scores, jnp.inf).ravel()
     lab = (mask & labels).ravel()
     m = mask.ravel()
     ordered = jnp.sort(s)  # excluded entries sort last as +inf and never tie with a finite score
     lo = jnp.searchsorted(ordered, s, side="left")
     hi = jnp.searchsorted(ordered, s, side="right")
-    midrank = (lo + hi + 1) / 2.0  # 1-based average rank among tied scores
-    n_pos = jnp.sum(lab)
-    n_neg = jnp.sum(m) - n_pos
-    u = jnp.sum(jnp.where(lab, midrank, 0.0)) - n_pos * (n_pos + 1) / 2.0
-    return jnp.where((n_pos > 0) & (n_neg > 0), u / jnp.maximum(n_pos * n_neg, 1), jnp.nan)
+    ftype = scores.dtype if jnp.issubdtype(scores.dtype, jnp.floating) else jnp.float32
+    midrank = (lo.astype(ftype) + hi.astype(ftype) + 1) / 2  # 1-based average rank among tied scores
+    n_pos = jnp.sum(lab, dtype=ftype)
+    n_neg = jnp.sum(m, dtype=ftype) - n_pos
+    term = (midrank - (n_pos + 1) / 2) / jnp.maximum(n_neg, 1)
+    auc = jnp.sum(jnp.where(lab, term, 0)) / jnp.maximum(n_pos, 1)
+    return jnp.where((n_pos > 0) & (n_neg > 0), auc, jnp.nan)
+
+
+def _inclusion(scores: Array, mask: Array, n_row: Array, n: int) -> Array:
+    """Probability that each masked entry is among its row's ``n_row`` highest ``scores`` when ties
+    are broken uniformly at random: 1 above the ``n_row``-th value, ``free slots / tied entries`` at
+    it, 0 below. ``scores, mask: [R, N]``, ``n_row: [R]`` (<= n)."""
+    s = jnp.where(mask, scores, -jnp.inf)
+    top, _ = jax.lax.top_k(s, n)
+    cut = jnp.take_along_axis(top, jnp.maximum(n_row - 1, 0)[:, None], axis=-1)  # [R, 1]
+    above = mask & (s > cut)
+    tied = mask & (s == cut)
+    free = n_row - jnp.sum(above, axis=-1)
+    share = free / jnp.maximum(jnp.sum(tied, axis=-1), 1)
+    return jnp.where(above, 1.0, jnp.where(tied, share[:, None], 0.0)) * (n_row > 0)[:, None]
 
 
 def precision_at_n(pred: Array, Z: Array, mask: Array, n: int) -> Array:
     """Per row, the fraction of the ``n`` masked entries with the highest prediction that are among
     the row's ``n`` masked entries with the highest true value; averaged over rows. Rows with fewer
-    than ``n`` masked entries use all they have. ``pred, Z, mask: [R, N]``."""
+    than ``n`` masked entries use all they have. ``pred, Z, mask: [R, N]``.
+
+    Ties (a constant predictor, clipped predictions, a binary Z) are broken uniformly at random and
+    the expectation is returned, so a predictor that ranks nothing scores the chance level
+    ``n / (masked entries)`` instead of whatever index order would give."""
     n = min(n, pred.shape[-1])
-    neg = jnp.asarray(-jnp.inf, pred.dtype)
-    _, top_pred = jax.lax.top_k(jnp.where(mask, pred, neg), n)
-    _, top_true = jax.lax.top_k(jnp.where(mask, Z, neg), n)
     n_row = jnp.minimum(jnp.sum(mask, axis=-1), n)
-    valid = jnp.arange(n)[None, :] < n_row[:, None]  # only the first n_row picks are masked entries
-    true_set = jnp.zeros(mask.shape, bool)
-    true_set = jax.vmap(lambda t, idx, v: t.at[idx].set(v))(true_set, top_true, valid)
-    hits = jnp.take_along_axis(true_set, top_pred, axis=-1) & valid
-    per_row = jnp.sum(hits, axis=-1) / jnp.maximum(n_row, 1)
+    hits = jnp.sum(_inclusion(pred, mask, n_row, n) * _inclusion(Z, mask, n_row, n), axis=-1)
+    per_row = hits / jnp.maximum(n_row, 1)
     has = n_row > 0
     return jnp.sum(jnp.where(has, per_row, 0.0)) / jnp.maximum(jnp.sum(has), 1)
 

@@ -9,7 +9,14 @@ Unlike the paper's reference code (one scikit-surprise refit per test task in a 
 (seed, test task) problem is solved in one compiled program: the problems are stacked and the
 method's jitted core is vmapped over them (``batch_size`` bounds how many are solved at once).
 ``mode="fold_in"`` instead fits the train rows once and folds each revealed row in without
-refitting, the streaming use case.
+refitting, the streaming use case (:class:`jaxforget.completion.Completer` keeps such a fit).
+
+Every table carries the trivial baselines of :mod:`jaxforget.completion.baselines`, scored on the
+same hidden entries, and each method's gain over the best of them (:mod:`.results`).
+
+Compilation: one program per method, options and shape, cached across calls (``_refit_program``);
+float options are arguments of the program, not constants, so a new ridge value or SoftImpute's
+data-dependent ``lam`` does not recompile.
 
 Predictors that live outside this package (the LM-based ``jaxforget.rep_dot``, which needs model
 code) are scored on exactly the same hidden entries with :meth:`ProtocolResult.add`; ``evaluate``
@@ -18,10 +25,9 @@ with no method returns the reveal draws and hidden masks they need.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache, partial
 from typing import Any
 
@@ -29,220 +35,60 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxforget.completion._common import Array, check_choice, check_options, prepare
-from jaxforget.completion.additive import fit_additive
-from jaxforget.completion.knn import fit_knn
-from jaxforget.completion.logistic import fit_logistic_mf
-from jaxforget.completion.low_rank import fit_low_rank, fit_soft_impute
-from jaxforget.completion.metrics import all_metrics
+from jaxforget.completion._common import Array, check_choice, prepare
+from jaxforget.completion.registry import METHODS, Method, parse_spec
+from jaxforget.completion.results import METRIC_ORDER, ProtocolResult, score
+
+__all__ = ["METHODS", "METRIC_ORDER", "MODES", "Method", "ProtocolResult", "REVEAL_SCHEMES", "complete_rows",
+           "evaluate", "fit_method", "parse_spec", "reference_reveal", "reveal_mask", "score", "split_rows"]
 
 REVEAL_SCHEMES = ("without_replacement", "reference")
 MODES = ("refit", "fold_in")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Registered:
-    """A jitted core plus the defaults the protocol uses where they differ from the core's own."""
-
-    core: Callable[..., Any]
-    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # set by the method name
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        """Every option a user may set, with its value in the protocol."""
-        params = inspect.signature(self.core).parameters
-        own = {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "seed"}
-        return {n: v for n, v in {**own, **self.overrides}.items() if n not in self.fixed}
-
-
-# Defaults for prediction. The ridge terms of the additive model, of the KNN baselines and of MF are
-# small because a test row has only k ~ 30 revealed entries: surprise's ALS defaults (15 / 10) would
-# shrink its offset by a third (measured: KNNBaseline RMSE 0.121 -> 0.114 on the benchmark matrix).
-# The reference code's SGD baselines (per-rating reg 0.02) are nearly unregularised too. ALS MF
-# converges in ~10 sweeps here; 20 leaves a margin. KNN neighbourhood and logistic defaults are the
-# paper's (k=40, min_k=1, msd; rank 5, L2 0.1, step 0.001, 5,000 steps).
-_SMALL_RIDGE_BASELINES = dict(baseline_reg_row=1.0, baseline_reg_col=1.0, baseline_epochs=50)
-METHODS: dict[str, _Registered] = {
-    "additive": _Registered(fit_additive, dict(reg_row=1.0, reg_col=1.0, n_epochs=50)),
-    "knn": _Registered(fit_knn, dict(sim="msd", **_SMALL_RIDGE_BASELINES), dict(rule="basic")),
-    "knn_baseline": _Registered(fit_knn, dict(sim="msd", **_SMALL_RIDGE_BASELINES), dict(rule="baseline")),
-    "mf": _Registered(fit_low_rank, dict(rank=5, biased=True, reg=0.1, reg_bias=0.1, n_iters=20)),
-    "soft_impute": _Registered(fit_soft_impute, dict(lam=None, max_rank=None)),
-    "logistic_mf": _Registered(fit_logistic_mf, dict(rank=5, biased=True)),
-    "logistic_additive": _Registered(fit_logistic_mf, {}, dict(rank=0, biased=True)),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """A registered method name with option overrides, e.g. ``Method("mf", {"rank": 10})``.
-
-    :meth:`parse` reads the command-line form ``"mf:rank=10,reg=0.05"``.
-    """
-
-    name: str
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        check_choice("method", self.name, METHODS)
-        reg = METHODS[self.name]
-        check_options(f"method {self.name!r}", self.options, reg.defaults)
-
-    @property
-    def label(self) -> str:
-        if not self.options:
-            return self.name
-        return self.name + ":" + ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-
-    @property
-    def resolved(self) -> dict[str, Any]:
-        return {**METHODS[self.name].defaults, **self.options, **METHODS[self.name].fixed}
-
-    @property
-    def link(self) -> str:
-        return "logit" if METHODS[self.name].core is fit_logistic_mf else "identity"
-
-    @classmethod
-    def parse(cls, text: str) -> "Method":
-        return cls(*parse_spec(text))
-
-
-def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
-    """``"name:opt=value,..."`` -> ``(name, {opt: value})``; values become bool, None, int, float or str."""
-    name, _, rest = text.partition(":")
-    options: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"method option {item!r} in {text!r} is not of the form name=value")
-        options[key.strip()] = _parse_value(value.strip())
-    return name.strip(), options
-
-
-def _parse_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def reveal_mask(key: Array, observed: Array, k: int, scheme: str = "without_replacement") -> Array:
+def reveal_mask(key: Array | int, observed: Any, k: int, scheme: str = "without_replacement") -> Array:
     """Which entries of each test row are revealed: ``bool[T, N]``, a subset of ``observed``.
 
-    ``"without_replacement"``: k distinct observed entries per row, drawn independently per row.
-    ``"reference"``: the paper's reference code -- one draw of k column indices *with* replacement,
-    shared by all test rows (so fewer than k distinct entries may be revealed).
+    ``"without_replacement"``: k distinct observed entries per row, drawn independently per row from
+    ``key`` (a ``jax.random`` key or an integer seed).
+    ``"reference"``: the paper's reference code, exactly: the column indices
+    ``numpy.random.default_rng(seed).choice(N, k)`` -- drawn *with* replacement, one draw shared by all
+    test rows (so fewer than k distinct entries may be revealed) -- intersected with ``observed``;
+    ``key`` must be the integer seed (:func:`reference_reveal`).
     """
-    T, N = observed.shape
+    check_choice("reveal scheme", scheme, REVEAL_SCHEMES)
     if scheme == "reference":
-        cols = jax.random.randint(key, (k,), 0, N)
-        return observed & jnp.zeros(N, bool).at[cols].set(True)[None, :]
+        if not isinstance(key, (int, np.integer)):
+            raise ValueError("reveal scheme 'reference' draws numpy.random.default_rng(seed).choice(N, k); "
+                             "pass the integer seed, not a jax key")
+        return jnp.asarray(reference_reveal(int(key), observed, k))
+    if isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
+    return _distinct_reveal(key, jnp.asarray(observed, bool), k)
+
+
+def reference_reveal(seed: int, observed: Any, k: int) -> np.ndarray:
+    """The reference code's reveal (``create_masked_arr``): ``default_rng(seed).choice(N, k)``, with
+    replacement, the same columns for every test row; ``bool[T, N]`` (numpy)."""
+    observed = np.asarray(observed, bool)
+    cols = np.random.default_rng(seed).choice(observed.shape[-1], k)
+    row = np.zeros(observed.shape[-1], bool)
+    row[cols] = True
+    return observed & row
+
+
+@partial(jax.jit, static_argnames=("k",))
+def _distinct_reveal(key: Array, observed: Array, k: int) -> Array:
+    T, N = observed.shape
     u = jnp.where(observed, jax.random.uniform(key, (T, N)), -1.0)
     _, idx = jax.lax.top_k(u, k)
     return observed & jnp.zeros((T, N), bool).at[jnp.arange(T)[:, None], idx].set(True)
 
 
-@dataclasses.dataclass
-class ProtocolResult:
-    """Per method: metrics per seed, predictions ``[S, T, N]`` and wall time."""
-
-    methods: list[str]
-    metrics: dict[str, dict[str, np.ndarray]]  # method -> metric -> [S]
-    predictions: dict[str, np.ndarray]  # method -> [S, T, N]
-    reveal: np.ndarray  # [S, T, N]
-    seconds: dict[str, float]
-    test_rows: list[int]
-    train_rows: list[int]
-    seeds: list[int]
-    settings: dict[str, Any]
-    z_test: np.ndarray | None = None  # [T, N] the test rows (hidden entries zeroed)
-    hidden: np.ndarray | None = None  # [S, T, N] the entries every method is scored on
-
-    def add(self, label: str, predictions: Any, *, seconds: float, pred_threshold: float | None = None,
-            extra_metrics: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None) -> None:
-        """Score predictions ``[S, T, N]`` of a method run outside :func:`evaluate` (one predicted row per
-        seed and test task) on the same hidden entries, with the same metrics, and add them to the result.
-
-        ``pred_threshold``: a prediction above it means "forgotten" (default: the protocol threshold).
-        ``extra_metrics``: name -> ``[S]`` values added to (or replacing) the standard ones.
-        ``options``: recorded under ``settings["methods"][label]``.
-        """
-        if label in self.metrics:
-            raise ValueError(f"method {label!r} is already in the result")
-        pred = np.asarray(predictions, np.float32)
-        if pred.shape != self.hidden.shape:
-            raise ValueError(f"{label}: predictions of shape {pred.shape}; expected (seeds, test tasks, columns) "
-                             f"= {self.hidden.shape}")
-        mets = score(pred, self.z_test, self.hidden, threshold=self.settings["threshold"],
-                     top_n=self.settings["top_n"], pred_threshold=pred_threshold)
-        for name, v in (extra_metrics or {}).items():
-            v = np.asarray(v, np.float64)
-            if v.shape != (len(self.seeds),):
-                raise ValueError(f"{label}: metric {name!r} has shape {v.shape}; expected one value per seed")
-            mets[name] = v
-        self.methods.append(label)
-        self.metrics[label] = mets
-        self.predictions[label] = pred
-        self.seconds[label] = float(seconds)
-        self.settings["methods"][label] = dict(options or {})
-
-    def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
-        """method -> metric -> (mean, std over seeds); NaN seeds (undefined AUC) are skipped."""
-        out = {}
-        for m, mets in self.metrics.items():
-            out[m] = {}
-            for name, v in mets.items():
-                v = v[np.isfinite(v)]
-                out[m][name] = (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
-        return out
-
-    def table(self) -> str:
-        """A markdown table of method x metric, ``mean ± std`` over seeds, plus wall time."""
-        summary = self.summary()
-        names = list(dict.fromkeys(n for m in self.methods for n in self.metrics[m]))  # a metric only some have: "-"
-        lines = ["| method | " + " | ".join(names) + " | seconds |", "|---" * (len(names) + 2) + "|"]
-        for m in self.methods:
-            cells = [f"{summary[m][n][0]:.4f} ± {summary[m][n][1]:.4f}" if n in summary[m] else "—" for n in names]
-            lines.append(f"| {m} | " + " | ".join(cells) + f" | {self.seconds[m]:.2f} |")
-        return "\n".join(lines)
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(
-            summary={m: {n: dict(mean=a, std=b) for n, (a, b) in d.items()} for m, d in self.summary().items()},
-            per_seed={m: {n: v.tolist() for n, v in d.items()} for m, d in self.metrics.items()},
-            seconds=self.seconds,
-            test_rows=self.test_rows,
-            train_rows=self.train_rows,
-            seeds=self.seeds,
-            settings=self.settings,
-        )
-
-
-METRIC_ORDER = ("rmse", "f1", "precision", "recall", "auc")  # then precision@<top_n>
-
-
-def score(pred: Any, z_test: Any, hidden: Any, *, threshold: float, top_n: int,
-          pred_threshold: float | None = None) -> dict[str, np.ndarray]:
-    """The protocol's metrics per seed: ``pred [S, T, N]`` against ``z_test [T, N]`` on the ``hidden [S, T, N]``
-    entries of each seed, pooled over test tasks. Returns metric -> float64 ``[S]``."""
-    fn = _metric_fn(float(threshold), int(top_n), None if pred_threshold is None else float(pred_threshold))
-    mets = jax.device_get(fn(jnp.asarray(pred), jnp.asarray(z_test), jnp.asarray(hidden)))
-    return {n: np.asarray(mets[n], dtype=np.float64) for n in (*METRIC_ORDER, f"precision@{top_n}")}
-
-
-@lru_cache(maxsize=None)
-def _metric_fn(threshold: float, top_n: int, pred_threshold: float | None) -> Callable:
-    """The jitted, seed-vmapped metrics (one compilation per setting and shape, shared by all methods)."""
-    return jax.jit(jax.vmap(partial(all_metrics, threshold=threshold, top_n=top_n, pred_threshold=pred_threshold),
-                            in_axes=(0, None, 0)))
+@partial(jax.jit, static_argnames=("k",))
+def _distinct_reveals(seeds: Array, observed: Array, k: int) -> Array:
+    """``[S, T, N]``: :func:`_distinct_reveal` per seed (one compiled program)."""
+    return jax.vmap(lambda s: _distinct_reveal(jax.random.key(s), observed, k))(seeds)
 
 
 def _accepts_seed(core: Callable[..., Any]) -> bool:
@@ -259,36 +105,81 @@ def _core_options(method: Method, Z_train: Array) -> dict[str, Any]:
     return opts
 
 
-def _solve(method: Method, Z_train, mask_train, z_test, reveal, seeds, mode: str, batch_size: int | None):
-    """Predicted rows ``[P, N]`` for ``P`` (test row, reveal, seed) problems, one compiled program."""
-    core = METHODS[method.name].core
-    opts = _core_options(method, Z_train)
+def _split_options(method: Method, opts: dict[str, Any]) -> tuple[tuple, dict[str, float]]:
+    """Options as (static items, the hashable key of a compiled program; float values, which the
+    program takes as arguments). A float is traced unless the option's default is an int/bool/str
+    (a static argument of the core, e.g. ``n_iters=1e3``)."""
+    defaults = METHODS[method.name].defaults
+    traced = {n: v for n, v in opts.items()
+              if isinstance(v, float) and not isinstance(defaults.get(n), (bool, int, str))}
+    static = tuple(sorted((n, v) for n, v in opts.items() if n not in traced))
+    return static, traced
+
+
+@lru_cache(maxsize=None)
+def _refit_program(name: str, static: tuple, vmapped: bool, batch_size: int | None) -> Callable:
+    """The jitted program that fits train rows + one revealed row per problem and predicts that row,
+    for every problem: ``run(Z_train, mask_train, floats, z [P, N], reveal [P, N], seeds [P]) -> [P, N]``.
+    Cached per (method, static options, batching); jax caches per shape below that."""
+    reg = METHODS[name]
+    core, opts = reg.core, dict(static)
     with_seed = _accepts_seed(core)
 
-    if mode == "fold_in":
-        fit = core(Z_train, mask_train, **opts)
-        return jax.jit(lambda z, r: fit.fold_in(z, r))(z_test, reveal)
-
-    def one(args):
-        z, r, s = args
-        Zp = jnp.concatenate([Z_train, z[None]], axis=0)
-        Mp = jnp.concatenate([mask_train, r[None]], axis=0)
-        fit = core(Zp, Mp, **opts, **({"seed": s} if with_seed else {}))
+    def one(Zt, Mt, floats, z, r, s):
+        Zp = jnp.concatenate([Zt, z[None]], axis=0)
+        Mp = jnp.concatenate([Mt, r[None]], axis=0)
+        fit = core(Zp, Mp, **opts, **floats, **({"seed": s} if with_seed else {}))
         return fit.predict_row(Zp.shape[0] - 1)
 
+    if vmapped:
+        return jax.jit(jax.vmap(one, in_axes=(None, None, None, 0, 0, 0)))
+
+    def run(Zt, Mt, floats, z, r, s):
+        return jax.lax.map(lambda a: one(Zt, Mt, floats, *a), (z, r, s), batch_size=batch_size)
+
+    return jax.jit(run)
+
+
+@jax.jit
+def _fold_rows(fit: Any, z: Array, reveal: Array) -> Array:
+    """``fit.fold_in`` of a batch of rows (the fit is an argument: one program per fit type and shape)."""
+    return fit.fold_in(z, reveal)
+
+
+def fit_method(Z_train: Any, method: str | Method = "mf", *, mask_train: Any | None = None, seed: int = 0) -> Any:
+    """Fit a registered method (with the protocol's defaults) once on ``Z_train``: the fit that
+    ``mode="fold_in"`` folds new rows into (``complete_rows(..., fitted=fit)`` reuses it)."""
+    m = method if isinstance(method, Method) else Method.parse(method)
+    Z0, mask = prepare(Z_train, mask_train)
+    return _fit(m, Z0, mask, seed)
+
+
+def _fit(method: Method, Z0: Array, mask: Array, seed: int, init: Any | None = None) -> Any:
+    core = METHODS[method.name].core
+    static, floats = _split_options(method, _core_options(method, Z0))
+    extra = ({"seed": seed} if _accepts_seed(core) else {}) | ({"init": init} if init is not None else {})
+    return core(Z0, mask, **dict(static), **floats, **extra)
+
+
+def _solve(method: Method, Z_train, mask_train, z_test, reveal, seeds, mode: str, batch_size: int | None,
+           fitted: Any | None = None):
+    """Predicted rows ``[P, N]`` for ``P`` (test row, reveal, seed) problems, one compiled program."""
+    if mode == "fold_in":
+        fit = _fit(method, Z_train, mask_train, 0) if fitted is None else fitted
+        return _fold_rows(fit, z_test, reveal)
+    static, floats = _split_options(method, _core_options(method, Z_train))
     P = z_test.shape[0]
-    if batch_size is None or batch_size >= P:
-        run = jax.jit(jax.vmap(lambda z, r, s: one((z, r, s))))
-        return run(z_test, reveal, seeds)
-    run = jax.jit(partial(jax.lax.map, one, batch_size=batch_size))
-    return run((z_test, reveal, seeds))
+    sequential = METHODS[method.name].sequential
+    vmapped = not sequential and (batch_size is None or batch_size >= P)
+    run = _refit_program(method.name, static, vmapped, None if vmapped else batch_size)
+    return run(Z_train, mask_train, floats, z_test, reveal, seeds)
 
 
 def _predict(method: Method, Z_train, mask_train, z_test, reveal, seeds, mode: str, batch_size: int | None,
-             clip: bool) -> Array:
+             clip: bool, fitted: Any | None = None) -> Array:
     """``_solve`` on the prediction scale: probabilities for logistic methods, and with ``clip`` the
     predictions clipped to the range of the observed train entries."""
-    pred = _solve(method, Z_train, mask_train, z_test, reveal, seeds, mode, batch_size)
+    pred = _solve(method, Z_train, mask_train, z_test, reveal, seeds, mode, batch_size, fitted)
     if method.link == "logit":
         pred = jax.nn.sigmoid(pred)
     if clip:
@@ -323,12 +214,16 @@ def evaluate(
         be empty (the result then holds the reveal draws and ``hidden`` masks, for :meth:`ProtocolResult.add`).
       k: revealed entries per test row.
       seeds: one reveal draw (and model initialisation) per seed.
-      reveal: ``"without_replacement"`` or the reference code's ``"reference"`` scheme.
+      reveal: ``"without_replacement"`` (k distinct entries per row, ``jax.random`` seeded by the seed)
+        or ``"reference"``: the reference code's draw, ``numpy.random.default_rng(seed).choice(N, k)``
+        shared by all test rows (:func:`reveal_mask`).
       mode: ``"refit"`` (fit train rows + revealed entries per problem) or ``"fold_in"``.
       binary: ``Z`` is 0/1 (exact-match drop): labels are ``Z > 0.5``, predictions of logistic
         methods are probabilities, thresholds 0.5 (logit 0).
-      threshold: "forgotten" means ``Z > threshold`` for precision/recall/F1/AUC (default 0, or
-        0.5 when binary).
+      threshold: "forgotten" means ``Z > threshold`` for precision/recall/F1/AUC, and a prediction
+        above it is a predicted "forgotten" (default 0, or 0.5 when binary). On a real-valued Z
+        with mostly positive entries F1 says little (the all-positive baseline scores high); AUC
+        and precision@n rank entries and do not depend on it.
       top_n: n of precision@n.
       clip: clip predictions to the range of the observed train entries (what surprise does with
         its rating scale).
@@ -373,8 +268,10 @@ def evaluate(
     tr, te = np.asarray(train_rows), np.asarray(test_rows)
     Z_train, mask_train, Z_test, mask_test = Z0[tr], mask[tr], Z0[te], mask[te]
     S, T = len(seeds), len(test_rows)
-    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
-    rev = jax.vmap(lambda key: reveal_mask(key, mask_test, k, reveal))(keys)  # [S, T, N]
+    if reveal == "reference":
+        rev = jnp.asarray(np.stack([reference_reveal(s, np.asarray(mask_test), k) for s in seeds]))
+    else:
+        rev = _distinct_reveals(jnp.asarray(seeds), mask_test, k)  # [S, T, N]
     z_all = jnp.broadcast_to(Z_test[None], (S, T, N)).reshape(S * T, N)
     seed_all = jnp.repeat(jnp.asarray(seeds), T)
     hidden = mask_test[None] & ~rev
@@ -386,6 +283,7 @@ def evaluate(
                       methods={m.label: m.resolved for m in methods}),
         z_test=np.asarray(Z_test), hidden=np.asarray(hidden),
     )
+    result.score_baselines(Z_train, mask_train)
     for m, label in zip(methods, labels):
         t0 = time.perf_counter()
         pred = _predict(m, Z_train, mask_train, z_all, rev.reshape(S * T, N), seed_all, mode, batch_size, clip)
@@ -415,13 +313,21 @@ def complete_rows(
     seeds: int | Sequence[int] = 0,
     mode: str = "refit",
     clip: bool = False,
+    fitted: Any | None = None,
 ) -> np.ndarray:
     """Predicted full rows ``[P, N]`` for ``P`` new tasks of which only the ``revealed`` entries
     (``bool[P, N]``) of ``z_rows`` are measured, from fully (or partly: ``mask_train``) measured
     train rows ``Z_train [M, N]``: the protocol's solver outside the benchmark, e.g. to decide what
     to replay from a few measured entries. Entries of ``z_rows`` outside ``revealed`` are ignored
-    (NaN allowed). ``seeds``: one per row, or one for all. Logistic methods return probabilities."""
+    (NaN allowed). ``seeds``: one per row, or one for all. Logistic methods return probabilities.
+
+    ``mode="refit"`` fits ``Z_train`` plus each row (one compiled program per method and shape,
+    reused by later calls); ``mode="fold_in"`` folds the rows into one fit of ``Z_train``:
+    ``fitted`` (from :func:`fit_method` on the same ``Z_train``) skips that fit, for a stream of rows.
+    """
     check_choice("mode", mode, MODES)
+    if fitted is not None and mode != "fold_in":
+        raise ValueError("complete_rows: fitted= is a fit to fold rows into; it needs mode='fold_in'")
     m = method if isinstance(method, Method) else Method.parse(method)
     Z0, mask = prepare(Z_train, mask_train)
     z = np.asarray(z_rows, np.float32)
@@ -435,4 +341,4 @@ def complete_rows(
         raise ValueError("revealed entries of z_rows must be finite")
     seeds_arr = np.broadcast_to(np.asarray(seeds, np.int32), (z.shape[0],))
     return np.asarray(_predict(m, Z0, mask, jnp.asarray(np.where(rev, z, 0.0)), jnp.asarray(rev),
-                               jnp.asarray(seeds_arr), mode, None, clip))
+                               jnp.asarray(seeds_arr), mode, None, clip, fitted))
