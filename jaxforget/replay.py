@@ -56,6 +56,7 @@ from jaxforget.collect import (CollectConfig, Engine, Setup, TaskSchedule, Train
                                setup_from_run, task_seed)
 from jaxforget.completion import Method, complete_rows, evaluate, split_rows
 from jaxforget.data.batching import Batch
+from jaxforget.selection import sample_without_replacement
 from jaxforget.store import RunDir, RunError, atomic_write_json, atomic_write_npz, read_npz
 from jaxforget.tracking import open_tracker
 
@@ -169,22 +170,6 @@ def check_config(config: ReplayConfig) -> list[Strategy]:
 
 # ------------------------------------------------------------------------------------------------
 # choosing what to replay
-
-
-def sample_without_replacement(scores: Any, n: int, *, temperature: float, rng: np.random.Generator) -> np.ndarray:
-    """``n`` distinct indices drawn one after another with probability softmax(scores / temperature)
-    over the indices not drawn yet, in draw order (Gumbel-top-n: the n largest of scores / temperature
-    plus i.i.d. Gumbel noise). Non-finite scores are an error."""
-    scores = np.asarray(scores, np.float64)
-    if scores.ndim != 1:
-        raise ValueError(f"scores must be one-dimensional, got shape {scores.shape}")
-    if not np.isfinite(scores).all():
-        bad = np.flatnonzero(~np.isfinite(scores))
-        raise ValueError(f"scores have {bad.size} non-finite entries (first at {int(bad[0])})")
-    if not 0 <= n <= scores.size:
-        raise ValueError(f"cannot draw {n} distinct items from {scores.size}")
-    keys = scores / temperature + rng.gumbel(size=scores.size)
-    return np.argsort(-keys, kind="stable")[:n]
 
 
 def spread(n_items: int, n_slots: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from jaxforget.collect.config import CollectConfig, check_config, config_dict
 from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
 from jaxforget.collect.engine import batch_sharding, build_engine
 from jaxforget.collect.loop import TaskFailed, run_schedule, train_group
-from jaxforget.collect.setup import Setup, build_setup
+from jaxforget.collect.setup import build_setup
 from jaxforget.completion import fit_table
 from jaxforget.exact_match import make_em_eval
 from jaxforget.store import RunDir, atomic_write_jsonl
@@ -176,7 +176,7 @@ def collect(config: CollectConfig, echo=print) -> int:
                  "assembles Z once they are finished")
         else:
             out = run.assemble(task_names, example_ids, em_base_correct_only=config.eval.em_base_correct_only)
-            _write_tasks_jsonl(run, task_names, setup)
+            write_tasks_jsonl(run, task_names, [len(setup.task_train[n]) for n in task_names])
             all_failed = [str(run.read_row(j)["name"]) for j in range(len(task_names))
                           if str(run.read_row(j)["status"]) == "failed"]
             run.update_meta(status="complete" if not all_failed else "complete_with_failures",
@@ -212,13 +212,15 @@ def _record_group(group: list[int], results: list, *, run: RunDir, task_names: l
     tracker.flush()
 
 
-def _write_tasks_jsonl(run: RunDir, task_names: list[str], setup: Setup) -> None:
+def write_tasks_jsonl(run: RunDir, task_names: list[str], n_train: list[int]) -> None:
+    """tasks.jsonl from the run's rows: per task its status, training examples (`n_train`, in task order),
+    tokens, steps, first and final training loss and wall time."""
     records = []
     for j, name in enumerate(task_names):
         row = run.read_row(j)
         losses = row.get("train_losses", np.zeros(0))
         records.append(dict(
-            name=name, status=str(row["status"]), reason=str(row["reason"]), n_train=len(setup.task_train[name]),
+            name=name, status=str(row["status"]), reason=str(row["reason"]), n_train=n_train[j],
             n_train_tokens=int(row["train_tokens"]) if "train_tokens" in row else None,
             steps=int(row["steps_run"]) if "steps_run" in row else None,
             train_loss_before=float(losses[0]) if losses.size else None,

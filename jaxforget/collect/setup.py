@@ -52,6 +52,21 @@ class Setup:
         return 0
 
 
+def tasks_path(config: CollectConfig, world_dir: Path | None = None) -> Path:
+    """Where the run's tasks come from: --data.tasks, else the built-in world's task files (`world_dir`,
+    or the cached world, built on first use)."""
+    if config.data.tasks is not None:
+        return Path(config.data.tasks)
+    return (world_dir or ensure_world(config.world, vocab_size=config.base.vocab_size)) / "tasks"
+
+
+def task_train_examples(records: list[readers.TaskExample], tokenizer, config: CollectConfig) -> list[Tokenized]:
+    """A task's training split (seeded by --data.seed and the task's name), tokenised as collect trains it."""
+    d = config.data
+    train, _ = readers.split_task(records, val_fraction=d.val_fraction, seed=d.seed)
+    return tokenize.tokenize_tasks(train, tokenizer, tokenize.TokenizeConfig(max_len=d.task_max_len))
+
+
 def build_setup(config: CollectConfig, echo=print) -> Setup:
     """Model (on the mesh), tokenizer, upstream sample and tasks. In a multi-process run (after
     `init_distributed`) every process calls it; process 0 builds the built-in world and base model
@@ -81,16 +96,12 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     upstream = readers.sample_upstream(upstream_all, d.n_upstream, seed=d.seed, stratify=d.stratify)
     upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer, tokenize.TokenizeConfig(max_len=d.max_len))
 
-    tasks = readers.read_tasks(d.tasks if d.tasks is not None else world_dir / "tasks")
+    tasks = readers.read_tasks(tasks_path(config, world_dir))
     names = list(d.task_names) or sorted(tasks)
     unknown = [n for n in names if n not in tasks]
     if unknown:
         raise ValueError(f"--data.task-names: unknown task(s) {unknown}; available: {sorted(tasks)}")
-    tcfg = tokenize.TokenizeConfig(max_len=d.task_max_len)
-    task_train = {}
-    for n in names:
-        train, _ = readers.split_task(tasks[n], val_fraction=d.val_fraction, seed=d.seed)
-        task_train[n] = tokenize.tokenize_tasks(train, tokenizer, tcfg)
+    task_train = {n: task_train_examples(tasks[n], tokenizer, config) for n in names}
     em_set = None
     if "em" in config.eval.metrics:
         records = readers.read_task_file(d.em_upstream, "em_upstream", check_task_field=False)

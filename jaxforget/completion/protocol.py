@@ -146,12 +146,14 @@ def _fold_rows(fit: Any, z: Array, reveal: Array) -> Array:
     return fit.fold_in(z, reveal)
 
 
-def fit_method(Z_train: Any, method: str | Method = "mf", *, mask_train: Any | None = None, seed: int = 0) -> Any:
+def fit_method(Z_train: Any, method: str | Method = "mf", *, mask_train: Any | None = None, seed: int = 0,
+               init: Any | None = None) -> Any:
     """Fit a registered method (with the protocol's defaults) once on ``Z_train``: the fit that
-    ``mode="fold_in"`` folds new rows into (``complete_rows(..., fitted=fit)`` reuses it)."""
+    ``mode="fold_in"`` folds new rows into (``complete_rows(..., fitted=fit)`` reuses it). ``init``:
+    a previous fit to start from, for the cores that take one (``additive``, ``mf``)."""
     m = method if isinstance(method, Method) else Method.parse(method)
     Z0, mask = prepare(Z_train, mask_train)
-    return _fit(m, Z0, mask, seed)
+    return _fit(m, Z0, mask, seed, init)
 
 
 def _fit(method: Method, Z0: Array, mask: Array, seed: int, init: Any | None = None) -> Any:

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxforget.completion._common import prepare
 from jaxforget.completion.additive import AdditiveFit
-from jaxforget.completion.protocol import _fit, complete_rows
+from jaxforget.completion.protocol import complete_rows, fit_method
 from jaxforget.completion.registry import Method
 
 WARM_STARTED = ("additive", "mf")
@@ -53,7 +53,7 @@ class Completer:
         Z0, m = prepare(Z, mask)
         self._Z, self._mask = np.asarray(Z0), np.asarray(m)
         self.seed, self.clip = int(seed), bool(clip)
-        self.fit = _fit(self.method, Z0, m, self.seed)
+        self.fit = fit_method(Z0, self.method, mask_train=m, seed=self.seed)
         self.warm_starts = 0  # appends that refined the previous fit instead of refitting from scratch
 
     @property
@@ -88,7 +88,7 @@ class Completer:
             raise ValueError(f"append: mask_rows {m.shape} does not match z_rows {z.shape}")
         Z0, mask = prepare(np.concatenate([self._Z, z]), np.concatenate([self._mask, m]))
         init = self._warm_start(z.shape[0])
-        self.fit = _fit(self.method, Z0, mask, self.seed, init)
+        self.fit = fit_method(Z0, self.method, mask_train=mask, seed=self.seed, init=init)
         self._Z, self._mask = np.asarray(Z0), np.asarray(mask)
         self.warm_starts += init is not None
 

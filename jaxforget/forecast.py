@@ -1,0 +1,307 @@
+"""``python -m jaxforget.forecast``: what a new fine-tuning task will make the model forget, from k measurements.
+
+For a task that is not in a collected run: fine-tune the run's base model on it with the run's
+settings (the same engine, schedule and seed rule as collect), measure the NLL of ``k`` upstream
+examples drawn at random (seeded) — after training, or with ``--online`` after the first
+``--online-fraction`` of the steps — and complete the task's row of Z against the run's matrix by
+fold-in (``jaxforget.completion.Completer``: one fit of the run's Z, no refit). Costs ``k`` forward
+passes instead of N.
+
+    python -m jaxforget.forecast runs/default --task my_task.jsonl
+    python -m jaxforget.forecast runs/default --task dialogue_reply --measure-all --seeds 0 1 2
+    python -m jaxforget.forecast runs/default --task dialogue_reply --measure-all --append   # Z grows by a row
+
+``--task`` is a task file (JSONL, the task formats collect reads) or the name of a task of the run's
+task source (``--data.tasks`` or the built-in world) that the run did not train. Outputs (``--out``,
+default ``RUN/forecast/<task>``):
+
+- ``forecast.npz``: per method and seed the predicted row ``[N]`` (revealed entries hold the measured
+  values), the revealed example indices, the trivial baselines' rows, and with ``--measure-all`` the
+  measured row ``z``;
+- ``top.jsonl`` and ``top.md``: the ``--top-n`` examples predicted to be most forgotten (first method,
+  first seed), with their text;
+- ``replay.jsonl`` (or ``--replay-out``): a replay set drawn as ``python -m jaxforget.replay`` draws one:
+  ``--ratio`` examples per training example, without replacement, probability softmax(prediction / τ);
+- ``summary.json`` and ``report.md``: forward passes spent (k per seed) against N; with
+  ``--measure-all`` the forecast's RMSE, ROC-AUC (forgotten: z > ``--threshold``) and precision@n on
+  the examples not measured, beside the trivial baselines, mean ± std over seeds.
+
+``--append`` (with ``--measure-all``) writes the measured row into the run as task M + 1: its row file,
+``meta.json`` (task names and ``data.task_names``), ``forgetting.npz`` and ``tasks.jsonl``, as if collect
+had been run with the task listed last from the start (same seed rule, same batches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from jaxforget.cli import run as run_cli
+from jaxforget.collect import TrainLoop, build_engine, setup_from_run, task_seed
+from jaxforget.collect.run import write_tasks_jsonl
+from jaxforget.collect.setup import task_train_examples, tasks_path
+from jaxforget.completion import BASELINES, Completer, Method, all_metrics, baseline_predictions
+from jaxforget.data import readers
+from jaxforget.selection import sample_without_replacement
+from jaxforget.store import RunDir, RunError, atomic_write_json, atomic_write_jsonl, atomic_write_npz
+
+
+@dataclasses.dataclass(frozen=True)
+class ForecastConfig:
+    """Forecast a new task's row of Z from k measured entries (and optionally measure it all, or add it to the run)."""
+
+    run: tyro.conf.Positional[Path]
+    """A complete collect run directory (its forgetting.npz is the matrix the row is completed against)."""
+    task: str
+    """A task JSONL file, or the name of a task in the run's task source that the run did not train."""
+    k: int = 30
+    """Upstream examples measured (per seed), drawn uniformly at random without replacement."""
+    methods: tuple[str, ...] = ("mf", "knn_baseline", "additive")
+    """Completion methods (as python -m jaxforget.predict takes them); the first one ranks top.jsonl and the replay set."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds of the k-example draw and of the completion fits; each seed is one forecast."""
+    online: bool = False
+    """Measure the k examples after the first --online-fraction of the training steps instead of at the end."""
+    online_fraction: float = 0.1
+    """--online: the fraction of steps trained before the k examples are measured."""
+    measure_all: bool = False
+    """Also finish training and measure every upstream example: the forecast is scored against the true row."""
+    append: bool = False
+    """With --measure-all: add the measured row to the run (Z grows by one task; the run stays resumable)."""
+    top_n: int = 100
+    """Examples listed in top.jsonl / top.md, and n of precision@n."""
+    threshold: float = 0.0
+    """Forgotten means z > threshold (ROC-AUC labels)."""
+    ratio: float = 1 / 32
+    """Replay set size: this many upstream examples per training example of the task (the paper's 1/32)."""
+    temperature: float = 0.1
+    """Replay set draw: probability softmax(prediction / temperature), without replacement."""
+    replay_out: Path | None = None
+    """Where to write the replay set (JSONL). Default: OUT/replay.jsonl."""
+    out: Path | None = None
+    """Output directory. Default: RUN/forecast/<task>."""
+    quiet: bool = False
+    """No jaxforget INFO log lines."""
+
+
+def check_config(config: ForecastConfig) -> list[Method]:
+    methods = [Method.parse(m) for m in config.methods]
+    if not methods:
+        raise ValueError("--methods: give at least one completion method")
+    if any(m.link == "logit" for m in methods):
+        raise ValueError("--methods: logistic methods are for binary matrices; forecast completes NLL increases")
+    if config.k < 1:
+        raise ValueError(f"--k must be >= 1, got {config.k}")
+    if not config.seeds:
+        raise ValueError("--seeds: give at least one")
+    if not 0 < config.online_fraction < 1:
+        raise ValueError(f"--online-fraction must be in (0, 1), got {config.online_fraction}")
+    if config.top_n < 1:
+        raise ValueError(f"--top-n must be >= 1, got {config.top_n}")
+    if not math.isfinite(config.threshold):
+        raise ValueError(f"--threshold must be finite, got {config.threshold}")
+    if not 0 <= config.ratio <= 1 or not config.temperature > 0:
+        raise ValueError("--ratio must be in [0, 1] and --temperature > 0")
+    if config.append and not config.measure_all:
+        raise ValueError("--append adds the measured row to the run: add --measure-all")
+    return methods
+
+
+def read_task(config: ForecastConfig, cc) -> tuple[str, list[readers.TaskExample], bool]:
+    """(name, examples, from the run's own task source) of --task."""
+    path = Path(config.task)
+    if path.suffix == ".jsonl" or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"--task {config.task}: no such file")
+        name = path.stem
+        return name, readers.read_task_file(path, name, check_task_field=False), False
+    source = tasks_path(cc)
+    tasks = readers.read_tasks(source)
+    if config.task not in tasks:
+        raise ValueError(f"--task {config.task!r}: not a file, and not a task of the run's source {source} "
+                         f"(its tasks: {sorted(tasks)})")
+    return config.task, tasks[config.task], True
+
+
+def probe_indices(n: int, k: int, seed: int) -> np.ndarray:
+    """The k distinct upstream examples measured for `seed` (sorted)."""
+    if k > n:
+        raise ValueError(f"--k {k}: the run has only {n} upstream examples")
+    return np.sort(np.random.default_rng([seed, 23]).choice(n, k, replace=False))
+
+
+def main(config: ForecastConfig, echo=print) -> dict:
+    methods = check_config(config)
+    run = RunDir(config.run)
+    cc, setup, meta = setup_from_run(config.run, echo)
+    if not run.forgetting_path.exists():
+        raise RunError(f"{run.forgetting_path}: the run is not complete (finish it, or merge its shards with "
+                       f"python -m jaxforget.collect --merge {run.root})")
+    with np.load(run.forgetting_path) as f:
+        Z = f["Z"].astype(np.float32)
+    name, records, from_source = read_task(config, cc)
+    if name in setup.task_names:
+        raise ValueError(f"--task {name!r} is already a task of the run (row {setup.task_names.index(name)}); "
+                         "forecast is for a task the run did not train")
+    if config.append:
+        if not from_source:
+            raise ValueError(f"--append: {config.task} is not in the run's task source {tasks_path(cc)}; put the file "
+                             "there (so that the run can be rebuilt and resumed from its configuration) and give its name")
+        if cc.eval.eval_every or "em" in meta["config"]["eval"]["metrics"]:
+            raise ValueError("--append: the run measures per-step or exact-match forgetting, which forecast does not")
+    M, N = Z.shape
+    ok = np.isfinite(Z).any(axis=1)
+    Z_run = Z[ok]
+    probes = {s: probe_indices(N, config.k, s) for s in config.seeds}
+    union = np.unique(np.concatenate(list(probes.values())))
+    nll_before = run.read_base()["nll_before"]
+    out_dir = config.out or run.root / "forecast" / name
+    echo(f"forecast {name}: fine-tune the run's base with its settings ({cc.train.mode}), measure {config.k} of "
+         f"{N} upstream examples per seed {'after ' + format(config.online_fraction, 'g') + ' of the steps' if config.online else 'after training'}; "
+         f"complete against the run's {int(ok.sum())} tasks by fold-in ({', '.join(m.label for m in methods)})")
+
+    # fine-tune as collect would train this task as row M (the same seed rule: --append reproduces collect)
+    engine = build_engine(setup, cc)
+    examples = task_train_examples(records, setup.tokenizer, cc)
+    plan = engine.schedule(name, examples, task_seed(cc.train.seed, M))
+    switch = max(1, math.ceil(config.online_fraction * plan.n_steps)) if config.online else plan.n_steps
+    loop = TrainLoop(engine, [plan], engine.start([engine.initial_params(M, cc.train.seed)]),
+                     log_every=cc.log_every)
+    probe_eval = engine.evaluator([setup.upstream_tok[j] for j in union])
+    t0, z_union = time.perf_counter(), None
+    for done, _ in loop:
+        if done == switch:
+            z_union = probe_eval(loop.state.params)[0] - nll_before[union]
+            if not config.measure_all:
+                break
+    if loop.failed[0]:
+        raise RunError(f"task {name}: {loop.failed[0]}")
+    nll_after = engine.evaluate(loop.state.params)[0] if config.measure_all else None
+    z_true = nll_after - nll_before if config.measure_all else None
+    seconds = time.perf_counter() - t0
+
+    # complete the row, once per method and seed; baselines on the same revealed entries
+    rows, revealed_all = {}, {}
+    for s in config.seeds:
+        revealed = np.zeros(N, bool)
+        revealed[probes[s]] = True
+        z_row = np.full(N, np.nan, np.float32)
+        z_row[union] = z_union
+        z_row[~revealed] = np.nan
+        revealed_all[s] = revealed
+        for m in methods:
+            pred = Completer(Z_run, method=m, seed=s).fold_in(np.nan_to_num(z_row)[None], revealed[None])[0]
+            rows[m.label, s] = np.where(revealed, z_row, np.asarray(pred)).astype(np.float32)
+        base = baseline_predictions(Z_run, np.isfinite(Z_run), np.nan_to_num(z_row)[None], revealed[None, None])
+        for b, v in base.items():
+            rows[b, s] = np.where(revealed, z_row, np.asarray(v)[0, 0]).astype(np.float32)
+
+    scores = _score(rows, revealed_all, z_true, config) if z_true is not None else None
+    summary = dict(task=name, run=str(run.root), k=config.k, n_upstream=N, seeds=list(config.seeds),
+                   methods=[m.label for m in methods], online=config.online, steps=plan.n_steps,
+                   measured_at_step=switch, forward_passes=dict(per_seed=config.k, all_seeds=int(union.size),
+                                                                measure_all=N if config.measure_all else 0),
+                   seconds=seconds, scores=scores)
+    _write_outputs(out_dir, config, summary, rows, revealed_all, z_true, setup, nll_before, len(examples))
+    if config.append:
+        n_train = [len(setup.task_train[n]) for n in setup.task_names] + [len(examples)]
+        _append(run, meta, cc, name, loop, plan, nll_after, seconds, n_train)
+        echo(f"appended {name} to {run.root} as task {M} (Z is now {M + 1} x {N})")
+    echo((out_dir / "report.md").read_text())
+    return summary
+
+
+def _score(rows: dict, revealed: dict, z_true: np.ndarray, config: ForecastConfig) -> dict:
+    """Per predictor: RMSE, ROC-AUC and precision@n on the entries not measured, mean and std over seeds."""
+    labels = sorted({label for label, _ in rows}, key=lambda x: (x in BASELINES, x))
+    out = {}
+    for label in labels:
+        per_seed = []
+        for s in config.seeds:
+            hidden = ~revealed[s]
+            m = all_metrics(rows[label, s][None], z_true[None], hidden[None], threshold=config.threshold,
+                            top_n=config.top_n)
+            per_seed.append({k: float(v) for k, v in m.items() if k in ("rmse", "auc", f"precision@{config.top_n}")})
+        out[label] = {k: dict(mean=float(np.mean([p[k] for p in per_seed])), std=float(np.std([p[k] for p in per_seed])))
+                      for k in per_seed[0]}
+    return out
+
+
+def _write_outputs(out: Path, config: ForecastConfig, summary: dict, rows: dict, revealed: dict, z_true, setup,
+                   nll_before: np.ndarray, n_train: int) -> None:
+    first, s0 = summary["methods"][0], config.seeds[0]
+    arrays = {f"pred/{label}/seed{s}": v for (label, s), v in rows.items()}
+    arrays.update({f"revealed/seed{s}": np.flatnonzero(v) for s, v in revealed.items()})
+    if z_true is not None:
+        arrays["z"] = z_true.astype(np.float32)
+    atomic_write_npz(out / "forecast.npz", example_ids=np.asarray([ex.id for ex in setup.upstream]), **arrays)
+    pred = rows[first, s0]
+    order = np.argsort(-pred, kind="stable")[: config.top_n]
+    top = [dict(rank=r + 1, index=int(j), id=setup.upstream[j].id, source=setup.upstream[j].source,
+                predicted=float(pred[j]), measured=bool(revealed[s0][j]), nll_before=float(nll_before[j]),
+                text=setup.upstream[j].text) for r, j in enumerate(order)]
+    atomic_write_jsonl(out / "top.jsonl", top)
+    md = ["| rank | id | source | predicted z | text |", "|---|---|---|---|---|"]
+    md += [f"| {t['rank']} | {t['id']} | {t['source']} | {t['predicted']:+.4f}{' (measured)' if t['measured'] else ''} | "
+           f"{' '.join(t['text'].split())[:80].replace('|', '/')} |" for t in top]
+    (out / "top.md").write_text("\n".join(md) + "\n")
+    n_replay = min(len(pred), round(n_train * config.ratio))
+    draw = sample_without_replacement(pred, n_replay, temperature=config.temperature,
+                                      rng=np.random.default_rng([s0, 29]))
+    atomic_write_jsonl(config.replay_out or out / "replay.jsonl", [
+        dict(id=setup.upstream[j].id, source=setup.upstream[j].source, predicted=float(pred[j]),
+             text=setup.upstream[j].text) for j in draw])
+    summary["replay_set"] = dict(n=int(n_replay), ratio=config.ratio, temperature=config.temperature,
+                                 path=str(config.replay_out or out / "replay.jsonl"))
+    atomic_write_json(out / "summary.json", summary)
+    (out / "report.md").write_text(report_markdown(summary))
+
+
+def report_markdown(summary: dict) -> str:
+    fp = summary["forward_passes"]
+    lines = [f"# Forecast of {summary['task']} on {summary['run']}", "",
+             f"{summary['k']} of {summary['n_upstream']} upstream examples measured per seed "
+             f"({'after step ' + str(summary['measured_at_step']) + ' of ' if summary['online'] else 'after '}"
+             f"{summary['steps']} steps): {fp['per_seed']} forward passes instead of {summary['n_upstream']} "
+             f"({fp['per_seed'] / summary['n_upstream']:.1%}); seeds {summary['seeds']}.",
+             f"Replay set: {summary['replay_set']['n']} examples in {summary['replay_set']['path']}.", ""]
+    scores = summary["scores"]
+    if scores is None:
+        lines.append("Not scored (add --measure-all to measure the whole row and score the forecast).")
+        return "\n".join(lines) + "\n"
+    keys = list(next(iter(scores.values())))
+    lines += ["| predictor | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for label, m in scores.items():
+        cells = [f"{m[k]['mean']:.4f} ± {m[k]['std']:.4f}" for k in keys]
+        lines.append(f"| {label}{' (baseline)' if label in BASELINES else ''} | " + " | ".join(cells) + " |")
+    lines += ["", "On the examples not measured; mean ± std over seeds. AUC: forgotten means z > threshold; a "
+              "constant predictor scores 0.5 and precision@n at chance."]
+    return "\n".join(lines) + "\n"
+
+
+def _append(run: RunDir, meta: dict, cc, name: str, loop: TrainLoop, plan, nll_after: np.ndarray, seconds: float,
+            n_train: list[int]) -> None:
+    """The measured row as the run's task M, and every file that names the tasks updated to match."""
+    names = list(meta["task_names"])
+    M = len(names)
+    run.write_row(M, name=name, nll_after=nll_after, train_losses=np.asarray(loop.losses[0], np.float32),
+                  steps_run=np.asarray(plan.n_steps), train_tokens=np.asarray(loop.n_tokens[0]),
+                  seconds=np.asarray(seconds), seed=np.asarray(plan.seed))
+    config = dict(meta["config"])
+    config["data"] = {**config["data"], "task_names": names + [name]}
+    run.update_meta(task_names=names + [name], config=config)
+    run.assemble(names + [name], list(meta["example_ids"]), em_base_correct_only=cc.eval.em_base_correct_only)
+    write_tasks_jsonl(run, names + [name], n_train)
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    return run_cli(ForecastConfig, main, argv, errors=(ValueError, FileNotFoundError, RunError))
+
+
+if __name__ == "__main__":
+    cli()
