@@ -55,7 +55,10 @@ def test_forecast_measures_k_scores_against_the_row_and_appends_it_as_collect_wo
     assert len(top) == 5 and [t["predicted"] for t in top] == sorted((t["predicted"] for t in top), reverse=True)
     replay = [json.loads(x) for x in (out / "replay.jsonl").read_text().splitlines()]
     assert len({r["id"] for r in replay}) == len(replay) == summary["replay_set"]["n"] > 0
-    # --append: the run now holds the three tasks, as if collected with all of them from the start
+    # --append, then collect --merge: the run now holds the three tasks, as if collected with all of them
+    from jaxforget.collect import merge
+
+    merge(run, echo=lambda *_: None)
     got, meta, ref_meta = np.load(RunDir(run).forgetting_path), RunDir(run).read_meta(), RunDir(tiny_run).read_meta()
     assert got["task_names"].tolist() == list(TASKS) and meta["task_names"] == list(TASKS)
     np.testing.assert_allclose(got["Z"], ref["Z"], rtol=0, atol=1e-6)
