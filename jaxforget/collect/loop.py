@@ -163,9 +163,11 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
     A task whose loss or NLL is non-finite fails alone: its slot stops training, the others go on.
     The group checkpoints as one unit in checkpoints/task_<first index> (fault point
     ``checkpoint:<first index>:<step>``). `progress` advances by one per task step, to the sum of the
-    tasks' steps (steps trained before a resume, or lost to a failure, are added at the end). Row fields: nll_after [N], train_losses, steps_run,
-    train_tokens, seconds (wall time of the whole group), seed; nll_steps [T, N] and steps [T] with
-    --eval.eval-every; with --save-models the fine-tuned model is written to RUN/models/<task>.
+    tasks' steps (steps trained before a resume, or lost to a failure, are added at the end).
+
+    Row fields: nll_after [N], train_losses, steps_run, train_tokens, seconds (wall time of the whole
+    group), seed; nll_steps [T, N] and steps [T] with --eval.eval-every; with --save-models the
+    fine-tuned model is written to RUN/models/<task>.
     """
     t, K, n_real = config.train, engine.k, len(indices)
     names = [setup.task_names[i] for i in indices]
