@@ -38,6 +38,12 @@ class DataConfig:
     """Sampling of upstream examples by source/domain."""
     task_names: tuple[str, ...] = ()
     """Only these tasks (default: all), in this order."""
+    nll_tokens: Literal["auto", "paper", "builtin"] = "auto"
+    """Which tokens an upstream example's mean NLL averages over. paper: the model's tokenizer applied as
+    `tokenizer(text)` does (its own special tokens only), every token with a predecessor scored, no EOS
+    appended (Jin & Ren; vLLM prompt log-probs). builtin: BOS (EOS when the tokenizer has none) prepended,
+    EOS appended and scored (how the built-in base model was pretrained). auto: paper with --model.path,
+    builtin for the built-in base model. The resolved policy is recorded in meta.json."""
     max_len: int = 64
     """Upstream examples are cut to this many tokens (the count of truncated examples is logged)."""
     task_max_len: int = 96
@@ -163,6 +169,13 @@ class CollectConfig:
     quiet: bool = False
     """No progress bar and no jaxforget INFO log lines (the per-task results, warnings, errors and the summary
     still print). Other libraries' INFO lines are off unless --verbose."""
+
+    @property
+    def nll_tokens(self) -> Literal["paper", "builtin"]:
+        """--data.nll-tokens resolved: 'auto' is 'builtin' for the built-in base model, else 'paper'."""
+        if self.data.nll_tokens != "auto":
+            return self.data.nll_tokens
+        return "builtin" if self.model.path is None else "paper"
 
     @property
     def shard_index(self) -> tuple[int, int]:
