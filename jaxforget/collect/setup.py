@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxforget import models
 from jaxforget.cli import config_from_dict
-from jaxforget.collect.config import CollectConfig
+from jaxforget.collect.config import CollectConfig, task_field_map, upstream_field_map
 from jaxforget.collect.distributed import is_primary, on_primary
 from jaxforget.data import readers, tokenize
 from jaxforget.data.tokenize import Tokenized
@@ -92,11 +92,12 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     if tokenizer is None:
         raise FileNotFoundError(f"{model_dir}: no tokenizer files; collect needs the model's tokenizer")
 
-    upstream_all = readers.read_upstream(d.upstream if d.upstream is not None else world_dir / "upstream.jsonl")
-    upstream = readers.sample_upstream(upstream_all, d.n_upstream, seed=d.seed, stratify=d.stratify)
+    upstream = readers.sample_upstream_files(d.upstream if d.upstream is not None else world_dir / "upstream.jsonl",
+                                             d.n_upstream, seed=d.seed, stratify=d.stratify,
+                                             fields=upstream_field_map(d))
     upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer, tokenize.TokenizeConfig(max_len=d.max_len, nll_tokens=config.nll_tokens))
 
-    tasks = readers.read_tasks(tasks_path(config, world_dir))
+    tasks = readers.read_tasks(tasks_path(config, world_dir), task_field_map(d))
     names = list(d.task_names) or sorted(tasks)
     unknown = [n for n in names if n not in tasks]
     if unknown:
