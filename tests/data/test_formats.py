@@ -187,3 +187,10 @@ def test_streamed_sample_holds_no_more_than_the_sample(tmp_path):
     held = read_upstream(f)
     assert peak < 1e6  # holding the corpus would take > 8 MB (20k examples of ~400 bytes)
     assert len(held) == 20_000
+
+
+def test_collect_refuses_a_bad_field_mapping_at_start():
+    from jaxforget.collect.config import CollectConfig, DataConfig, check_config
+
+    with pytest.raises(ValueError, match=r"--data.task-fields: .*unknown role 'answer' for preset 'flan'"):
+        check_config(CollectConfig(data=DataConfig(task_preset="flan", task_fields=("answer=output",))))
