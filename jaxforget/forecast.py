@@ -43,6 +43,7 @@ import tyro
 
 from jaxforget.cli import run as run_cli
 from jaxforget.collect import TrainLoop, build_engine, setup_from_run, task_seed
+from jaxforget.collect.config import task_field_map
 from jaxforget.collect.run import write_tasks_jsonl
 from jaxforget.collect.setup import task_train_examples, tasks_path
 from jaxforget.completion import BASELINES, Completer, Method, all_metrics, baseline_predictions
@@ -119,9 +120,9 @@ def read_task(config: ForecastConfig, cc) -> tuple[str, list[readers.TaskExample
         if not path.is_file():
             raise FileNotFoundError(f"--task {config.task}: no such file")
         name = path.stem
-        return name, readers.read_task_file(path, name, check_task_field=False), False
+        return name, readers.read_task_file(path, name, check_task_field=False, fields=task_field_map(cc.data)), False
     source = tasks_path(cc)
-    tasks = readers.read_tasks(source)
+    tasks = readers.read_tasks(source, task_field_map(cc.data))
     if config.task not in tasks:
         raise ValueError(f"--task {config.task!r}: not a file, and not a task of the run's source {source} "
                          f"(its tasks: {sorted(tasks)})")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxforget.cli import to_jsonable
+from jaxforget.data.fields import FieldMap, field_map
 from jaxforget.data.world import WorldConfig
 from jaxforget.pretrain import BaseModelConfig, PretrainTrainConfig
 
@@ -29,15 +30,35 @@ class DataConfig:
     """Upstream examples and tasks."""
 
     upstream: Path | None = None
-    """Upstream corpus: JSONL with `text` (optional `id`, `source`) or .txt files. Default: the built-in world's."""
+    """Upstream corpus: a .jsonl, .jsonl.gz / .json.gz, .parquet or .txt file, a datasets.save_to_disk directory,
+    or a directory of them (records with `text`, optional `id`, `source`; see --data.upstream-preset). Default:
+    the built-in world's."""
+    upstream_preset: Literal["auto", "dolma", "pile"] = "auto"
+    """Fields of upstream records. auto: text, optional id and source (or domain). dolma: text, id, source.
+    pile: text, meta.pile_set_name as the source (domain)."""
+    upstream_fields: tuple[str, ...] = ()
+    """Overrides of the preset's fields, role=field (roles text, id, source; dotted for nested), e.g. text=content."""
     tasks: Path | None = None
-    """Tasks: a directory of JSONL files (one task each) or one JSONL with a `task` field. Default: the world's."""
+    """Tasks: a directory of record files (one task each; formats as --data.upstream) or one file whose records
+    name their task (see --data.task-preset). Default: the world's."""
+    task_preset: Literal["auto", "flan", "dolly", "tulu"] = "auto"
+    """Fields of task records. auto: prompt/completion, messages or text (task). flan: inputs -> targets
+    (task_name). dolly: "Context: {context}\\n\\n{instruction}" (context non-empty) -> response (category).
+    tulu: messages, first user turn -> first assistant turn, system skipped (dataset)."""
+    task_fields: tuple[str, ...] = ()
+    """Overrides of the task preset's fields, role=field (e.g. prompt=question completion=answer task=source)."""
     n_upstream: int = 2000
     """Upstream examples to measure (seeded sample; all if the corpus is smaller)."""
     stratify: Literal["none", "proportional", "balanced"] = "proportional"
     """Sampling of upstream examples by source/domain."""
     task_names: tuple[str, ...] = ()
     """Only these tasks (default: all), in this order."""
+    nll_tokens: Literal["auto", "paper", "builtin"] = "auto"
+    """Which tokens an upstream example's mean NLL averages over. paper: the model's tokenizer applied as
+    `tokenizer(text)` does (its own special tokens only), every token with a predecessor scored, no EOS
+    appended (Jin & Ren; vLLM prompt log-probs). builtin: BOS (EOS when the tokenizer has none) prepended,
+    EOS appended and scored (how the built-in base model was pretrained). auto: paper with --model.path,
+    builtin for the built-in base model. The resolved policy is recorded in meta.json."""
     max_len: int = 64
     """Upstream examples are cut to this many tokens (the count of truncated examples is logged)."""
     task_max_len: int = 96
@@ -165,6 +186,13 @@ class CollectConfig:
     still print). Other libraries' INFO lines are off unless --verbose."""
 
     @property
+    def nll_tokens(self) -> Literal["paper", "builtin"]:
+        """--data.nll-tokens resolved: 'auto' is 'builtin' for the built-in base model, else 'paper'."""
+        if self.data.nll_tokens != "auto":
+            return self.data.nll_tokens
+        return "builtin" if self.model.path is None else "paper"
+
+    @property
     def shard_index(self) -> tuple[int, int]:
         if self.shard is None:
             return 0, 1
@@ -198,6 +226,7 @@ def check_config(config: CollectConfig) -> None:
         raise ValueError("--eval.metrics must include nll (Z); em is measured in addition to it")
     if "em" in e.metrics and d.em_upstream is None:
         raise ValueError("--eval.metrics em needs --data.em-upstream (prompt/completion or messages records)")
+    upstream_field_map(d), task_field_map(d)  # unknown roles or malformed role=field fail here
     if d.n_upstream < 1:
         raise ValueError("--data.n-upstream must be >= 1")
     if config.tasks_per_step < 1:
@@ -222,6 +251,22 @@ def check_config(config: CollectConfig) -> None:
                        ("--data.em-upstream", d.em_upstream)):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{name} {path}: no such file or directory")
+
+
+def upstream_field_map(d: DataConfig) -> FieldMap:
+    """--data.upstream-preset with --data.upstream-fields applied."""
+    try:
+        return field_map(d.upstream_preset, d.upstream_fields, kind="upstream")
+    except ValueError as e:
+        raise ValueError(f"--data.upstream-fields: {e}") from None
+
+
+def task_field_map(d: DataConfig) -> FieldMap:
+    """--data.task-preset with --data.task-fields applied."""
+    try:
+        return field_map(d.task_preset, d.task_fields, kind="task")
+    except ValueError as e:
+        raise ValueError(f"--data.task-fields: {e}") from None
 
 
 def config_dict(config: CollectConfig) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def collect(config: CollectConfig, echo=print) -> int:
     run = RunDir(config.out)
     task_names = setup.task_names
     example_ids = [ex.id for ex in setup.upstream]
-    meta = dict(config=config_dict(config), model_dir=str(setup.model_dir.resolve()), task_names=task_names,
+    meta = dict(config=config_dict(config), nll_tokens=config.nll_tokens, model_dir=str(setup.model_dir.resolve()), task_names=task_names,
                 em_example_ids=setup.em_set.ids if setup.em_set is not None else None,
                 example_ids=example_ids, seeds=dict(data=config.data.seed, train=config.train.seed,
                                                     world=config.world.seed),

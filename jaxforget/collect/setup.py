@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxforget import models
 from jaxforget.cli import config_from_dict
-from jaxforget.collect.config import CollectConfig
+from jaxforget.collect.config import CollectConfig, task_field_map, upstream_field_map
 from jaxforget.collect.distributed import is_primary, on_primary
 from jaxforget.data import readers, tokenize
 from jaxforget.data.tokenize import Tokenized
@@ -92,11 +92,12 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     if tokenizer is None:
         raise FileNotFoundError(f"{model_dir}: no tokenizer files; collect needs the model's tokenizer")
 
-    upstream_all = readers.read_upstream(d.upstream if d.upstream is not None else world_dir / "upstream.jsonl")
-    upstream = readers.sample_upstream(upstream_all, d.n_upstream, seed=d.seed, stratify=d.stratify)
-    upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer, tokenize.TokenizeConfig(max_len=d.max_len))
+    upstream = readers.sample_upstream_files(d.upstream if d.upstream is not None else world_dir / "upstream.jsonl",
+                                             d.n_upstream, seed=d.seed, stratify=d.stratify,
+                                             fields=upstream_field_map(d))
+    upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer, tokenize.TokenizeConfig(max_len=d.max_len, nll_tokens=config.nll_tokens))
 
-    tasks = readers.read_tasks(tasks_path(config, world_dir))
+    tasks = readers.read_tasks(tasks_path(config, world_dir), task_field_map(d))
     names = list(d.task_names) or sorted(tasks)
     unknown = [n for n in names if n not in tasks]
     if unknown:
@@ -124,6 +125,8 @@ def setup_from_run(path: str | Path, echo=print) -> tuple[CollectConfig, Setup, 
                                 f"python -m jaxforget.collect --out {path} writes one")
     meta = run.read_meta()
     config = config_from_dict(CollectConfig, meta["config"], f"{run.meta_path}: config")
+    if "nll_tokens" not in meta["config"].get("data", {}):  # a run from before the flag: it used 'builtin'
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, nll_tokens="builtin"))
     model_dir = Path(meta.get("model_dir") or "")
     if config.model.path is None and meta.get("model_dir") and (model_dir / "config.json").exists():
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=model_dir))

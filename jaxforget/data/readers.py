@@ -1,30 +1,35 @@
-"""Readers for upstream corpora and task data, with errors that name the file and line (1-based).
+"""Readers for upstream corpora and task data, with errors that name the file and record.
 
-Upstream corpus (`read_upstream`): a file or a directory of files (sorted, recursive)
-  - `*.jsonl`: one JSON object per line with `text` (str); optional `id` (str or int; default
-    `<file stem>:<line>`) and `source` or `domain` (default: the file stem).
+Files (`jaxforget.data.formats`): `.jsonl`, `.jsonl.gz` / `.json.gz`, `.parquet`, `datasets.save_to_disk`
+directories, and (upstream only) `.txt`; a path is one of them or a directory of them (sorted,
+recursive). Which field holds what is a `FieldMap` (`jaxforget.data.fields`): a named preset (upstream
+auto / dolma / pile; tasks auto / flan / dolly / tulu) plus `role=field` overrides.
+
+Upstream corpus (`read_upstream`, `iter_upstream`, `sample_upstream_files`), preset 'auto':
+  - records with `text` (str); optional `id` (str or int; default `<file stem>:<line or row>`) and
+    `source` or `domain` (default: the file stem).
   - `*.txt`: plain text; each block of non-blank lines is one example, id `<file stem>:<first line>`,
     source the file stem.
-  Ids must be unique across the corpus; they are the column names of the forgetting matrix, so rows
-  measured by different jobs line up. `sample_upstream` selects N of them by seeded sampling,
-  optionally stratified by source.
+  Ids must be unique; they are the column names of the forgetting matrix, so rows measured by
+  different jobs line up. `sample_upstream` (a list) and `sample_upstream_files` (a corpus streamed
+  twice: counts per source, then the selected records; constant memory in the corpus size) select the
+  same N examples for the same seed, optionally stratified by source.
 
-Tasks (`read_tasks`): a directory of `*.jsonl` files (one task per file, named by the file stem) or
-one `.jsonl` file whose records carry a `task` field. Each record is one of
+Tasks (`read_tasks`): a directory of record files (one task per file, named by its path without the
+suffix) or one file whose records carry a task field. Preset 'auto' records are one of
   - {"prompt": str, "completion": str}
   - {"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...]} (Tulu/Dolly chat
     data; at least one assistant message, whose content is the loss target)
   - {"text": str} (language modelling on the whole text)
 Other fields are ignored. `split_task` makes a seeded per-task train/validation split.
 
-Blank lines are skipped (and counted in the log); every other bad line is a `ValueError` naming
-`file:line`: malformed JSON, a non-object, a missing or mistyped field, empty text, non-UTF-8 bytes.
+Blank lines are skipped; every other bad record is a `ValueError` naming `file:line` (`file:row k`
+in Parquet / Arrow): malformed JSON, a non-object, a missing or mistyped field, empty text, non-UTF-8
+bytes, a truncated gzip, a columnar file without a mapped column.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import zlib
@@ -33,133 +38,66 @@ from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
+from jaxforget.data import formats
+from jaxforget.data.fields import FieldMap, field_map, task_example, task_name_of, upstream_example
+from jaxforget.data.records import ROLES, TaskExample, UpstreamExample, parse_task_record, str_field
+
+__all__ = ["ROLES", "TaskExample", "UpstreamExample", "parse_task_record", "str_field", "read_jsonl",
+           "read_upstream", "iter_upstream", "sample_upstream", "sample_upstream_files", "read_task_file",
+           "read_tasks", "split_task", "FieldMap", "field_map"]
+
 log = logging.getLogger("jaxforget.data")
-
-ROLES = ("system", "user", "assistant")
-
-
-@dataclasses.dataclass(frozen=True)
-class UpstreamExample:
-    """One upstream (pre-training or instruction-tuning) example."""
-
-    id: str
-    text: str
-    source: str
-    """Domain or data source (for stratified sampling and per-domain reports)."""
-    where: str
-    """`file:line` of the record, for error messages."""
+_UPSTREAM_SUFFIXES = formats.RECORD_SUFFIXES + (".txt",)
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskExample:
-    """One task record; exactly one of (prompt, completion), messages or text is set."""
-
-    task: str
-    where: str
-    """`file:line` of the record, for error messages."""
-    prompt: str | None = None
-    completion: str | None = None
-    messages: tuple[tuple[str, str], ...] | None = None
-    """(role, content) pairs."""
-    text: str | None = None
-
-    @property
-    def kind(self) -> str:
-        return "prompt" if self.prompt is not None else "messages" if self.messages is not None else "text"
-
-
-def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    if not path.exists():
-        raise ValueError(f"{path}: no such file or directory")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in suffixes)
-    if not files:
-        raise ValueError(f"{path}: directory has no {' or '.join(suffixes)} files")
-    return files
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, decoded line without the newline); non-UTF-8 bytes name the line."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})") \
-                    from None
-            yield lineno, line.rstrip("\r\n")
+def _paths(path) -> list[Path]:
+    return [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line of a JSONL file."""
-    path = Path(path)
-    blank = 0
-    for lineno, line in _lines(path):
-        if not line.strip():
-            blank += 1
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        yield lineno, obj
-    if blank:
-        log.info("%s: skipped %d blank line(s)", path, blank)
-
-
-def _str_field(obj: dict, name: str, where: str, *, nonempty: bool = True) -> str:
-    if name not in obj:
-        raise ValueError(f"{where}: missing field {name!r}")
-    value = obj[name]
-    if not isinstance(value, str):
-        raise ValueError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
-    if nonempty and not value.strip():
-        raise ValueError(f"{where}: field {name!r} is empty")
-    return value
+    """(line number, object) for every non-blank line of a JSONL file (gunzipped when it ends in .gz)."""
+    return formats.iter_json_lines(Path(path))
 
 
 # ---------------------------------------------------------------------------------------------
 # Upstream
 # ---------------------------------------------------------------------------------------------
 
-def read_upstream(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[UpstreamExample]:
-    """All examples of an upstream corpus (see the module docstring), in file then line order."""
-    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    files = [f for p in paths for f in _files(Path(p), (".jsonl", ".txt"))]
-    out: list[UpstreamExample] = []
-    for f in files:
-        out += _read_txt(f) if f.suffix == ".txt" else _read_upstream_jsonl(f)
-    if not out:
-        raise ValueError(f"{', '.join(map(str, paths))}: the upstream corpus is empty")
+def iter_upstream(path: str | os.PathLike | Sequence[str | os.PathLike],
+                  fields: FieldMap | None = None) -> Iterator[UpstreamExample]:
+    """Every example of an upstream corpus, streamed in file then record order (ids not checked)."""
+    fmap = fields or field_map("auto", kind="upstream")
+    for f in (f for p in _paths(path) for f in formats.find_record_files(p, _UPSTREAM_SUFFIXES)):
+        if formats.suffix(f) == ".txt":
+            yield from _read_txt(f)
+            continue
+        name = formats.stem(f)
+        for where, obj in formats.iter_records(f, required_columns=fmap.columns()):
+            yield upstream_example(obj, where, fmap, default_id=f"{name}:{where.rpartition(':')[2].removeprefix('row ')}",
+                                   default_source=name)
+
+
+def _check_unique(examples: Sequence[UpstreamExample]) -> None:
     seen: dict[str, str] = {}
-    for ex in out:
+    for ex in examples:
         if ex.id in seen:
             raise ValueError(f"{ex.where}: duplicate example id {ex.id!r} (first at {seen[ex.id]})")
         seen[ex.id] = ex.where
-    return out
 
 
-def _read_upstream_jsonl(path: Path) -> list[UpstreamExample]:
-    out = []
-    for lineno, obj in read_jsonl(path):
-        where = f"{path}:{lineno}"
-        text = _str_field(obj, "text", where)
-        ex_id = obj.get("id", f"{path.stem}:{lineno}")
-        if not isinstance(ex_id, (str, int)) or isinstance(ex_id, bool):
-            raise ValueError(f"{where}: field 'id' must be a string or an integer, got {type(ex_id).__name__}")
-        source = obj.get("source", obj.get("domain", path.stem))
-        if not isinstance(source, str):
-            raise ValueError(f"{where}: field 'source' must be a string, got {type(source).__name__}")
-        out.append(UpstreamExample(str(ex_id), text, source, where))
+def read_upstream(path: str | os.PathLike | Sequence[str | os.PathLike],
+                  fields: FieldMap | None = None) -> list[UpstreamExample]:
+    """All examples of an upstream corpus (see the module docstring), in file then record order."""
+    out = list(iter_upstream(path, fields))
+    if not out:
+        raise ValueError(f"{', '.join(map(str, _paths(path)))}: the upstream corpus is empty")
+    _check_unique(out)
     return out
 
 
 def _read_txt(path: Path) -> list[UpstreamExample]:
     out, block, start = [], [], 0
-    for lineno, line in list(_lines(path)) + [(-1, "")]:
+    for lineno, line in list(formats.iter_lines(path)) + [(-1, "")]:
         if line.strip():
             if not block:
                 start = lineno
@@ -170,8 +108,38 @@ def _read_txt(path: Path) -> list[UpstreamExample]:
     return out
 
 
+Stratify = Literal["none", "proportional", "balanced"]
+
+
+def _selection(counts: dict[str, int], n: int, rng: np.random.Generator, stratify: Stratify) -> dict[str | None, set]:
+    """Chosen ordinals: {None: global ordinals} (stratify 'none') or {source: ordinals within the source}."""
+    total = sum(counts.values())
+    if not 0 < n <= total:
+        raise ValueError(f"cannot sample {n} upstream examples from a corpus of {total}; "
+                         "lower the number of examples or add data")
+    if stratify == "none":
+        return {None: set(rng.choice(total, n, replace=False).tolist())}
+    if stratify not in ("proportional", "balanced"):
+        raise ValueError(f"stratify must be 'none', 'proportional' or 'balanced', got {stratify!r}")
+    names = sorted(counts)
+    quota = _quotas(np.array([counts[s] for s in names]), n, balanced=stratify == "balanced")
+    log.info("stratified sample (%s): %s", stratify, dict(zip(names, quota.tolist())))
+    # the same draws as choosing among each source's list of positions (sample_upstream)
+    return {s: set(rng.choice(counts[s], q, replace=False).tolist()) for s, q in zip(names, quota)}
+
+
+def _pick(examples: Iterator[UpstreamExample], chosen: dict[str | None, set]) -> Iterator[UpstreamExample]:
+    seen: dict[str | None, int] = {}
+    for ex in examples:
+        key = None if None in chosen else ex.source
+        k = seen.get(key, 0)
+        seen[key] = k + 1
+        if k in chosen.get(key, ()):
+            yield ex
+
+
 def sample_upstream(examples: Sequence[UpstreamExample], n: int | None, *, seed: int,
-                    stratify: Literal["none", "proportional", "balanced"] = "none") -> list[UpstreamExample]:
+                    stratify: Stratify = "none") -> list[UpstreamExample]:
     """n examples chosen without replacement by a seeded draw, returned in corpus order.
 
     stratify: 'none' (uniform), 'proportional' (each source gets its share of n, largest remainder)
@@ -180,22 +148,30 @@ def sample_upstream(examples: Sequence[UpstreamExample], n: int | None, *, seed:
     """
     if n is None or n == len(examples):
         return list(examples)
-    if not 0 < n <= len(examples):
-        raise ValueError(f"cannot sample {n} upstream examples from a corpus of {len(examples)}; "
-                         "lower the number of examples or add data")
-    rng = np.random.default_rng([seed, 11])
-    if stratify == "none":
-        chosen = rng.choice(len(examples), n, replace=False)
+    counts: dict[str, int] = {}
+    for ex in examples:
+        counts[ex.source] = counts.get(ex.source, 0) + 1
+    return list(_pick(iter(examples), _selection(counts, n, np.random.default_rng([seed, 11]), stratify)))
+
+
+def sample_upstream_files(path: str | os.PathLike | Sequence[str | os.PathLike], n: int | None, *, seed: int,
+                          stratify: Stratify = "none", fields: FieldMap | None = None) -> list[UpstreamExample]:
+    """`sample_upstream(read_upstream(path), n, ...)` without holding the corpus: one pass counts the
+    examples of each source (validating every record), a second keeps the selected ones. The same
+    examples as sample_upstream for the same seed; ids must be unique within the sample."""
+    counts: dict[str, int] = {}
+    for ex in iter_upstream(path, fields):
+        counts[ex.source] = counts.get(ex.source, 0) + 1
+    total = sum(counts.values())
+    if not total:
+        raise ValueError(f"{', '.join(map(str, _paths(path)))}: the upstream corpus is empty")
+    if n is None or n == total:
+        out = list(iter_upstream(path, fields))
     else:
-        by_source: dict[str, list[int]] = {}
-        for i, ex in enumerate(examples):
-            by_source.setdefault(ex.source, []).append(i)
-        names = sorted(by_source)
-        sizes = np.array([len(by_source[s]) for s in names])
-        quota = _quotas(sizes, n, balanced=stratify == "balanced")
-        chosen = np.concatenate([rng.choice(by_source[s], q, replace=False) for s, q in zip(names, quota)])
-        log.info("stratified sample (%s): %s", stratify, dict(zip(names, quota.tolist())))
-    return [examples[i] for i in np.sort(chosen)]
+        out = list(_pick(iter_upstream(path, fields), _selection(counts, n, np.random.default_rng([seed, 11]), stratify)))
+    log.info("upstream: %d of %d examples (%d sources)", len(out), total, len(counts))
+    _check_unique(out)
+    return out
 
 
 def _quotas(sizes: np.ndarray, n: int, *, balanced: bool) -> np.ndarray:
@@ -215,64 +191,47 @@ def _quotas(sizes: np.ndarray, n: int, *, balanced: bool) -> np.ndarray:
     return q
 
 
+
+
 # ---------------------------------------------------------------------------------------------
 # Tasks
 # ---------------------------------------------------------------------------------------------
 
-def parse_task_record(obj: dict, task: str, where: str) -> TaskExample:
-    """A TaskExample from one JSON object; ValueError naming `where` if it is not a valid record."""
-    if "messages" in obj:
-        msgs = obj["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            raise ValueError(f"{where}: field 'messages' must be a non-empty list")
-        pairs = []
-        for k, m in enumerate(msgs):
-            if not isinstance(m, dict):
-                raise ValueError(f"{where}: messages[{k}] must be an object with 'role' and 'content'")
-            role = _str_field(m, "role", f"{where}: messages[{k}]")
-            if role not in ROLES:
-                raise ValueError(f"{where}: messages[{k}] has role {role!r}; expected one of {ROLES}")
-            pairs.append((role, _str_field(m, "content", f"{where}: messages[{k}]")))
-        if not any(r == "assistant" for r, _ in pairs):
-            raise ValueError(f"{where}: 'messages' has no assistant message (nothing to train on)")
-        return TaskExample(task, where, messages=tuple(pairs))
-    if "prompt" in obj or "completion" in obj:
-        return TaskExample(task, where, prompt=_str_field(obj, "prompt", where, nonempty=False),
-                           completion=_str_field(obj, "completion", where))
-    if "text" in obj:
-        return TaskExample(task, where, text=_str_field(obj, "text", where))
-    raise ValueError(f"{where}: missing field: a task record needs 'prompt' and 'completion', 'messages' or "
-                     f"'text' (found {sorted(obj)})")
+def _task_fields(fields: FieldMap | None) -> FieldMap:
+    return fields or field_map("auto", kind="task")
 
 
-def read_task_file(path: str | os.PathLike, name: str, *, check_task_field: bool = True) -> list[TaskExample]:
-    """Every record of one JSONL file, as examples of task `name`; a `task` field, if any, must agree
-    (unless `check_task_field` is False: a file that mixes sources, e.g. exact-match prompts)."""
-    path = Path(path)
+def read_task_file(path: str | os.PathLike, name: str, *, check_task_field: bool = True,
+                   fields: FieldMap | None = None) -> list[TaskExample]:
+    """Every record of one record file (or save_to_disk directory), as examples of task `name`; with the
+    'auto' preset a `task` field, if any, must agree (unless `check_task_field` is False: a file that
+    mixes sources, e.g. exact-match prompts)."""
+    path, fmap = Path(path), _task_fields(fields)
     records = []
-    for lineno, obj in read_jsonl(path):
-        where = f"{path}:{lineno}"
-        if check_task_field and "task" in obj and obj["task"] != name:
+    for where, obj in formats.iter_records(path, required_columns=fmap.columns()):
+        if check_task_field and fmap.preset == "auto" and "task" in obj and obj["task"] != name:
             raise ValueError(f"{where}: field 'task'={obj['task']!r} differs from the file's task {name!r}")
-        records.append(parse_task_record(obj, name, where))
+        records.append(task_example(obj, where, name, fmap))
     if not records:
         raise ValueError(f"{path}: empty task (no records)")
     return records
 
 
-def read_tasks(path: str | os.PathLike) -> dict[str, list[TaskExample]]:
-    """task name -> examples (file order), from a directory of JSONL files or one JSONL with `task`."""
-    path = Path(path)
+def read_tasks(path: str | os.PathLike, fields: FieldMap | None = None) -> dict[str, list[TaskExample]]:
+    """task name -> examples (file order), from a directory of record files (one task each, named by its
+    path without the suffix) or one file (or save_to_disk directory) whose records name their task."""
+    path, fmap = Path(path), _task_fields(fields)
     tasks: dict[str, list[TaskExample]] = {}
-    if path.is_dir():
-        for f in _files(path, (".jsonl",)):
-            name = f.relative_to(path).with_suffix("").as_posix()
-            tasks[name] = read_task_file(f, name)
+    if path.is_dir() and not formats.is_dataset_dir(path):
+        for f in formats.find_record_files(path, formats.RECORD_SUFFIXES):
+            rel = f.relative_to(path)
+            name = (rel.parent / formats.stem(rel)).as_posix()
+            tasks[name] = read_task_file(f, name, fields=fmap)
         return tasks
-    for lineno, obj in read_jsonl(_files(path, (".jsonl",))[0]):
-        where = f"{path}:{lineno}"
-        name = _str_field(obj, "task", where)
-        tasks.setdefault(name, []).append(parse_task_record(obj, name, where))
+    for where, obj in formats.iter_records(formats.find_record_files(path, formats.RECORD_SUFFIXES)[0],
+                                           required_columns=fmap.columns() + fmap.columns(["task"])):
+        name = task_name_of(obj, fmap, where)
+        tasks.setdefault(name, []).append(task_example(obj, where, name, fmap))
     if not tasks:
         raise ValueError(f"{path}: empty task file (no records)")
     return tasks

@@ -4,6 +4,13 @@ Conventions (the same as `jaxforget.models.target_mask`): `loss_mask[t]` is True
 target, i.e. its log-probability given tokens < t enters the loss / the NLL; `loss_mask[0]` is
 always False (the first token has no prediction).
 
+Upstream token accounting (`nll_tokens`, what the mean NLL of an upstream example averages over)
+  - 'builtin' (the built-in world, which was pretrained this way): BOS + text + EOS per the policy
+    below; every token after BOS is scored, the appended EOS included.
+  - 'paper' (Jin & Ren; what vLLM prompt log-probs give): the ids of `tokenizer(text)`, exactly as
+    the model's tokenizer produces them (its own special tokens, e.g. Llama's BOS, none for
+    GPT-2/Pythia/OLMo), every token that has a predecessor scored (tokens 2..end), no EOS appended.
+
 BOS/EOS policy
   - BOS: when `add_bos` (default), the sequence starts with the tokenizer's `bos_token_id`, or its
     `eos_token_id` when it has no BOS (GPT-2/Pythia/OLMo separate documents with EOS). So the first
@@ -55,6 +62,9 @@ class TokenizeConfig:
     """End raw text and plain-template answers with EOS, as a target."""
     chat_template: Literal["auto", "never"] = "auto"
     """'auto': use the tokenizer's chat template when it has one; 'never': always the plain template."""
+    nll_tokens: Literal["builtin", "paper"] = "builtin"
+    """Upstream token accounting (module docstring): 'builtin' follows add_bos / add_eos; 'paper' scores
+    `tokenizer(text)`'s tokens 2..end and ignores add_bos / add_eos. Task examples are not affected."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +134,12 @@ def _log_truncated(out: Sequence[Tokenized], what: str, config: TokenizeConfig) 
 
 def tokenize_upstream(examples: Sequence[UpstreamExample], tokenizer,
                       config: TokenizeConfig = TokenizeConfig()) -> list[Tokenized]:
-    """BOS + text + EOS, every token after BOS a target; truncation keeps the beginning."""
+    """Under `config.nll_tokens`: 'builtin' BOS + text + EOS, every token after BOS a target; 'paper'
+    `tokenizer(text)`, every token after the first a target. Truncation keeps the beginning."""
+    if config.nll_tokens == "paper":
+        return _tokenize_upstream_paper(examples, tokenizer, config)
+    if config.nll_tokens != "builtin":
+        raise ValueError(f"nll_tokens must be 'builtin' or 'paper', got {config.nll_tokens!r}")
     _check_tokenizer(tokenizer, config)
     bos, eos = bos_eos(tokenizer)
     out = []
@@ -136,6 +151,25 @@ def tokenize_upstream(examples: Sequence[UpstreamExample], tokenizer,
             ids = ids + [eos]
         out.append(_finish(ids, [True] * len(ids), bos=bos, config=config, truncate="right", id_=ex.id,
                            group=ex.source, where=ex.where))
+    _log_truncated(out, "upstream", config)
+    return out
+
+
+def _tokenize_upstream_paper(examples: Sequence[UpstreamExample], tokenizer,
+                             config: TokenizeConfig) -> list[Tokenized]:
+    if config.max_len < 2:
+        raise ValueError(f"max_len must be >= 2, got {config.max_len}")
+    out = []
+    for ex in examples:
+        ids = list(tokenizer(ex.text)["input_ids"])
+        if len(ids) < 2:
+            raise ValueError(f"{ex.where}: example {ex.id!r} has {len(ids)} token(s) under the 'paper' accounting: "
+                             "no token with a predecessor to score")
+        truncated = len(ids) > config.max_len
+        ids = ids[: config.max_len]
+        mask = np.ones(len(ids), bool)
+        mask[0] = False
+        out.append(Tokenized(np.asarray(ids, np.int32), mask, ex.id, ex.source, truncated))
     _log_truncated(out, "upstream", config)
     return out
 

@@ -1,0 +1,172 @@
+"""Record files in the corpora's native formats, streamed as (where, record) pairs.
+
+    .jsonl, .jsonl.gz, .json.gz   one JSON object per line (gzip streamed; where = `file:line`)
+    .parquet                      pyarrow, read in record batches (where = `file:row k`, 1-based)
+    a `datasets.save_to_disk` directory
+                                  `state.json` + Arrow stream files (a Dataset), or `dataset_dict.json`
+                                  + one such directory per split (read in the listed order); pyarrow
+                                  reads them without HF datasets (where = `file:row k`)
+
+pyarrow is the one columnar library here: HF `datasets` is itself built on it (its save_to_disk files
+are Arrow streams), it reads Parquet and Arrow in bounded-memory batches, and it is imported only when
+a Parquet or Arrow file is read. Nothing is held beyond one batch: a corpus of millions of records is
+read in constant memory (see `readers.sample_upstream_files`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import zlib
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
+RECORD_SUFFIXES = JSONL_SUFFIXES + (".parquet",)
+_BATCH = 1024
+log = logging.getLogger("jaxforget.data")
+
+
+def suffix(path: Path) -> str | None:
+    """The record-file suffix of `path` (compound ones first), or None."""
+    name = path.name
+    for s in (".jsonl.gz", ".json.gz", ".jsonl", ".parquet", ".txt"):
+        if name.endswith(s):
+            return s
+    return None
+
+
+def stem(path: Path) -> str:
+    """`path`'s name without its record suffix (`dolma-0001.json.gz` -> `dolma-0001`)."""
+    s = suffix(path)
+    return path.name[: -len(s)] if s else path.name
+
+
+def is_dataset_dir(path: Path) -> bool:
+    """A `datasets.save_to_disk` directory (Dataset or DatasetDict)."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def find_record_files(path: Path, suffixes: Sequence[str]) -> list[Path]:
+    """`path` itself (a file or a save_to_disk directory), or the record files and save_to_disk
+    directories under a directory (sorted, recursive)."""
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or directory")
+    if path.is_file() or is_dataset_dir(path):
+        return [path]
+    found = sorted(p for p in path.rglob("*") if (p.is_file() and suffix(p) in suffixes) or is_dataset_dir(p))
+    datasets = [p for p in found if p.is_dir()]
+    out = [p for p in found if not any(d in p.parents for d in datasets)]  # a dataset's own files are its
+    if not out:
+        raise ValueError(f"{path}: directory has no {' or '.join(suffixes)} files and no save_to_disk directories")
+    return out
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, decoded line without the newline) of a text file, gunzipped when it ends in .gz.
+    Non-UTF-8 bytes and a truncated or corrupt gzip name the file and line."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    lineno = 0
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start}: "
+                                     f"{raw[e.start:e.start + 1]!r})") from None
+                yield lineno, line.rstrip("\r\n")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{path}:{lineno + 1}: truncated or corrupt gzip file after line {lineno} ({e}); "
+                         "re-download or re-compress it") from None
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise ImportError("reading Parquet or save_to_disk (Arrow) files needs pyarrow: pip install pyarrow") from None
+    return pyarrow
+
+
+def _check_columns(where: str, names: Sequence[str], required: Sequence[str]) -> None:
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise ValueError(f"{where}: no column {missing[0]!r} (the field mapping needs {list(required)}; "
+                         f"the file has {list(names)})")
+
+
+def _rows(where: str, batches, required: Sequence[str], names: Sequence[str], first_row: int = 0
+          ) -> Iterator[tuple[str, dict]]:
+    _check_columns(where, names, required)
+    row = first_row
+    for batch in batches:
+        for rec in batch.to_pylist():
+            row += 1
+            yield f"{where}:row {row}", rec
+
+
+def iter_records(path: Path, *, required_columns: Sequence[str] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, record) of every record of one file or save_to_disk directory, in order.
+
+    `required_columns`: top-level fields a columnar file must have (checked from its schema before any
+    row is read, so a Parquet file without the column fails at once, naming it). JSON lines are checked
+    per record by the caller."""
+    path = Path(path)
+    if is_dataset_dir(path):
+        yield from _iter_dataset_dir(path, required_columns)
+        return
+    s = suffix(path)
+    if s == ".parquet":
+        pq = _pyarrow().parquet
+        f = pq.ParquetFile(path)
+        yield from _rows(str(path), f.iter_batches(batch_size=_BATCH), required_columns, f.schema_arrow.names)
+        return
+    if s not in JSONL_SUFFIXES:
+        raise ValueError(f"{path}: unknown record format (expected one of {RECORD_SUFFIXES} or a save_to_disk "
+                         "directory)")
+    for lineno, obj in iter_json_lines(path):
+        yield f"{path}:{lineno}", obj
+
+
+def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    blank = 0
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            blank += 1
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+    if blank:
+        log.info("%s: skipped %d blank line(s)", path, blank)
+
+
+def _iter_dataset_dir(path: Path, required: Sequence[str], rows: list[int] | None = None
+                      ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows are numbered across the data files (and splits) of the dataset, so `dir:row k` is unique."""
+    rows = [0] if rows is None else rows
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        for split in splits:
+            yield from _iter_dataset_dir(path / split, required, rows)
+        return
+    pa = _pyarrow()
+    state = json.loads((path / "state.json").read_text())
+    files = [path / f["filename"] for f in state.get("_data_files", [])]
+    if not files:
+        raise ValueError(f"{path}/state.json: lists no data files (_data_files)")
+    for file in files:
+        if not file.is_file():
+            raise ValueError(f"{path}/state.json: data file {file.name} does not exist")
+        with pa.memory_map(str(file)) as source:
+            reader = pa.ipc.open_stream(source)
+            for where, rec in _rows(str(file), reader, required, reader.schema.names, rows[0]):
+                rows[0] += 1
+                yield where, rec
