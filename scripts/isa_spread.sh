@@ -10,10 +10,11 @@ work=${1:-runs/isa_spread}
 mkdir -p "$work"
 for isa in native AVX2; do
   if [ "$isa" = native ]; then unset XLA_FLAGS; else export XLA_FLAGS=--xla_cpu_max_isa=$isa; fi
-  rm -rf "$work/cache_$isa" "$work/run_$isa"
-  JAXFORGET_CACHE="$work/cache_$isa" python -m jaxforget.collect --out "$work/run_$isa" --quiet > "$work/collect_$isa.log"
-  python -m jaxforget.predict --matrix "$work/run_$isa" --methods additive knn_baseline mf --quiet \
-    > "$work/predict_$isa.log" 2>&1
+  if [ ! -f "$work/run_$isa/forgetting.npz" ]; then  # a finished run of an earlier call is kept
+    rm -rf "$work/cache_$isa" "$work/run_$isa"
+    JAXFORGET_CACHE="$work/cache_$isa" python -m jaxforget.collect --out "$work/run_$isa" --quiet > "$work/collect_$isa.log"
+  fi
+  python -m jaxforget.predict --matrix "$work/run_$isa" --methods additive knn_baseline mf > "$work/predict_$isa.log" 2>&1
 done
 unset XLA_FLAGS
 python - "$work" <<'PY'

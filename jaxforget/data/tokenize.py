@@ -129,7 +129,7 @@ def _check_tokenizer(tokenizer, config: TokenizeConfig) -> None:
 def _log_truncated(out: Sequence[Tokenized], what: str, config: TokenizeConfig) -> None:
     n = sum(t.truncated for t in out)
     if n:
-        log.info("%s: truncated %d of %d examples to %d tokens", what, n, len(out), config.max_len)
+        log.warning("%s: truncated %d of %d examples to %d tokens", what, n, len(out), config.max_len)
 
 
 def tokenize_upstream(examples: Sequence[UpstreamExample], tokenizer,

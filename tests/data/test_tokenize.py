@@ -62,6 +62,8 @@ def test_upstream_truncation_keeps_the_beginning_and_is_counted(tok, caplog):
     assert out[0].ids.tolist() == [tok.bos_token_id, *body[:9]] and out[0].truncated
     assert not out[1].truncated
     assert "upstream: truncated 1 of 2 examples to 10 tokens" in caplog.text
+    # a warning: --quiet (which hides jaxforget's INFO lines) must not hide it
+    assert [r.levelno for r in caplog.records if "truncated" in r.getMessage()] == [logging.WARNING]
 
 
 def test_prompt_completion_mask_token_by_token(tok):
