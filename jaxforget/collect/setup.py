@@ -125,8 +125,11 @@ def setup_from_run(path: str | Path, echo=print) -> tuple[CollectConfig, Setup, 
                                 f"python -m jaxforget.collect --out {path} writes one")
     meta = run.read_meta()
     config = config_from_dict(CollectConfig, meta["config"], f"{run.meta_path}: config")
-    if "nll_tokens" not in meta["config"].get("data", {}):  # a run from before the flag: it used 'builtin'
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, nll_tokens="builtin"))
+    # the token accounting the run used, pinned before model.path is set below (which would turn 'auto' into
+    # 'paper'); a run from before the flag used 'builtin'
+    used = meta.get("nll_tokens") or ("builtin" if "nll_tokens" not in meta["config"].get("data", {})
+                                      else config.nll_tokens)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, nll_tokens=used))
     model_dir = Path(meta.get("model_dir") or "")
     if config.model.path is None and meta.get("model_dir") and (model_dir / "config.json").exists():
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=model_dir))
