@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxforget.models.logprobs import nll_sums
+from jaxforget.models.logprobs import nll_sums, segment_nll_sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,18 +301,30 @@ def stacked_start_state(params_k: nnx.State, tx: optax.GradientTransformation) -
     return _on_mesh(TrainState(params_k, jax.vmap(tx.init)(params_k), jnp.zeros((k,), jnp.int32)))
 
 
-def make_eval_step(split: SplitModel) -> Callable[[nnx.State, jax.Array, jax.Array, jax.Array],
-                                                   tuple[jax.Array, jax.Array]]:
-    """A jitted `eval(params, input_ids, attention_mask, loss_mask) -> (nll_sum (B,), n_targets (B,))`."""
+def _scores(model, input_ids, attention_mask, loss_mask, segment_ids, n_segments):
+    """nll_sums of a padded batch, or segment_nll_sums of a packed one (segment_ids given)."""
+    if segment_ids is None:
+        return nll_sums(model, input_ids, attention_mask, loss_mask)
+    return segment_nll_sums(model, input_ids, segment_ids, loss_mask, n_segments=n_segments)
+
+
+def make_eval_step(split: SplitModel) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """A jitted `eval(params, input_ids, attention_mask, loss_mask) -> (nll_sum (B,), n_targets (B,))`.
+
+    Packed rows (`jaxforget.data.pack_examples`): `eval(params, input_ids, None, loss_mask,
+    segment_ids=..., n_segments=S) -> (nll_sum (B, S), n_targets (B, S))`, one entry per example."""
 
     graphdef = split.graphdef
 
-    @jax.jit
-    def jitted(params, frozen, input_ids, attention_mask, loss_mask):
-        return nll_sums(nnx.merge(graphdef, params, frozen), input_ids, attention_mask, loss_mask)
+    @partial(jax.jit, static_argnames=("n_segments",))
+    def jitted(params, frozen, input_ids, attention_mask, loss_mask, segment_ids=None, n_segments=None):
+        return _scores(nnx.merge(graphdef, params, frozen), input_ids, attention_mask, loss_mask, segment_ids,
+                       n_segments)
 
-    def evaluate(params, input_ids, attention_mask, loss_mask):
-        return jitted(params, split.frozen, input_ids, attention_mask, loss_mask)
+    def evaluate(params, input_ids, attention_mask, loss_mask, *, segment_ids=None, n_segments=None):
+        if segment_ids is None:  # the call of the unpacked step as it always was (the same program)
+            return jitted(params, split.frozen, input_ids, attention_mask, loss_mask)
+        return jitted(params, split.frozen, input_ids, attention_mask, loss_mask, segment_ids, n_segments=n_segments)
 
     evaluate.jitted = jitted  # for compile-count checks
     return evaluate
@@ -322,6 +334,7 @@ def make_stacked_eval_step(split: SplitModel, *, per_pass: int | None = None
                            ) -> Callable[[nnx.State, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     """A jitted `eval(params_k, input_ids, attention_mask, loss_mask) -> (nll_sum (K, B), n_targets (K, B))`:
     K stacked parameter sets (adapters) on one (B, T) batch, so the batch is read once for all K.
+    Packed rows: `segment_ids=..., n_segments=S` as in `make_eval_step`, outputs (K, B, S).
 
     The batch is not mapped (vmap in_axes None): the frozen base projections of the first layer are
     computed once and only what depends on an adapter is batched over K. `per_pass`: adapters
@@ -329,15 +342,19 @@ def make_stacked_eval_step(split: SplitModel, *, per_pass: int | None = None
     """
     graphdef = split.graphdef
 
-    @jax.jit
-    def jitted(params_k, frozen, input_ids, attention_mask, loss_mask):
+    @partial(jax.jit, static_argnames=("n_segments",))
+    def jitted(params_k, frozen, input_ids, attention_mask, loss_mask, segment_ids=None, n_segments=None):
         def one(params):
-            return nll_sums(nnx.merge(graphdef, params, frozen), input_ids, attention_mask, loss_mask)
+            return _scores(nnx.merge(graphdef, params, frozen), input_ids, attention_mask, loss_mask, segment_ids,
+                           n_segments)
 
         return map_slots(one, params_k, per_pass)
 
-    def evaluate(params_k, input_ids, attention_mask, loss_mask):
-        return jitted(params_k, split.frozen, input_ids, attention_mask, loss_mask)
+    def evaluate(params_k, input_ids, attention_mask, loss_mask, *, segment_ids=None, n_segments=None):
+        if segment_ids is None:
+            return jitted(params_k, split.frozen, input_ids, attention_mask, loss_mask)
+        return jitted(params_k, split.frozen, input_ids, attention_mask, loss_mask, segment_ids,
+                      n_segments=n_segments)
 
     evaluate.jitted = jitted  # for compile-count checks
     return evaluate

@@ -124,6 +124,10 @@ class EvalConfig:
     """Also measure every this many steps during fine-tuning (the M x T x N tensor); 0 = only at the end."""
     buckets: tuple[int, ...] = (16, 32, 48, 64)
     """Padded lengths of upstream batches; the last must be >= data.max_len."""
+    pack: bool = False
+    """Pack several upstream examples into each row of the largest bucket's length (first-fit decreasing,
+    batch_size rows per batch at most; attention and positions kept per example), instead of one padded
+    row per example: far less padding on long-tailed lengths. Per-example NLL equal to 1e-5, not bit-equal."""
     metrics: tuple[Literal["nll", "em"], ...] = ("nll",)
     """nll: mean token NLL of the upstream examples (always). em: also exact match on data.em_upstream
     (instruction-tuned models); Z_em = 1 where the base model answered right and the fine-tuned one does not."""

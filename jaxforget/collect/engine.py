@@ -32,6 +32,7 @@ from jaxforget import models
 from jaxforget.collect.config import CollectConfig, EvalConfig, TrainConfig
 from jaxforget.collect.setup import Setup
 from jaxforget.data.batching import Batch, Batcher, num_train_steps
+from jaxforget.data.packing import pack_examples
 from jaxforget.data.tokenize import Tokenized
 from jaxforget.models.lora import LoRA, LoRAParam
 from jaxforget.models.sharding import put_global, to_host
@@ -178,7 +179,9 @@ class Engine:
         """``evaluate(params) -> float32 [K, len(examples)]`` mean token NLL of every example under each
         of the K parameter sets. One jitted step per bucket shape; all batches are dispatched before one
         host transfer. With a mesh over several processes every process must call it (each feeds its
-        own devices) and gets the whole result."""
+        own devices) and gets the whole result. --eval.pack: see `_packed_evaluator`."""
+        if self.eval.pack:
+            return self._packed_evaluator(examples)
         B = self.eval.batch_size
         batches = list(Batcher(examples, batch_size=B, buckets=self.eval.buckets, shuffle=False,
                                pad_id=self.pad_id).epoch(0))
@@ -197,6 +200,33 @@ class Engine:
                 keep = b.index >= 0
                 total[:, b.index[keep]] = np.reshape(s, (K, B))[:, keep]
                 count[:, b.index[keep]] = np.reshape(c, (K, B))[:, keep]
+            return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
+
+        return evaluate
+
+    def _packed_evaluator(self, examples: Sequence[Tokenized]) -> Callable[[Any], np.ndarray]:
+        """`evaluator` over packed rows of the largest eval bucket's length (`pack_examples`): at most
+        --eval.batch-size rows per batch, one batch shape (one compilation), each example scored
+        alone within its row (segment ids)."""
+        n_data = self.mesh.shape["data"]
+        batches = pack_examples(examples, row_len=max(self.eval.buckets), rows_per_batch=self.eval.batch_size,
+                                pad_id=self.pad_id, row_multiple=n_data)
+        R, S = batches[0].index.shape
+        N = len(examples)
+        sharding = batch_sharding(self.mesh, R)
+
+        def evaluate(params) -> np.ndarray:
+            outs = []
+            for b in batches:
+                ids, loss, seg = (put_global(x, sharding) for x in (b.input_ids, b.loss_mask, b.segment_ids))
+                outs.append(self.eval_step(params, ids, None, loss, segment_ids=seg, n_segments=S))
+            outs = to_host(outs)
+            K = np.size(outs[0][0]) // (R * S)
+            total, count = np.zeros((K, N)), np.zeros((K, N))
+            for b, (s, c) in zip(batches, outs):
+                keep = b.index >= 0
+                total[:, b.index[keep]] = np.reshape(s, (K, R, S))[:, keep]
+                count[:, b.index[keep]] = np.reshape(c, (K, R, S))[:, keep]
             return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
         return evaluate

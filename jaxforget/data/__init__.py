@@ -14,6 +14,7 @@ and the built-in world (a synthetic multi-domain corpus and task suite).
 """
 
 from jaxforget.data.batching import Batch, Batcher, assign_buckets, bucket_lengths, collate, num_train_steps, plan_epoch
+from jaxforget.data.packing import PackedBatch, first_fit_decreasing, pack_examples, padding_fraction
 from jaxforget.data.cache import build_once, cache_root, config_key
 from jaxforget.data.readers import (
     TaskExample,
@@ -47,6 +48,7 @@ from jaxforget.data.world import (
 
 __all__ = [
     "Batch", "Batcher", "assign_buckets", "bucket_lengths", "collate", "num_train_steps", "plan_epoch",
+    "PackedBatch", "first_fit_decreasing", "pack_examples", "padding_fraction",
     "build_once", "cache_root", "config_key",
     "TaskExample", "UpstreamExample", "parse_task_record", "read_jsonl", "read_tasks", "read_upstream",
     "sample_upstream", "split_task",

@@ -8,9 +8,10 @@
 
 from jaxforget.models.config import ArchConfig, UnsupportedConfigError, from_hf_config, to_hf_config
 from jaxforget.models.decode import Generation, greedy_generate
-from jaxforget.models.decoder import Decoder, KVCache, forward, positions_from_mask
+from jaxforget.models.decoder import Decoder, KVCache, forward, positions_from_mask, positions_from_segments
 from jaxforget.models.hf import CheckpointError, load, read_arch, save_hf
-from jaxforget.models.logprobs import mean_nll, nll_sums, target_logprobs, target_mask, token_logprobs
+from jaxforget.models.logprobs import (mean_nll, nll_sums, segment_nll_sums, target_logprobs, target_mask,
+                                       token_logprobs)
 from jaxforget.models.lora import (
     LoraConfig,
     LoRAParam,
@@ -31,9 +32,9 @@ from jaxforget.models.sharding import DEFAULT_RULES, constrain, logical_to_spec,
 __all__ = [
     "ArchConfig", "UnsupportedConfigError", "from_hf_config", "to_hf_config",
     "Generation", "greedy_generate",
-    "Decoder", "KVCache", "forward", "positions_from_mask",
+    "Decoder", "KVCache", "forward", "positions_from_mask", "positions_from_segments",
     "CheckpointError", "load", "read_arch", "save_hf",
-    "mean_nll", "nll_sums", "target_logprobs", "target_mask", "token_logprobs",
+    "mean_nll", "nll_sums", "segment_nll_sums", "target_logprobs", "target_mask", "token_logprobs",
     "LoraConfig", "LoRAParam", "add_lora", "load_adapter", "lora_state", "merge_lora", "merged_weights",
     "remove_lora", "save_adapter", "select_adapter", "stack_adapters", "unmerge_lora", "vmap_adapters",
     "DEFAULT_RULES", "constrain", "logical_to_spec", "make_mesh", "shard_model",

@@ -105,6 +105,8 @@ class Decoder(nnx.Module):
     """Causal LM: `logits_btv = model(input_ids_bt, attention_mask=mask_bt)` (float32 logits).
 
     Positions follow the attention mask (cumsum - 1), so left and right padding both work.
+    Packed rows: `segment_ids` (B, T) int, 0 on padding and k >= 1 on the tokens of the row's k-th
+    example; attention never crosses two segments and positions restart at 0 in each.
     """
 
     def __init__(self, arch: ArchConfig, *, dtype: Any = jnp.float32, rngs: nnx.Rngs,
@@ -136,22 +138,27 @@ class Decoder(nnx.Module):
     # -- forward ---------------------------------------------------------------------------------
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
-                 positions: jax.Array | None = None, dropout_key: jax.Array | None = None) -> jax.Array:
-        """(B, T) int token ids, optional (B, T) {0,1} mask -> (B, T, V) float32 logits."""
-        hidden, _ = self.hidden_states(input_ids, attention_mask, positions=positions, dropout_key=dropout_key)
+                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        """(B, T) int token ids, optional (B, T) {0,1} mask or segment ids -> (B, T, V) float32 logits."""
+        hidden, _ = self.hidden_states(input_ids, attention_mask, positions=positions, segment_ids=segment_ids,
+                                       dropout_key=dropout_key)
         return self.logits(hidden)
 
     def hidden_states(self, input_ids, attention_mask=None, *, positions=None, cache: KVCache | None = None,
                       cache_index: jax.Array | int = 0, key_mask: jax.Array | None = None,
+                      segment_ids: jax.Array | None = None,
                       dropout_key: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states (B, T, D) in the compute dtype, and the updated cache.
 
         Without a cache, keys are the T inputs and `attention_mask` marks valid ones. With a cache
         of length S, the T inputs are written at columns [cache_index, cache_index + T) and
         `key_mask` (B, S) marks the valid cache columns (the inputs' columns included).
+        `segment_ids` (B, T): packed rows (see the class); not with a cache.
         """
         return forward(self.weights(), self.lora_weights(), self.arch, self.dtype, input_ids, attention_mask,
                        positions=positions, cache=cache, cache_index=cache_index, key_mask=key_mask,
+                       segment_ids=segment_ids,
                        dropout_key=dropout_key, lora_config=None if self.lora is None else self.lora.config,
                        unroll=self.scan_unroll)
 
@@ -178,6 +185,15 @@ class Decoder(nnx.Module):
 def positions_from_mask(mask_bt: jax.Array) -> jax.Array:
     """Position of each token = number of valid tokens before it (0 at padding before the first)."""
     return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def positions_from_segments(segment_ids_bt: jax.Array) -> jax.Array:
+    """Position of each token within its segment (a run of equal ids): 0 at each segment's first token."""
+    T = segment_ids_bt.shape[-1]
+    cols = jnp.arange(T, dtype=jnp.int32)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids_bt[:, :1], bool),
+                              segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1]], axis=-1)
+    return cols - jax.lax.cummax(jnp.where(starts, cols, 0), axis=segment_ids_bt.ndim - 1)
 
 
 def _norm(x, scale, bias, arch: ArchConfig):
@@ -475,13 +491,18 @@ def _block(x, p, lora, lora_config, key, arch: ArchConfig, dtype, cos, sin, bias
 @partial(jax.jit, static_argnames=("arch", "dtype", "lora_config", "unroll"))
 def forward(weights: dict[str, jax.Array], lora: dict[str, jax.Array] | None, arch: ArchConfig, dtype,
             input_ids, attention_mask=None, *, positions=None, cache: KVCache | None = None,
-            cache_index=0, key_mask=None, dropout_key=None, lora_config=None, unroll=1):
+            cache_index=0, key_mask=None, segment_ids=None, dropout_key=None, lora_config=None, unroll=1):
     """Pure forward pass to final-norm hidden states (B, T, D); see Decoder.hidden_states.
 
     Jitted (compiled once per shape and static configuration) so that eager calls are fast too;
     inside an outer jit it is inlined.
     """
     B, T = input_ids.shape
+    if segment_ids is not None:
+        if cache is not None:
+            raise ValueError("segment_ids (packed rows) are for scoring, not for decoding with a cache")
+        attention_mask = (segment_ids > 0).astype(jnp.int32) if attention_mask is None else attention_mask
+        positions = positions_from_segments(segment_ids) if positions is None else positions
     if attention_mask is None:
         attention_mask = jnp.ones((B, T), jnp.int32)
     if positions is None:
@@ -502,6 +523,8 @@ def forward(weights: dict[str, jax.Array], lora: dict[str, jax.Array] | None, ar
         emb = jnp.concatenate([freqs, freqs], axis=-1)
         cos, sin = _computed_once(jnp.cos(emb) * attn_factor), _computed_once(jnp.sin(emb) * attn_factor)
     bias = attention_bias(key_mask, q_cols)
+    if segment_ids is not None:  # packed rows: a query sees only the keys of its own segment
+        bias = jnp.where(segment_ids[:, :, None] == segment_ids[:, None, :], bias, _NEG)
     x = constrain(x, ("batch", "length", "embed"))
     layer_w = {k: v for k, v in weights.items() if is_layer_param(k)}
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, arch.n_layers)

@@ -32,19 +32,29 @@ def target_logprobs(hidden_btd: jax.Array, head_vd: jax.Array, targets_bt: jax.A
     return out.swapaxes(0, 1).reshape(B, n * chunk_size)[:, :T]
 
 
-def target_mask(attention_mask_bt: jax.Array, loss_mask_bt: jax.Array | None = None) -> jax.Array:
-    """Which tokens t count as targets: t >= 1, t and t-1 both real, and loss_mask[t] set. (B, T) bool."""
+def target_mask(attention_mask_bt: jax.Array, loss_mask_bt: jax.Array | None = None, *,
+                segment_ids_bt: jax.Array | None = None) -> jax.Array:
+    """Which tokens t count as targets: t >= 1, t and t-1 both real, and loss_mask[t] set. (B, T) bool.
+
+    Packed rows (`segment_ids_bt`, 0 = padding): also t and t-1 in the same segment, so the first
+    token of an example is never predicted from the previous example's last one."""
     m = attention_mask_bt.astype(bool)
     valid = jnp.concatenate([jnp.zeros_like(m[:, :1]), m[:, 1:] & m[:, :-1]], axis=1)
+    if segment_ids_bt is not None:
+        s = segment_ids_bt
+        valid = valid & jnp.concatenate([jnp.zeros_like(m[:, :1]), (s[:, 1:] == s[:, :-1]) & (s[:, 1:] > 0)], axis=1)
     if loss_mask_bt is not None:
         valid = valid & loss_mask_bt.astype(bool)
     return valid
 
 
 def token_logprobs(model, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
-                   chunk_size: int = 256, dropout_key: jax.Array | None = None) -> jax.Array:
-    """(B, T) float32: entry t is log p(input_ids[t] | input_ids[:t]); entry 0 is 0."""
-    hidden, _ = model.hidden_states(input_ids, attention_mask, dropout_key=dropout_key)
+                   chunk_size: int = 256, dropout_key: jax.Array | None = None,
+                   segment_ids: jax.Array | None = None) -> jax.Array:
+    """(B, T) float32: entry t is log p(input_ids[t] | input_ids[:t]); entry 0 is 0.
+
+    With `segment_ids` (packed rows, see Decoder) the context of t is its own segment only."""
+    hidden, _ = model.hidden_states(input_ids, attention_mask, segment_ids=segment_ids, dropout_key=dropout_key)
     lp = target_logprobs(hidden[:, :-1], model.head_weight(), input_ids[:, 1:], chunk_size=chunk_size)
     return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
 
@@ -65,3 +75,22 @@ def mean_nll(model, input_ids, attention_mask=None, loss_mask=None, *, chunk_siz
     total, count = nll_sums(model, input_ids, attention_mask, loss_mask, chunk_size=chunk_size,
                             dropout_key=dropout_key)
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
+def segment_nll_sums(model, input_ids, segment_ids, loss_mask=None, *, n_segments: int,
+                     chunk_size: int = 256) -> tuple[jax.Array, jax.Array]:
+    """Packed rows: (sum of target NLL (B, n_segments) float32, number of targets (B, n_segments) int32).
+
+    `segment_ids` (B, T): 0 on padding, k in 1..n_segments on the tokens of the row's k-th example
+    (column k - 1 of the outputs). Each example is scored as `nll_sums` scores it alone in a row:
+    attention stays within it, positions restart at 0, its first token is not a target.
+    """
+    attention_mask = (segment_ids > 0).astype(jnp.int32)
+    lp = token_logprobs(model, input_ids, attention_mask, chunk_size=chunk_size, segment_ids=segment_ids)
+    mask = target_mask(attention_mask, loss_mask, segment_ids_bt=segment_ids)
+    B = input_ids.shape[0]
+    rows = jnp.broadcast_to(jnp.arange(B)[:, None], segment_ids.shape)
+    cols = jnp.where(segment_ids > 0, segment_ids - 1, n_segments)  # padding: out of range, dropped
+    total = jnp.zeros((B, n_segments), jnp.float32).at[rows, cols].add(jnp.where(mask, -lp, 0.0), mode="drop")
+    count = jnp.zeros((B, n_segments), jnp.int32).at[rows, cols].add(mask.astype(jnp.int32), mode="drop")
+    return total, count
