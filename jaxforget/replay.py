@@ -53,7 +53,7 @@ from tqdm import tqdm
 from jaxforget.analysis import paired_test
 from jaxforget.cli import run, to_jsonable
 from jaxforget.collect import (CollectConfig, Engine, Setup, TaskSchedule, TrainLoop, build_engine, collect,
-                               setup_from_run, task_seed)
+                               resolve_buckets, setup_from_run, task_seed)
 from jaxforget.completion import Method, complete_rows, evaluate, split_rows
 from jaxforget.data.batching import Batch
 from jaxforget.selection import sample_without_replacement
@@ -214,6 +214,8 @@ class Context:
 
 def load_context(config: ReplayConfig, echo=print) -> Context:
     cc, setup, _ = setup_from_run(config.run, echo)
+    train, eval_ = resolve_buckets(setup, cc.train, cc.eval)  # the replayed rows need the run's real buckets
+    cc = dataclasses.replace(cc, train=train, eval=eval_)
     run = RunDir(config.run)
     if not run.forgetting_path.exists():
         raise RunError(f"{run.forgetting_path}: the run is not complete (finish it, or merge its shards with "

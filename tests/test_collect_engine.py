@@ -77,3 +77,21 @@ def test_packed_evaluation_equals_padded_for_one_and_for_stacked_tasks(tiny_run)
     assert got2.shape == ref2.shape == (2, len(setup2.upstream_tok))
     assert np.abs(ref2[0] - ref2[1]).max() > 1e-3  # the slots differ, so a mix-up would show
     np.testing.assert_allclose(got2, ref2, atol=1e-5, rtol=0)
+
+
+def test_empty_bucket_lists_are_chosen_from_the_length_quantiles(tiny_run):
+    import dataclasses
+
+    from jaxforget.collect import resolve_buckets
+    from jaxforget.data.batching import quantile_buckets
+
+    assert quantile_buckets([5, 9, 17, 17, 30, 100, 101, 300]) == (24, 32, 104, 304)  # 17, 30, 101, 300 rounded up
+    assert quantile_buckets([3] * 10) == (8,)
+    config, setup, _ = setup_from_run(tiny_run, echo=lambda *_: None)
+    train, ev = resolve_buckets(setup, dataclasses.replace(config.train, buckets=()),
+                                dataclasses.replace(config.eval, buckets=()))
+    task_lengths = np.array([len(x.ids) for xs in setup.task_train.values() for x in xs])
+    up_lengths = np.array([len(x.ids) for x in setup.upstream_tok])
+    assert train.buckets == quantile_buckets(task_lengths) and max(train.buckets) >= task_lengths.max()
+    assert ev.buckets == quantile_buckets(up_lengths) and max(ev.buckets) >= up_lengths.max()
+    assert resolve_buckets(setup, config.train, config.eval) == (config.train, config.eval)  # given lists are kept

@@ -105,7 +105,8 @@ class TrainConfig:
     max_epochs: float = 3.0
     """... capped at this many epochs of the task's training examples (the paper: 3)."""
     buckets: tuple[int, ...] = (32, 48, 64, 96)
-    """Padded sequence lengths (one compilation each); the last must be >= data.task_max_len."""
+    """Padded sequence lengths (one compilation each); the last must be >= data.task_max_len. Empty
+    (`--train.buckets` with no value): four lengths chosen from the tasks' length quantiles."""
     seed: int = 0
     """Seed of batch order and adapter initialisation (per task: seed and task index)."""
     checkpoint_every: int = 50
@@ -123,7 +124,8 @@ class EvalConfig:
     eval_every: int = 0
     """Also measure every this many steps during fine-tuning (the M x T x N tensor); 0 = only at the end."""
     buckets: tuple[int, ...] = (16, 32, 48, 64)
-    """Padded lengths of upstream batches; the last must be >= data.max_len."""
+    """Padded lengths of upstream batches; the last must be >= data.max_len. Empty (`--eval.buckets` with no
+    value): four lengths chosen from the upstream examples' length quantiles."""
     pack: bool = False
     """Pack several upstream examples into each row of the largest bucket's length (first-fit decreasing,
     batch_size rows per batch at most; attention and positions kept per example), instead of one padded
@@ -222,9 +224,9 @@ def check_config(config: CollectConfig) -> None:
         raise ValueError("--train.max-steps must be >= 1 and --train.max-epochs > 0")
     if t.batch_size < 1 or t.grad_accum < 1 or e.batch_size < 1:
         raise ValueError("batch sizes and --train.grad-accum must be >= 1")
-    if max(t.buckets) < d.task_max_len:
+    if t.buckets and max(t.buckets) < d.task_max_len:
         raise ValueError(f"--train.buckets {t.buckets}: the largest must be >= --data.task-max-len {d.task_max_len}")
-    if max(e.buckets) < d.max_len:
+    if e.buckets and max(e.buckets) < d.max_len:
         raise ValueError(f"--eval.buckets {e.buckets}: the largest must be >= --data.max-len {d.max_len}")
     if "nll" not in e.metrics:
         raise ValueError("--eval.metrics must include nll (Z); em is measured in addition to it")

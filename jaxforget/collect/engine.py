@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxforget import models
 from jaxforget.collect.config import CollectConfig, EvalConfig, TrainConfig
 from jaxforget.collect.setup import Setup
-from jaxforget.data.batching import Batch, Batcher, num_train_steps
+from jaxforget.data.batching import Batch, Batcher, num_train_steps, quantile_buckets
 from jaxforget.data.packing import pack_examples
 from jaxforget.data.tokenize import Tokenized
 from jaxforget.models.lora import LoRA, LoRAParam
@@ -239,9 +239,25 @@ class Engine:
                     eval_step=self.eval_step.jitted._cache_size())
 
 
+def resolve_buckets(setup: Setup, train: TrainConfig, eval: EvalConfig) -> tuple[TrainConfig, EvalConfig]:
+    """`train` and `eval` with empty bucket lists replaced by four lengths from the length quantiles of
+    the tasks' training examples, resp. the upstream examples (``data.batching.quantile_buckets``)."""
+    if not train.buckets:
+        lengths = [len(x.ids) for examples in setup.task_train.values() for x in examples]
+        train = dataclasses.replace(train, buckets=quantile_buckets(lengths))
+        log.info("train buckets from the tasks' lengths: %s", train.buckets)
+    if not eval.buckets:
+        eval = dataclasses.replace(eval, buckets=quantile_buckets([len(x.ids) for x in setup.upstream_tok]))
+        log.info("eval buckets from the upstream lengths: %s", eval.buckets)
+    return train, eval
+
+
 def build_engine(setup: Setup, config: CollectConfig) -> Engine:
-    """Adapters (LoRA), optimizer, split model and the jitted steps, built once per run."""
-    t, K = config.train, config.tasks_per_step
+    """Adapters (LoRA), optimizer, split model and the jitted steps, built once per run. Empty
+    --train.buckets / --eval.buckets are chosen here from the setup's length quantiles
+    (`engine.train.buckets`, `engine.eval.buckets`)."""
+    t, e = resolve_buckets(setup, config.train, config.eval)
+    K = config.tasks_per_step
     lora = None
     if t.mode == "lora":
         lora = models.LoraConfig(rank=t.lora_rank, alpha=t.lora_alpha, targets=t.lora_targets)
@@ -259,7 +275,7 @@ def build_engine(setup: Setup, config: CollectConfig) -> Engine:
                                              lengths=t.buckets)
         eval_step = make_stacked_eval_step(split, per_pass=per_pass)
     engine = Engine(k=K, split=split, tx=tx, base_params=base_state.params, lora=lora, arch=setup.model.arch,
-                    train=t, eval=config.eval, pad_id=setup.pad_id, mesh=setup.mesh, train_step=train_step,
+                    train=t, eval=e, pad_id=setup.pad_id, mesh=setup.mesh, train_step=train_step,
                     eval_step=eval_step, sharding=batch_sharding(setup.mesh, t.batch_size))
     engine.evaluate = engine.evaluator(setup.upstream_tok)
     return engine

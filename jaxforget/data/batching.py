@@ -45,6 +45,17 @@ def bucket_lengths(max_len: int, n_buckets: int = 4, *, min_len: int = 16, multi
     return tuple(sorted(out | {max_len}))
 
 
+def quantile_buckets(lengths: Sequence[int], n_buckets: int = 4, *, multiple: int = 8) -> tuple[int, ...]:
+    """Bucket lengths chosen from a length distribution: its 1/n, 2/n, ..., n/n quantiles rounded up to
+    `multiple` (the last holds the longest), so each bucket takes about as many examples and a
+    long-tailed distribution does not pad every batch to its maximum."""
+    lengths = np.asarray(lengths)
+    if lengths.size == 0 or n_buckets < 1:
+        raise ValueError(f"need at least one length and n_buckets >= 1, got {lengths.size}, {n_buckets}")
+    q = np.quantile(lengths, np.arange(1, n_buckets + 1) / n_buckets, method="higher")
+    return tuple(sorted({int(multiple * math.ceil(x / multiple)) for x in q}))
+
+
 def assign_buckets(lengths: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
     """Index of the smallest bucket holding each length (int, same shape as lengths)."""
     lengths = np.asarray(lengths)
