@@ -17,8 +17,9 @@ one `.jsonl` file whose records carry a `task` field. Each record is one of
   - {"text": str} (language modelling on the whole text)
 Other fields are ignored. `split_task` makes a seeded per-task train/validation split.
 
-Blank lines are skipped (and counted in the log); every other bad line is a `ValueError` naming
-`file:line`: malformed JSON, a non-object, a missing or mistyped field, empty text, non-UTF-8 bytes.
+Blank lines are skipped (and counted in the log); a UTF-8 byte-order mark at the start of a file is
+accepted; every other bad line is a `ValueError` naming `file:line`: malformed JSON, a non-object, a
+missing or mistyped field, empty text, non-UTF-8 bytes.
 """
 
 from __future__ import annotations
@@ -80,11 +81,12 @@ def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, decoded line without the newline); non-UTF-8 bytes name the line."""
+    """(1-based line number, decoded line without the newline); non-UTF-8 bytes name the line. A UTF-8
+    byte-order mark opening the file (Windows and spreadsheet exports write one) is dropped."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})") \
                     from None
