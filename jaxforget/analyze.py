@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
+from jaxforget.cli import out_dir_error
 from jaxforget.store import MatrixData, atomic_write_json, load_matrix
 
 TASK_NUMERIC = ("train_loss_drop", "n_train_tokens", "base_loss", "n_train", "steps")
@@ -98,6 +100,11 @@ class AnalyzeConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.vmax is not None and not math.isfinite(self.vmax):
+            raise ValueError(f"--vmax must be a finite number > 0; got {self.vmax}")
+        error = out_dir_error(self.out_dir, "--out")
+        if error:
+            raise ValueError(error)
 
     @property
     def out_dir(self) -> Path:

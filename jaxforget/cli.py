@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import os
 import sys
 import types
 import typing
@@ -113,3 +115,101 @@ def to_jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     return x
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation shared by the entry points: numeric ranges and output directories, checked before any work.
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric flag accepts: ``lo``/``hi`` bounds (open or closed), ``off`` a value outside
+    them that turns the feature off (e.g. 0). Floats must also be finite."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    off: float | None = None
+
+    def accepts(self, v: float) -> bool:
+        if self.off is not None and v == self.off:
+            return True
+        if self.lo is not None and not (v > self.lo if self.lo_open else v >= self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            text = f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            text = f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        else:
+            text = f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return text if self.off is None else f"{self.off:g} (off) or {text}"
+
+
+def at_least(lo: float) -> Range:
+    return Range(lo=lo)
+
+
+def above(lo: float) -> Range:
+    return Range(lo=lo, lo_open=True)
+
+
+def flag_name(path: str) -> str:
+    """``train.clip_norm`` -> ``--train.clip-norm``: a field as the user types it."""
+    return "--" + path.replace("_", "-")
+
+
+def numeric_fields(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted path -> value of every int/float field (tuples of them included) of a nested config
+    dataclass; None values (optional flags not given) are left out."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(numeric_fields(value, f"{path}."))
+        elif _is_number(value) or (isinstance(value, tuple) and value and all(_is_number(v) for v in value)):
+            out[path] = value
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def range_errors(config: Any, ranges: dict[str, Range]) -> list[str]:
+    """One message per numeric field of `config` outside its range in `ranges` (NaN and inf always are),
+    naming the flag as typed: ``--train.clip-norm must be > 0; got -1.0``."""
+    errors = []
+    for path, value in numeric_fields(config).items():
+        for v in (value if isinstance(value, tuple) else (value,)):
+            rule = ranges.get(path)
+            if isinstance(v, float) and not math.isfinite(v):
+                errors.append(f"{flag_name(path)} must be a finite number{f' {rule}' if rule else ''}; got {v}")
+            elif rule is not None and not rule.accepts(v):
+                errors.append(f"{flag_name(path)} must be {rule}; got {value if isinstance(value, tuple) else v}")
+            else:
+                continue
+            break
+    return errors
+
+
+def out_dir_error(path: Path, flag: str = "--out") -> str | None:
+    """Why `path` cannot be (or become) a directory this process writes into, else None: it is a file,
+    it lies under a file, or its nearest existing directory is not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{flag} {path}: is a file, not a directory"
+    parent = path
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        return f"{flag} {path}: {parent} is a file, so no directory can be created under it"
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        return f"{flag} {path}: {parent} is not writable (permission denied)"
+    return None

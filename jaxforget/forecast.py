@@ -211,7 +211,11 @@ def main(config: ForecastConfig, echo=print) -> dict:
     _write_outputs(out_dir, config, summary, rows, revealed_all, z_true, setup, nll_before, len(examples))
     if config.append:
         n_train = [len(setup.task_train[n]) for n in setup.task_names] + [len(examples)]
-        _append(run, meta, cc, name, loop, plan, nll_after, seconds, n_train)
+        lock = run.lock_run()  # no collect (or other forecast) may work on the run while it grows
+        try:
+            _append(run, meta, cc, name, loop, plan, nll_after, seconds, n_train)
+        finally:
+            lock.release()
         echo(f"appended {name} to {run.root} as task {M} (Z is now {M + 1} x {N})")
     echo((out_dir / "report.md").read_text())
     return summary

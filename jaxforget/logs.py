@@ -12,9 +12,12 @@ INFO lines; warnings and errors always print.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 
 ENV = "JAXFORGET_LOG"
 """Environment variable: ``info`` or ``debug`` (the libraries' log lines too), ``warning`` (the default)."""
@@ -65,3 +68,52 @@ def configure_logging(verbose: bool = False, *, quiet: bool = False) -> int:
         os.environ.pop(_TRANSFORMERS_ENV, None)
         _set_env = False
     return lib
+
+
+class Held:
+    """What :func:`held_stderr` held back (``text``, set when the block ends)."""
+
+    text: str = ""
+
+
+@contextlib.contextmanager
+def held_stderr(*, release: bool = False) -> Iterator[Held]:
+    """Hold back everything written to the process's standard error (file descriptor 2, so also the
+    messages C++ libraries and their threads print, e.g. orbax/tensorstore tracebacks about a damaged
+    checkpoint) while the block runs; ``held.text`` has it afterwards, and ``release`` writes it out
+    then (--verbose). Used around calls whose failure jaxforget reports in one line of its own."""
+    held = Held()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield held
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            held.text = tmp.read().decode("utf-8", errors="replace")
+            if release and held.text:
+                sys.stderr.write(held.text)
+                sys.stderr.flush()
+
+
+def drop_closed_loop_noise() -> None:
+    """From now on, drop the "RuntimeError: Event loop is closed" tracebacks that I/O threads print when
+    they complete after the asyncio loop that awaited them ended with an error (orbax/tensorstore, once a
+    restore has failed: the failure itself is reported in one line). Other unraisable errors still print.
+    Idempotent."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxforget", False):
+        return
+
+    def hook(unraisable) -> None:
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._jaxforget = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook

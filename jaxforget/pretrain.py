@@ -24,6 +24,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from jaxforget.cli import Range, above, at_least, out_dir_error, range_errors
 from jaxforget.data.world import DOMAINS, WorldConfig
 
 
@@ -115,6 +116,31 @@ class PretrainConfig:
     """Output directory. Default: the cache entry `collect` uses (reused when it already exists)."""
     force: bool = False
     """Retrain even if the output directory already holds a finished model."""
+
+
+RANGES: dict[str, Range] = {
+    # every int/float field of PretrainConfig's world, base and pretrain (collect's --world/--base/--pretrain too)
+    **dict.fromkeys(("world.n_people", "world.n_upstream", "base.d_model", "base.n_layers", "base.n_heads",
+                     "base.d_ff", "base.vocab_size", "base.max_positions", "pretrain.batch_size", "pretrain.buckets",
+                     "pretrain.eval_per_domain"), at_least(1)),
+    **dict.fromkeys(("world.seed", "pretrain.seed", "pretrain.warmup_steps", "pretrain.log_every",
+                     "pretrain.weight_decay"), at_least(0)),
+    **dict.fromkeys(("world.task_scale", "pretrain.epochs", "pretrain.lr"), above(0)),
+    "world.n_countries": at_least(2), "base.max_len": at_least(2),
+}
+
+
+def base_model_errors(config) -> list[str]:
+    """What is wrong with the --world / --base / --pretrain flags of `config` (a PretrainConfig or a
+    CollectConfig), each error naming the flag as typed; [] when they are usable."""
+    errors = range_errors(config, RANGES)
+    b = config.base
+    if not errors and b.d_model % b.n_heads:
+        errors.append(f"--base.d-model {b.d_model} must be a multiple of --base.n-heads {b.n_heads}")
+    if not errors and max(config.pretrain.buckets) < b.max_len:
+        errors.append(f"--pretrain.buckets {config.pretrain.buckets}: the largest must be >= --base.max-len "
+                      f"{b.max_len}")
+    return errors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,6 +286,9 @@ def main(config: PretrainConfig) -> Path:
     """Build the base model into --out (or the cache) and print its losses."""
     from jaxforget.data.cache import build_once, is_complete
 
+    errors = base_model_errors(config) + ([e] if config.out is not None and (e := out_dir_error(config.out)) else [])
+    if errors:
+        raise ValueError("; ".join(errors))
     if config.out is None and not config.force:
         return ensure_base_model(config.world, config.base, config.pretrain)
     path = config.out or default_base_dir(config.world, config.base, config.pretrain)

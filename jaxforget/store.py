@@ -21,10 +21,13 @@ import json
 import math
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxforget.locks import FileLock, holder_text
 
 
 @dataclasses.dataclass
@@ -52,18 +55,31 @@ def _checked(Z, path: Path, what: str) -> np.ndarray:
     return Z
 
 
+def _unreadable(path: Path, what: str, e: Exception) -> ValueError:
+    return ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {e}); is the file complete and of that "
+                      "format?")
+
+
 def _load_npz(path: Path) -> MatrixData:
-    with np.load(path, allow_pickle=False) as f:
-        keys = list(f.keys())
-        if "Z" in f:
-            key = "Z"
-        elif len(keys) == 1:
-            key = keys[0]
-        else:
-            raise ValueError(f"{path}: no array named 'Z' and several arrays ({', '.join(keys)}); which is the matrix?")
-        Z = _checked(f[key], path, f"array {key!r}")
-        rows = f["task_names"].tolist() if "task_names" in f else None
-        cols = f["example_ids"].tolist() if "example_ids" in f else None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = list(f.keys())
+            if "Z" in f:
+                key = "Z"
+            elif len(keys) == 1:
+                key = keys[0]
+            else:
+                raise ValueError(f"{path}: no array named 'Z' and several arrays ({', '.join(keys)}); "
+                                 "which is the matrix?")
+            Z = _checked(f[key], path, f"array {key!r}")
+            rows = f["task_names"].tolist() if "task_names" in f else None
+            cols = f["example_ids"].tolist() if "example_ids" in f else None
+    except ValueError as e:
+        if str(e).startswith(str(path)):  # ours, already naming the file
+            raise
+        raise _unreadable(path, ".npz archive", e) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:  # not a zip, truncated, a damaged member
+        raise _unreadable(path, ".npz archive", e) from None
     for name, values, n in (("task_names", rows, Z.shape[0]), ("example_ids", cols, Z.shape[1])):
         if values is not None and len(values) != n:
             raise ValueError(f"{path}: {name} has {len(values)} entries for a matrix of shape {Z.shape}")
@@ -76,8 +92,15 @@ def _cell(text: str) -> float:
 
 
 def _load_csv(path: Path) -> MatrixData:
-    with open(path, newline="", encoding="utf-8") as fh:
-        lines = [(i + 1, row) for i, row in enumerate(csv.reader(fh)) if any(c.strip() for c in row)]
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (spreadsheet exports) is dropped
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
+                         "save the table as UTF-8 CSV") from None
+    rows = csv.reader(io.StringIO(text, newline=""))
+    lines = [(i + 1, row) for i, row in enumerate(rows) if any(c.strip() for c in row)]
     if not lines:
         raise ValueError(f"{path}: empty file")
 
@@ -141,7 +164,21 @@ def load_matrix(path: str | Path) -> MatrixData:
         raise FileNotFoundError(f"{path}: no such file or directory")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        Z = _checked(np.load(path, allow_pickle=False), path, "the array")
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+        if magic != b"\x93NUMPY":
+            raise ValueError(f"{path}: not a .npy file (it does not start with the NumPy header); save the matrix "
+                             "with numpy.save, or use .csv / .npz")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            if "pickle" in str(e):  # a real .npy holding Python objects
+                raise ValueError(f"{path}: holds Python objects (dtype object), not numbers; save a float "
+                                 "array") from None
+            raise _unreadable(path, ".npy file", e) from None
+        except (OSError, EOFError) as e:
+            raise _unreadable(path, ".npy file", e) from None
+        Z = _checked(array, path, "the array")
         return MatrixData(Z, _names(None, Z.shape[0], "task"), _names(None, Z.shape[1], "ex"), str(path))
     if suffix == ".npz":
         return _load_npz(path)
@@ -213,6 +250,11 @@ class RunDir:
     Each finished task is one file ``rows/task_<index>.npz`` written atomically, so any number of
     processes (``--shard i/n``) can fill one run directory and a killed run loses at most the task in
     progress. ``forgetting.npz`` is assembled from the rows once all are present.
+
+    ``locks/`` holds the ``flock`` files (:mod:`jaxforget.locks`) that keep processes apart:
+    ``run.lock`` (one process alone, or any number of shard jobs: :meth:`lock_run`), ``files.lock``
+    (the files every job may write: meta.json, base.npz, the assembly: :meth:`files_lock`) and
+    ``task_<index>.lock`` (the task a process is training: :meth:`lock_task`).
     """
 
     def __init__(self, root: str | Path):
@@ -224,38 +266,87 @@ class RunDir:
     rows_dir = property(lambda self: self.root / "rows")
     tb_dir = property(lambda self: self.root / "tb")
     checkpoints_dir = property(lambda self: self.root / "checkpoints")
+    locks_dir = property(lambda self: self.root / "locks")
 
     def row_path(self, index: int) -> Path:
         return self.rows_dir / f"task_{index:05d}.npz"
 
-    def start(self, meta: dict[str, Any], *, compare: str = "config") -> bool:
+    def lock_run(self, *, shard: bool = False) -> FileLock:
+        """The run lock, taken without waiting (creating the directory): exclusive for a process that
+        does the whole run, shared by ``--shard`` jobs (which then lock each task, :meth:`lock_task`).
+        A RunError naming the holder when it conflicts. Release it (``.release()``) when done; a
+        killed process releases it with its death."""
+        lock = FileLock(self.locks_dir / "run.lock", shared=shard)
+        try:
+            ok = lock.acquire()
+        except OSError as e:
+            raise RunError(f"{self.root}: cannot create the run directory's lock file ({e.strerror})") from None
+        if not ok:
+            holder = holder_text(lock.path)
+            if shard:
+                raise RunError(f"{self.root}: a collect process without --shard is working on this run directory "
+                               f"({holder}); shard jobs can only share a directory with other shard jobs. Wait for "
+                               "it to finish or stop it.")
+            raise RunError(f"{self.root}: another collect process is working on this run directory ({holder}). "
+                           "Wait for it to finish or stop it, or choose another --out; jobs that share one run "
+                           "directory must each take a --shard i/n.")
+        return lock
+
+    def files_lock(self) -> FileLock:
+        """Exclusive lock (``with run.files_lock():`` waits for it) around the files every job of a run may
+        write: meta.json, base.npz, upstream.jsonl, tasks.jsonl, forgetting.npz."""
+        return FileLock(self.locks_dir / "files.lock")
+
+    def lock_task(self, index: int) -> FileLock | None:
+        """The lock of task `index`, taken without waiting, or None when another process holds it (it is
+        training that task). Check that the task has no row yet after taking it: its lock file is removed
+        once the row is written (``release(unlink=True)``)."""
+        lock = FileLock(self.locks_dir / f"task_{index:05d}.lock")
+        return lock if lock.acquire() else None
+
+    def start(self, meta: dict[str, Any], *, compare: str = "config", ignore: tuple[str, ...] = ()) -> bool:
         """Create the run (writing ``meta.json``) or check that an existing one has the same
-        ``meta[compare]``. Returns True when resuming. Raises :class:`RunError` listing the
-        differing fields otherwise."""
-        if self.meta_path.exists():
-            old = self.read_meta()
-            diffs = _diff(old.get(compare), meta.get(compare))
-            if diffs:
-                raise RunError(
-                    f"{self.meta_path}: this run directory holds a run with another configuration "
-                    f"({'; '.join(diffs[:8])}). Resume with the same flags or choose another --out."
-                )
-            return True
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.meta_path, {"schema_version": SCHEMA_VERSION, **meta})
-        return False
+        ``meta[compare]`` (its keys `ignore` aside). Returns True when resuming. Raises :class:`RunError`
+        listing the differing fields otherwise."""
+        with self.files_lock():  # two jobs starting at once: one creates, the other checks
+            if self.meta_path.exists():
+                old = self.read_meta()
+                if not isinstance(old.get(compare), dict):
+                    raise RunError(f"{self.meta_path}: has no {compare!r} record, so it is not the meta.json of a "
+                                   "jaxforget run (damaged, or written by something else). Restore it, or move the "
+                                   "directory away / choose another --out to start afresh.")
+                diffs = _diff({k: v for k, v in old[compare].items() if k not in ignore},
+                              {k: v for k, v in meta.get(compare, {}).items() if k not in ignore})
+                if diffs:
+                    raise RunError(
+                        f"{self.meta_path}: this run directory holds a run with another configuration "
+                        f"({'; '.join(diffs[:8])}). Resume with the same flags or choose another --out."
+                    )
+                return True
+            atomic_write_json(self.meta_path, {"schema_version": SCHEMA_VERSION, **meta})
+            return False
 
     def read_meta(self) -> dict[str, Any]:
         try:
-            return json.loads(self.meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
             raise RunError(f"{self.meta_path}: unreadable ({e})") from None
+        if not isinstance(meta, dict):
+            raise RunError(f"{self.meta_path}: expected a JSON object, found {type(meta).__name__}")
+        return meta
 
     def update_meta(self, **fields: Any) -> None:
-        atomic_write_json(self.meta_path, {**self.read_meta(), **fields})
+        with self.files_lock():  # read-modify-write: jobs of one run must not lose each other's fields
+            atomic_write_json(self.meta_path, {**self.read_meta(), **fields})
 
-    def write_base(self, nll_before: np.ndarray, **extra: np.ndarray) -> None:
-        atomic_write_npz(self.base_path, nll_before=np.asarray(nll_before, np.float32), **extra)
+    def write_base(self, nll_before: np.ndarray, **extra: np.ndarray) -> bool:
+        """Write base.npz unless another job of the run wrote it first (then its values stand, so every
+        row of Z is measured against one base); returns whether this call wrote it."""
+        with self.files_lock():
+            if self.base_path.exists():
+                return False
+            atomic_write_npz(self.base_path, nll_before=np.asarray(nll_before, np.float32), **extra)
+            return True
 
     def read_base(self) -> dict[str, np.ndarray] | None:
         return read_npz(self.base_path) if self.base_path.exists() else None

@@ -272,3 +272,23 @@ def test_every_config_field_has_a_docstring(tmp_path):
         assert re.search(rf"\n    {field.name}: [^\n]+\n    \"\"\"\S", text), f"{field.name} has no docstring"
     assert AnalyzeConfig(path=tmp_path).out_dir == tmp_path / "analysis"
     assert AnalyzeConfig(path=tmp_path / "z.npy").out_dir == tmp_path / "analysis_z"
+
+
+def test_out_that_is_a_file_and_damaged_matrices_are_one_line(tmp_path, capsys):
+    z = tmp_path / "z.npy"
+    np.save(z, np.ones((3, 4), np.float32))
+    (tmp_path / "report.txt").write_text("not a directory")
+    cases = [
+        ([str(z), "--out", str(tmp_path / "report.txt")], "--out {t}/report.txt: is a file, not a directory"),
+        ([str(z), "--out", str(tmp_path / "report.txt" / "sub")],
+         "--out {t}/report.txt/sub: {t}/report.txt is a file, so no directory can be created under it"),
+        ([str(z), "--vmax", "inf"], "--vmax must be a finite number > 0; got inf"),
+    ]
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 a truncated zip")
+    cases.append(([str(tmp_path / "bad.npz")], "{t}/bad.npz: not a readable .npz archive"))
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            cli([*argv, "--tracker", "none"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message.format(t=tmp_path)}") and err.count("\n") == 1, err

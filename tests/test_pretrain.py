@@ -209,3 +209,14 @@ def test_one_step_function_serves_every_task():
         np.testing.assert_array_equal(np.asarray(base.params["embed"][...]), base_embed)  # base untouched
     assert step.jitted._cache_size() == 1
     assert not np.allclose(finals[0], finals[1])
+
+
+def test_pretrain_flags_are_checked_before_any_work(tmp_path, capsys):
+    from jaxforget.pretrain import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli(["--out", str(tmp_path / "m"), "--pretrain.lr", "nan", "--base.n-layers", "0"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("error: --base.n-layers must be >= 1; got 0; --pretrain.lr must be a finite "
+                                       "number > 0; got nan\n")
+    assert not (tmp_path / "m").exists()

@@ -12,7 +12,8 @@ mean token NLL of N upstream examples, and write the task's row; ``Z = NLL_after
 
 The run directory (``--out``, layout in docs/architecture.md) is resumable with the same command:
 finished rows are never recomputed, and the task in progress resumes from its last orbax
-checkpoint. One compiled train step and one compiled eval step (per bucket shape) serve every task.
+checkpoint (verified: a damaged one is an error, never a resume). One process works on a run
+directory at a time (a lock), except ``--shard`` jobs, which lock the tasks they train. One compiled train step and one compiled eval step (per bucket shape) serve every task.
 
 With ``--tasks-per-step K`` (LoRA), tasks go in groups of K: one model holds K adapters stacked on a
 leading axis, one step trains all K (each on its own task's batch, with its own optimizer state),
@@ -37,6 +38,7 @@ The package, one reason to change per module:
     setup        model + tokenizer + upstream sample + tokenised tasks (build_setup, setup_from_run)
     engine       the compiled steps and what feeds them (Engine, build_engine, task_seed, stack_slots)
     loop         fine-tuning a group of tasks (TrainLoop; train_group: checkpoints, resume, failures)
+    checkpoints  the orbax checkpoints of the group in progress, with a digest verified on restore
     run          the run: shards, rows, merge, summary, TensorBoard (collect, merge, summarize)
     distributed  several processes in one run (init_distributed, on_primary, barrier)
     __main__     the command line

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from jaxforget.cli import to_jsonable
+from jaxforget.cli import Range, above, at_least, flag_name, out_dir_error, range_errors, to_jsonable
 from jaxforget.data.fields import FieldMap, field_map
 from jaxforget.data.world import WorldConfig
-from jaxforget.pretrain import BaseModelConfig, PretrainTrainConfig
+from jaxforget.pretrain import RANGES as BASE_MODEL_RANGES
+from jaxforget.pretrain import BaseModelConfig, PretrainTrainConfig, base_model_errors
+
+
+LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down"]
+"""The projections LoRA can adapt (jaxforget.models.decoder.LORA_TARGETS; a test checks they agree)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +90,7 @@ class TrainConfig:
     """LoRA rank."""
     lora_alpha: float = 16.0
     """LoRA alpha (delta scaled by alpha / rank)."""
-    lora_targets: tuple[str, ...] = ("q", "v")
+    lora_targets: tuple[LoraTarget, ...] = ("q", "v")
     """Projections that get adapters: q, k, v, o, gate, up, down."""
     lr: float = 3e-4
     """Peak learning rate (AdamW)."""
@@ -113,6 +119,9 @@ class TrainConfig:
     """Save the task in progress every this many steps (orbax; 0 = never)."""
     keep_checkpoints: int = 1
     """Checkpoints kept for the task in progress (deleted when its row is written)."""
+    divergence_factor: float = 2.0
+    """A task whose training loss diverged fails (row NaN, exit status 1): the mean loss of its last 10 steps
+    above this many times its first step's loss. 0 turns the check off (NaN/inf losses always fail)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,19 +220,46 @@ class CollectConfig:
         return i, n
 
 
-# Fields that may differ between the jobs or restarts of one run.
-NOT_COMPARED = ("shard", "merge", "quiet", "log_every", "save_models", "distributed", "coordinator", "num_processes",
-                 "process_id", "tasks_per_pass")
+# Fields that may differ between the jobs or restarts of one run. `out` is the run directory itself (its
+# spelling, relative or absolute, or a moved directory changes nothing).
+NOT_COMPARED = ("out", "shard", "merge", "quiet", "log_every", "save_models", "distributed", "coordinator",
+                "num_processes", "process_id", "tasks_per_pass")
+
+RANGES: dict[str, Range] = {
+    # every int/float field of CollectConfig (tests/test_collect_config.py checks that none is missing)
+    **BASE_MODEL_RANGES,  # --world.*, --base.*, --pretrain.*
+    **dict.fromkeys(("data.n_upstream", "data.n_em", "train.lora_rank", "train.batch_size", "train.grad_accum",
+                     "train.max_steps", "train.buckets", "train.keep_checkpoints", "eval.batch_size",
+                     "eval.buckets", "eval.em_max_new_tokens", "eval.em_batch_size", "log_every", "tasks_per_step",
+                     "tasks_per_pass", "mesh", "num_processes"), at_least(1)),
+    **dict.fromkeys(("data.seed", "train.seed", "process_id", "train.warmup_steps", "train.checkpoint_every",
+                     "eval.eval_every", "train.weight_decay"), at_least(0)),
+    **dict.fromkeys(("train.lr", "train.lora_alpha", "train.clip_norm", "train.max_epochs"), above(0)),
+    "data.max_len": at_least(2), "data.task_max_len": at_least(2),
+    "data.val_fraction": Range(0, 1, hi_open=True), "train.end_lr_fraction": Range(0, 1),
+    "train.divergence_factor": Range(lo=1, off=0),
+}
 
 
 def check_config(config: CollectConfig) -> None:
-    """Invalid combinations fail before any work, with the fix in the message."""
+    """One pass over the whole configuration before anything is built or written: every numeric flag in
+    its range (NaN / inf refused), then the combinations, each error naming the flag as typed."""
+    errors = range_errors(config, RANGES)
+    if config.merge is None:
+        error = out_dir_error(config.out)
+        errors += [error] if error else []
+    if not errors and config.model.path is None:  # the built-in base model's flags, as pretrain checks them
+        errors += base_model_errors(config)
+    if errors:
+        raise ValueError("; ".join(errors))
     config.shard_index  # noqa: B018 - validates
     t, d, e = config.train, config.data, config.eval
-    if t.max_steps < 1 or t.max_epochs <= 0:
-        raise ValueError("--train.max-steps must be >= 1 and --train.max-epochs > 0")
-    if t.batch_size < 1 or t.grad_accum < 1 or e.batch_size < 1:
-        raise ValueError("batch sizes and --train.grad-accum must be >= 1")
+    unknown = [x for x in t.lora_targets if x not in typing.get_args(LoraTarget)]
+    if unknown or not t.lora_targets:
+        raise ValueError(f"--train.lora-targets {' '.join(map(str, t.lora_targets)) or '(none)'}: choose one or more "
+                         f"of {', '.join(typing.get_args(LoraTarget))}")
+    if config.mesh is not None and len(config.mesh) > 3:
+        raise ValueError(f"{flag_name('mesh')} {config.mesh}: at most 3 axes (data, fsdp, tensor)")
     if t.buckets and max(t.buckets) < d.task_max_len:
         raise ValueError(f"--train.buckets {t.buckets}: the largest must be >= --data.task-max-len {d.task_max_len}")
     if e.buckets and max(e.buckets) < d.max_len:
@@ -233,12 +269,6 @@ def check_config(config: CollectConfig) -> None:
     if "em" in e.metrics and d.em_upstream is None:
         raise ValueError("--eval.metrics em needs --data.em-upstream (prompt/completion or messages records)")
     upstream_field_map(d), task_field_map(d)  # unknown roles or malformed role=field fail here
-    if d.n_upstream < 1:
-        raise ValueError("--data.n-upstream must be >= 1")
-    if config.tasks_per_step < 1:
-        raise ValueError(f"--tasks-per-step must be >= 1, got {config.tasks_per_step}")
-    if config.tasks_per_pass is not None and config.tasks_per_pass < 1:
-        raise ValueError(f"--tasks-per-pass must be >= 1, got {config.tasks_per_pass}")
     if config.tasks_per_step > 1 and t.mode != "lora":
         raise ValueError(f"--tasks-per-step {config.tasks_per_step} trains that many LoRA adapters on one frozen "
                          "base; add --train.mode lora (full fine-tuning trains one task at a time: drop "
@@ -247,14 +277,12 @@ def check_config(config: CollectConfig) -> None:
     given = [f"--{k.replace('_', '-')}" for k, v in cluster.items() if v is not None]
     if given and not config.distributed:
         raise ValueError(f"{' '.join(given)} only apply to a multi-process run: add --distributed")
-    if config.num_processes is not None and config.num_processes < 1:
-        raise ValueError(f"--num-processes must be >= 1, got {config.num_processes}")
     if config.process_id is not None and not 0 <= config.process_id < (config.num_processes or math.inf):
         raise ValueError(f"--process-id {config.process_id}: need 0 <= id < --num-processes {config.num_processes}")
     if config.coordinator is not None and not config.coordinator.rpartition(":")[2].isdigit():
         raise ValueError(f"--coordinator {config.coordinator!r}: expected host:port (e.g. node0:1234)")
     for name, path in (("--model.path", config.model.path), ("--data.upstream", d.upstream), ("--data.tasks", d.tasks),
-                       ("--data.em-upstream", d.em_upstream)):
+                       ("--data.em-upstream", d.em_upstream), ("--merge", config.merge)):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{name} {path}: no such file or directory")
 

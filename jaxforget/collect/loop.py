@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jaxforget import models
+from jaxforget.collect import checkpoints
 from jaxforget.collect.config import CollectConfig
 from jaxforget.collect.distributed import is_primary
 from jaxforget.collect.engine import Engine, TaskSchedule, stack_slots, task_seed
@@ -30,7 +29,21 @@ log = logging.getLogger("jaxforget.collect")
 
 
 class TaskFailed(Exception):
-    """Training diverged (non-finite loss); the row is recorded as failed with this reason."""
+    """Training diverged (a non-finite loss, or one that grew: :func:`diverged`); the row is recorded as
+    failed with this reason."""
+
+
+def diverged(losses: Sequence[float], factor: float, window: int = 10) -> str | None:
+    """Why a task's training diverged, or None: the mean of its last `window` losses above `factor` times
+    its first loss (``--train.divergence-factor``; 0 never fails a task). ``losses``: one per step."""
+    if factor <= 0 or not len(losses):
+        return None
+    first, last = float(losses[0]), float(np.mean(losses[-window:]))
+    if last > factor * first:
+        n = min(window, len(losses))
+        return (f"diverged: mean training loss of the last {n} steps {last:.4g} > {factor:g} x the first step's "
+                f"{first:.4g} (--train.divergence-factor)")
+    return None
 
 
 class TrainLoop:
@@ -112,28 +125,6 @@ def fault_point(where: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def checkpoint_manager(path: Path, config: CollectConfig) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max(1, config.train.keep_checkpoints),
-                                           enable_async_checkpointing=False, create=True)
-    return ocp.CheckpointManager(path.absolute(), options=options)
-
-
-def restore(manager: ocp.CheckpointManager, state: TrainState, path: Path):
-    """Latest checkpoint of the group in progress, or (None, None). An unreadable one is an error, never
-    a silent restart."""
-    step = manager.latest_step()
-    if step is None:
-        return None, None
-    try:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
-    except Exception as e:  # orbax raises many types for damaged files
-        raise RunError(f"{path}: checkpoint at step {step} is unreadable ({type(e).__name__}: {e}). "
-                       "Delete the directory to restart this task from the base model.") from None
-    return restored["state"], restored["extra"]
-
-
 def save_model(model, path: Path, tokenizer) -> None:
     """The fine-tuned model as an HF directory (save_hf folds unmerged adapters into the weights).
     Every process calls it (save_hf gathers what is sharded across processes); process 0 writes."""
@@ -179,10 +170,10 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
     nll_steps: list[list[np.ndarray]] = [[] for _ in indices]
     eval_steps: list[list[int]] = [[] for _ in indices]
     ckpt_dir = run.checkpoints_dir / f"task_{indices[0]:05d}"
-    manager = checkpoint_manager(ckpt_dir, config) if t.checkpoint_every > 0 else None
+    manager = checkpoints.manager(ckpt_dir, keep=t.keep_checkpoints) if t.checkpoint_every > 0 else None
     first = 0
     if manager is not None:
-        restored, extra = restore(manager, state, ckpt_dir)
+        restored, extra = checkpoints.restore(manager, state, ckpt_dir)
         if restored is not None:
             if list(extra["indices"]) != indices:
                 raise RunError(f"{ckpt_dir}: a checkpoint of tasks {extra['indices']}, now grouped as {indices}. "
@@ -209,11 +200,9 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
                 eval_steps[k].append(done)
         if manager is not None and done % t.checkpoint_every == 0 and done < loop.total:
             loop.flush(done)
-            manager.save(done, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(loop.state),
-                extra=ocp.args.JsonSave(dict(step=done, indices=indices, losses=losses, failed=failed,
-                                             eval_steps=eval_steps,
-                                             nll_steps=[[x.tolist() for x in xs] for xs in nll_steps]))))
+            checkpoints.save(manager, done, loop.state, dict(
+                indices=indices, losses=losses, failed=failed, eval_steps=eval_steps,
+                nll_steps=[[x.tolist() for x in xs] for xs in nll_steps]))
             fault_point(f"checkpoint:{indices[0]}:{done}")
         progress.update(int(active.sum()))
         counted += int(active.sum())
@@ -222,6 +211,8 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
     nll_after = engine.evaluate(state.params) if not all(failed) else None
     results: list[dict[str, Any] | TaskFailed] = []
     for k, name in enumerate(names):
+        if not failed[k]:
+            failed[k] = diverged(losses[k], t.divergence_factor)
         if not failed[k] and not np.all(np.isfinite(nll_after[k])):
             failed[k] = "non-finite upstream NLL after fine-tuning"
         if failed[k]:

@@ -4,6 +4,8 @@ and assemble Z with its summary when every task is done (:func:`merge` does only
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import platform
 import shutil
 from pathlib import Path
@@ -11,8 +13,10 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from matplotlib import colormaps
 from tqdm import tqdm
 
@@ -21,11 +25,14 @@ from jaxforget.collect.config import CollectConfig, check_config, config_dict
 from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
 from jaxforget.collect.engine import batch_sharding, build_engine
 from jaxforget.collect.loop import TaskFailed, run_schedule, train_group
-from jaxforget.collect.setup import build_setup
+from jaxforget.collect.setup import Setup, build_setup
 from jaxforget.completion import fit_table
 from jaxforget.exact_match import make_em_eval
-from jaxforget.store import RunDir, atomic_write_jsonl
+from jaxforget.models.sharding import to_host
+from jaxforget.store import RunDir, RunError, atomic_write_jsonl
 from jaxforget.tracking import open_tracker
+
+log = logging.getLogger("jaxforget.collect")
 
 
 def versions() -> dict[str, str]:
@@ -89,28 +96,43 @@ def merge(path: Path, echo=print) -> dict[str, np.ndarray]:
 def collect(config: CollectConfig, echo=print) -> int:
     """Run (or resume) the collection; returns the process exit code (1 when a task failed).
 
-    With --distributed every process of the run calls this; process 0 alone writes the run
-    directory and echoes, and all return the same code."""
+    The whole configuration is checked first; then the run directory is locked (exclusively, or shared
+    with the other jobs of a --shard run, each of which also locks the tasks it trains), and nothing is
+    built before. With --distributed every process of the run calls this; process 0 alone locks and
+    writes the run directory and echoes, and all return the same code."""
     if config.merge is not None:
+        check_config(config)
         merge(config.merge, echo)
         return 0
     check_config(config)
     init_distributed(config)  # before any other JAX call
-    primary = is_primary()
-    if not primary:
+    if not is_primary():
         echo = silent
-    setup = build_setup(config, echo)
     run = RunDir(config.out)
+    with contextlib.ExitStack() as locks:  # released on return or error; a killed process loses them with it
+
+        def lock_run() -> None:
+            locks.callback(run.lock_run(shard=config.shard is not None).release)
+
+        on_primary(lock_run, f"lock the run directory {run.root}")
+        return _collect(config, run, locks, echo)
+
+
+def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, echo) -> int:
+    primary = is_primary()
+    setup = build_setup(config, echo)
     task_names = setup.task_names
     example_ids = [ex.id for ex in setup.upstream]
-    meta = dict(config=config_dict(config), nll_tokens=config.nll_tokens, model_dir=str(setup.model_dir.resolve()), task_names=task_names,
+    engine = build_engine(setup, config)  # before meta.json: a LoRA target the model lacks writes nothing
+    meta = dict(config=config_dict(config), nll_tokens=config.nll_tokens, out=str(run.root.resolve()),
+                model_dir=str(setup.model_dir.resolve()), task_names=task_names,
                 em_example_ids=setup.em_set.ids if setup.em_set is not None else None,
                 example_ids=example_ids, seeds=dict(data=config.data.seed, train=config.train.seed,
                                                     world=config.world.seed),
                 versions=versions(), status="running")
 
     def open_run() -> dict[str, Any]:
-        resumed = run.start(meta)
+        resumed = run.start(meta, ignore=("out",))  # `out`: recorded by runs of earlier versions
         return dict(resumed=resumed, has_base=run.read_base() is not None, finished=run.finished())
 
     # Process 0 reads (and creates) the run directory; every process acts on what it found.
@@ -119,7 +141,6 @@ def collect(config: CollectConfig, echo=print) -> int:
     echo(f"{'resuming' if resumed else 'starting'} {run.root}: {len(task_names)} tasks x {len(example_ids)} "
          f"upstream examples; model {setup.model_dir}")
 
-    engine = build_engine(setup, config)
     em_eval = None
     if setup.em_set is not None:
         em_eval = make_em_eval(setup.em_set, setup.tokenizer, batch_size=config.eval.em_batch_size,
@@ -129,17 +150,17 @@ def collect(config: CollectConfig, echo=print) -> int:
     if not found["has_base"]:
         echo("measuring the base model's NLL on the upstream examples")
         nll_before = engine.evaluate(engine.base_params)[0]  # adapters start at B = 0: each is the base model
+        check_base_nll(nll_before, example_ids, setup)
         extra = {}
         if em_eval is not None:
             extra["em_before"] = em_eval(engine.model(engine.base_params, 0))
             echo(f"base model exact match: {extra['em_before'].mean():.1%} of {extra['em_before'].size} examples")
-        if primary:
-            run.write_base(nll_before, **extra)
+        if primary and run.write_base(nll_before, **extra):
             atomic_write_jsonl(run.root / "upstream.jsonl", [
                 dict(id=ex.id, source=ex.source, n_tokens=len(tok.ids), nll_before=float(nll), text=ex.text[:500])
                 for ex, tok, nll in zip(setup.upstream, setup.upstream_tok, nll_before)])
-    elif primary:
-        nll_before = run.read_base()["nll_before"]
+    if primary:
+        nll_before = run.read_base()["nll_before"]  # another job's, when it wrote base.npz first
 
     shard_i, shard_n = config.shard_index
     mine = [i for i in range(len(task_names)) if i % shard_n == shard_i]
@@ -151,14 +172,43 @@ def collect(config: CollectConfig, echo=print) -> int:
     failed = []
     K = config.tasks_per_step
     # the bar counts each task's real steps (--train.max-steps capped by --train.max-epochs)
-    total = sum(run_schedule(engine, setup, i).n_steps for i in todo)
-    with tracker, tqdm(total=total, disable=config.quiet or not primary, desc="collect", unit="step") as progress:
+    steps = {i: run_schedule(engine, setup, i).n_steps for i in todo}
+    pending, claimed = list(todo), {}  # process 0: tasks not yet taken; task locks held
+    locks.callback(lambda: [lock.release() for lock in claimed.values()])
+
+    def claim() -> dict[str, list[int]]:
+        """Process 0: the next (at most K) tasks of `pending` that no other process is training and no row
+        holds yet, each locked (RUN/locks/task_<i>.lock) until its row is written."""
+        group, passed = [], []
+        while pending and len(group) < K:
+            i = pending.pop(0)
+            lock = run.lock_task(i)
+            if lock is not None and run.row_path(i).exists():  # finished by another job since we looked
+                lock.release()
+                lock = None
+            if lock is None:
+                passed.append(i)
+                continue
+            claimed[i] = lock
+            group.append(i)
+        return dict(group=group, passed=passed)
+
+    with tracker, tqdm(total=sum(steps.values()), disable=config.quiet or not primary, desc="collect",
+                       unit="step") as progress:
 
         def say(line: str) -> None:  # a line above the progress bar, not through it
             with tqdm.external_write_mode():
                 echo(line)
 
-        for group in (todo[g:g + K] for g in range(0, len(todo), K)):
+        while True:
+            got = on_primary(claim, "claim the next tasks")
+            for i in got["passed"]:
+                say(f"task {i + 1}/{len(task_names)} {task_names[i]}: done or in progress in another process; "
+                    "left to it")
+                progress.total -= steps[i]
+            group = got["group"]
+            if not group:  # nothing pending any more
+                break
             progress.set_postfix(task=", ".join(task_names[i] for i in group))
             results = train_group(group, setup=setup, config=config, run=run, engine=engine, tracker=tracker,
                                   em_eval=em_eval,
@@ -169,11 +219,13 @@ def collect(config: CollectConfig, echo=print) -> int:
             if primary:
                 _record_group(group, results, run=run, task_names=task_names, nll_before=nll_before,
                               tracker=tracker, echo=say)
+                for i in group:  # its row is written: anyone locking it later finds the row and passes
+                    claimed.pop(i).release(unlink=True)
     if primary:
         missing = sorted(set(range(len(task_names))) - set(run.finished()))
         if missing:
-            echo(f"{len(missing)} tasks still to do in other shards; `python -m jaxforget.collect --merge {run.root}` "
-                 "assembles Z once they are finished")
+            echo(f"{len(missing)} tasks still to do in other shards or processes; `python -m jaxforget.collect "
+                 f"--merge {run.root}` assembles Z once they are finished")
         else:
             out = run.assemble(task_names, example_ids, em_base_correct_only=config.eval.em_base_correct_only)
             write_tasks_jsonl(run, task_names, [len(setup.task_train[n]) for n in task_names])
@@ -185,6 +237,26 @@ def collect(config: CollectConfig, echo=print) -> int:
             echo(f"wrote {run.forgetting_path}")
         run.update_meta(compilations=engine.compilations())
     return 1 if failed else 0
+
+
+def check_base_nll(nll_before: np.ndarray, example_ids: list[str], setup: Setup) -> None:
+    """Before any task is trained: a base model whose NLL is NaN/inf on every upstream example is an error
+    (naming its non-finite weights); on some examples, a warning (their columns of Z are NaN)."""
+    bad = ~np.isfinite(nll_before)
+    if not bad.any():
+        return
+    shown = ", ".join(example_ids[j] for j in np.flatnonzero(bad)[:5])
+    if not bad.all():
+        log.warning("the base model's NLL is NaN/inf on %d of %d upstream examples (%s%s): their columns of Z will "
+                    "be NaN", int(bad.sum()), bad.size, shown, ", ..." if bad.sum() > 5 else "")
+        return
+    finite = jax.tree_util.tree_flatten_with_path(
+        jax.tree.map(lambda x: jnp.isfinite(x).all(), nnx.state(setup.model, nnx.Param)))[0]
+    weights = [_param_name(p) for p, ok in zip((p for p, _ in finite), to_host([v for _, v in finite])) if not ok]
+    why = (f"{len(weights)} weight arrays hold NaN/inf ({', '.join(weights[:4])}{', ...' if len(weights) > 4 else ''})"
+           if weights else "the weights are finite, so the activations overflow")
+    raise RunError(f"{setup.model_dir}: the base model's NLL is NaN/inf on all {bad.size} upstream examples: {why}. "
+                   "No task was trained.")
 
 
 def _record_group(group: list[int], results: list, *, run: RunDir, task_names: list[str], nll_before: np.ndarray,
@@ -210,6 +282,12 @@ def _record_group(group: list[int], results: list, *, run: RunDir, task_names: l
     rows = np.stack([run.read_row(j)["nll_after"] for j in done_rows]) - nll_before[None]
     tracker.image("forgetting/Z_sorted", heatmap_image(rows), len(done_rows))
     tracker.flush()
+
+
+def _param_name(path) -> str:
+    """``layers.wq`` from a key path of nnx.state (its ``.value`` leaf left out)."""
+    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    return ".".join(keys[:-1] if keys and keys[-1] == "value" else keys)
 
 
 def write_tasks_jsonl(run: RunDir, task_names: list[str], n_train: list[int]) -> None:

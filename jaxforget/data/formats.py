@@ -65,14 +65,15 @@ def find_record_files(path: Path, suffixes: Sequence[str]) -> list[Path]:
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, decoded line without the newline) of a text file, gunzipped when it ends in .gz.
-    Non-UTF-8 bytes and a truncated or corrupt gzip name the file and line."""
+    Non-UTF-8 bytes and a truncated or corrupt gzip name the file and line. A UTF-8 byte-order mark opening
+    the file (Windows and spreadsheet exports write one) is dropped."""
     opener = gzip.open if path.name.endswith(".gz") else open
     lineno = 0
     try:
         with opener(path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
                 except UnicodeDecodeError as e:
                     raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start}: "
                                      f"{raw[e.start:e.start + 1]!r})") from None

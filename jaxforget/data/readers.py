@@ -23,8 +23,8 @@ suffix) or one file whose records carry a task field. Preset 'auto' records are 
   - {"text": str} (language modelling on the whole text)
 Other fields are ignored. `split_task` makes a seeded per-task train/validation split.
 
-Blank lines are skipped; every other bad record is a `ValueError` naming `file:line` (`file:row k`
-in Parquet / Arrow): malformed JSON, a non-object, a missing or mistyped field, empty text, non-UTF-8
+Blank lines are skipped and a UTF-8 byte-order mark opening a file is accepted; every other bad record
+is a `ValueError` naming `file:line` (`file:row k` in Parquet / Arrow): malformed JSON, a non-object, a missing or mistyped field, empty text, non-UTF-8
 bytes, a truncated gzip, a columnar file without a mapped column.
 """
 

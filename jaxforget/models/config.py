@@ -213,6 +213,27 @@ class _Reader:
             raise UnsupportedConfigError(f"{self.source}: required field {name!r} is missing")
         return value
 
+    def integer(self, name: str, default: Any = _MISSING, *, minimum: int = 1) -> Any:
+        """An integer field (>= `minimum`); None stays None when it is the default."""
+        value = self.get(name, default)
+        if value is None and default is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise UnsupportedConfigError(f"{self.source}: field {name!r} must be an integer >= {minimum}, "
+                                         f"got {value!r}")
+        return value
+
+    def number(self, name: str, default: Any = _MISSING, *, positive: bool = True) -> Any:
+        """A finite float field (> 0 with `positive`); None stays None when it is the default."""
+        value = self.get(name, default)
+        if value is None and default is None:
+            return None
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or (positive and value <= 0)):
+            raise UnsupportedConfigError(f"{self.source}: field {name!r} must be a finite number"
+                                         f"{' > 0' if positive else ''}, got {value!r}")
+        return value
+
     def require(self, name: str, allowed: tuple, default: Any) -> Any:
         value = self.get(name, default)
         if value not in allowed:
@@ -233,20 +254,62 @@ class _Reader:
                 )
 
 
+def _head_dim(r: _Reader, d: int, h: int) -> int:
+    if d % h:
+        raise UnsupportedConfigError(f"{r.source}: the hidden size {d} is not a multiple of the {h} attention heads")
+    return d // h
+
+
+def _type_key(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Rope parameters with the legacy key 'type' read as 'rope_type'."""
+    return {("rope_type" if k == "type" else k): v for k, v in params.items()}
+
+
+def _one_value(r: _Reader, what: str, sources: dict[str, Any]) -> Any:
+    """The value several config fields give for one quantity (None: none gives it); fields that disagree are
+    refused, since transformers' precedence between them differs across versions."""
+    given = {name: v for name, v in sources.items() if v is not None}
+    if len({repr(float(v)) if isinstance(v, (int, float)) else repr(v) for v in given.values()}) > 1:
+        shown = ", ".join(f"{name}={v!r}" for name, v in given.items())
+        raise UnsupportedConfigError(f"{r.source}: the {what} is given twice with different values ({shown}); "
+                                     "keep one of them")
+    return next(iter(given.values()), None)
+
+
 def _rope(r: _Reader, default_pct: float) -> tuple[float, float, tuple[tuple[str, Any], ...]]:
     """(theta, partial factor, extra scaling parameters) from v5 `rope_parameters` or legacy fields."""
     # transformers 5 writes `rope_parameters`; older configs carry rope_scaling / rope_theta /
     # rotary_emb_base / rotary_pct / partial_rotary_factor. Read them all so none is refused as unhandled.
     legacy = {name: r.get(name, None) for name in ("rope_scaling", "rope_theta", "rotary_emb_base", "rotary_pct",
                                                    "partial_rotary_factor")}
-    params = dict(r.get("rope_parameters", None) or legacy["rope_scaling"] or {})
-    theta = params.pop("rope_theta", None)
-    for value in (legacy["rope_theta"], legacy["rotary_emb_base"], 10000.0):
-        theta = value if theta is None else theta
-    pct = params.pop("partial_rotary_factor", None)
-    for value in (legacy["rotary_pct"], legacy["partial_rotary_factor"], default_pct):
-        pct = value if pct is None else pct
-    rope_type = params.pop("rope_type", params.pop("type", "default"))
+    new, old = r.get("rope_parameters", None), legacy["rope_scaling"]
+    for name, value in (("rope_parameters", new), ("rope_scaling", old)):
+        if value is not None and not isinstance(value, dict):
+            raise UnsupportedConfigError(f"{r.source}: field {name!r} must be an object, got {value!r}")
+    if new and old:
+        # transformers 5 merges a legacy rope_scaling into rope_parameters (the legacy values win): a scaling
+        # type or factor that only rope_scaling carries would change the model. Refuse anything but agreement.
+        new_t, old_t = _type_key(new), _type_key(old)
+        differ = sorted(k for k in old_t if new_t.get(k, _MISSING) != old_t[k])
+        if differ:
+            raise UnsupportedConfigError(
+                f"{r.source}: both rope_parameters={new!r} and a legacy rope_scaling={old!r}, which differ in "
+                f"{differ}; transformers merges them and jaxforget would not reproduce the result exactly: keep "
+                "one of the two (rope_parameters, with everything the scaling needs)")
+    params = _type_key(new or old or {})
+    theta = _one_value(r, "RoPE base", {"rope_parameters.rope_theta": params.pop("rope_theta", None),
+                                        "rope_theta": legacy["rope_theta"],
+                                        "rotary_emb_base": legacy["rotary_emb_base"]})
+    theta = 10000.0 if theta is None else theta
+    pct = _one_value(r, "rotary fraction", {"rope_parameters.partial_rotary_factor": params.pop("partial_rotary_factor",
+                                                                                                  None),
+                                            "rotary_pct": legacy["rotary_pct"],
+                                            "partial_rotary_factor": legacy["partial_rotary_factor"]})
+    pct = default_pct if pct is None else pct
+    for name, value in (("RoPE base", theta), ("rotary fraction", pct)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise UnsupportedConfigError(f"{r.source}: the {name} must be a finite number > 0, got {value!r}")
+    rope_type = params.pop("rope_type", "default")
     needed = {
         "default": (),
         "linear": ("factor",),
@@ -282,60 +345,62 @@ def from_hf_config(cfg: Mapping[str, Any], *, source: str = "config.json") -> Ar
     model_type = cfg.get("model_type")
     r = _Reader(cfg, source)
     if model_type == "gpt2":
-        d, h = r.get("n_embd"), r.get("n_head")
+        d, h = r.integer("n_embd"), r.integer("n_head")
         r.require("add_cross_attention", (False,), False)
         r.require("scale_attn_by_inverse_layer_idx", (False,), False)
         r.get("n_ctx", None)  # legacy duplicate of n_positions, unused by transformers
         arch = ArchConfig(
-            family="gpt2", vocab_size=r.get("vocab_size"), d_model=d, n_layers=r.get("n_layer"),
-            n_heads=h, n_kv_heads=h, head_dim=d // h, d_ff=r.get("n_inner", None) or 4 * d,
-            max_positions=r.get("n_positions"), position="learned", norm="layernorm",
-            norm_eps=r.get("layer_norm_epsilon", 1e-5), mlp="plain",
+            family="gpt2", vocab_size=r.integer("vocab_size"), d_model=d, n_layers=r.integer("n_layer"),
+            n_heads=h, n_kv_heads=h, head_dim=_head_dim(r, d, h), d_ff=r.integer("n_inner", None) or 4 * d,
+            max_positions=r.integer("n_positions"), position="learned", norm="layernorm",
+            norm_eps=r.number("layer_norm_epsilon", 1e-5), mlp="plain",
             activation=r.require("activation_function", ACTIVATIONS, "gelu_new"),
             qkv_bias=True, out_bias=True, mlp_bias=True,
             tie_embeddings=r.get("tie_word_embeddings", True),
             attn_scale=None if r.get("scale_attn_weights", True) else 1.0, **_token_ids(r),
         )
     elif model_type == "gpt_neox":
-        d, h = r.get("hidden_size"), r.get("num_attention_heads")
+        d, h = r.integer("hidden_size"), r.integer("num_attention_heads")
         theta, pct, scaling = _rope(r, default_pct=0.25)
         bias = r.get("attention_bias", True)
         arch = ArchConfig(
-            family="gpt_neox", vocab_size=r.get("vocab_size"), d_model=d, n_layers=r.get("num_hidden_layers"),
-            n_heads=h, n_kv_heads=h, head_dim=d // h, d_ff=r.get("intermediate_size"),
-            max_positions=r.get("max_position_embeddings", 2048), rotary_pct=pct, rope_theta=theta,
-            rope_scaling=scaling, norm="layernorm", norm_eps=r.get("layer_norm_eps", 1e-5),
+            family="gpt_neox", vocab_size=r.integer("vocab_size"), d_model=d, n_layers=r.integer("num_hidden_layers"),
+            n_heads=h, n_kv_heads=h, head_dim=_head_dim(r, d, h), d_ff=r.integer("intermediate_size"),
+            max_positions=r.integer("max_position_embeddings", 2048), rotary_pct=pct, rope_theta=theta,
+            rope_scaling=scaling, norm="layernorm", norm_eps=r.number("layer_norm_eps", 1e-5),
             parallel_residual=r.get("use_parallel_residual", True), mlp="plain",
             activation=r.require("hidden_act", ACTIVATIONS, "gelu"), qkv_bias=bias, out_bias=bias,
             mlp_bias=True, tie_embeddings=r.get("tie_word_embeddings", False), **_token_ids(r),
         )
     elif model_type in ("llama", "olmo", "olmo2"):
-        d, h = r.get("hidden_size"), r.get("num_attention_heads")
-        kv = r.get("num_key_value_heads", None) or h
+        d, h = r.integer("hidden_size"), r.integer("num_attention_heads")
+        kv = r.integer("num_key_value_heads", None) or h
         theta, pct, scaling = _rope(r, default_pct=1.0)
         if pct != 1.0:
             raise UnsupportedConfigError(f"{source}: partial_rotary_factor={pct} is not supported for {model_type}")
         bias = r.get("attention_bias", False)
         common = dict(
-            vocab_size=r.get("vocab_size"), d_model=d, n_layers=r.get("num_hidden_layers"), n_heads=h,
-            n_kv_heads=kv, head_dim=r.get("head_dim", None) or d // h, d_ff=r.get("intermediate_size"),
-            max_positions=r.get("max_position_embeddings", 2048), rope_theta=theta, rope_scaling=scaling,
+            vocab_size=r.integer("vocab_size"), d_model=d, n_layers=r.integer("num_hidden_layers"), n_heads=h,
+            n_kv_heads=kv, head_dim=r.integer("head_dim", None) or _head_dim(r, d, h),
+            d_ff=r.integer("intermediate_size"),
+            max_positions=r.integer("max_position_embeddings", 2048), rope_theta=theta, rope_scaling=scaling,
             mlp="gated", activation=r.require("hidden_act", ACTIVATIONS, "silu"), qkv_bias=bias, out_bias=bias,
             tie_embeddings=r.get("tie_word_embeddings", False), **_token_ids(r),
         )
         if model_type == "llama":
             arch = ArchConfig(
-                family="llama", norm="rmsnorm", norm_eps=r.get("rms_norm_eps", 1e-6),
+                family="llama", norm="rmsnorm", norm_eps=r.number("rms_norm_eps", 1e-6),
                 mlp_bias=r.get("mlp_bias", False), **common,
             )
         elif model_type == "olmo":
             # OlmoLayerNorm has no parameters and a fixed eps of 1e-5.
             arch = ArchConfig(
-                family="olmo", norm="layernorm_noparam", norm_eps=1e-5, clip_qkv=r.get("clip_qkv", None), **common
+                family="olmo", norm="layernorm_noparam", norm_eps=1e-5, clip_qkv=r.number("clip_qkv", None),
+                **common
             )
         else:
             arch = ArchConfig(
-                family="olmo2", norm="rmsnorm", norm_eps=r.get("rms_norm_eps", 1e-5), norm_placement="post",
+                family="olmo2", norm="rmsnorm", norm_eps=r.number("rms_norm_eps", 1e-5), norm_placement="post",
                 qk_norm=True, **common,
             )
     else:

@@ -42,6 +42,27 @@ def _np_dtypes() -> dict[str, Any]:
             "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
+def _check_entry(path: Path, name: str, info: Any) -> None:
+    """One tensor's header entry: dtype, shape, and data_offsets [begin, end] spanning exactly its bytes."""
+    where = f"{path}: tensor {name!r} in the safetensors header"
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        got = sorted(info) if isinstance(info, dict) else type(info).__name__
+        raise CheckpointError(f"{where} needs dtype, shape and data_offsets; got {got}")
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise CheckpointError(f"{where}: shape {shape!r} is not a list of sizes")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise CheckpointError(f"{where}: data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end")
+    dtype = _np_dtypes().get(info["dtype"]) if isinstance(info["dtype"], str) else None
+    if dtype is not None and offsets[1] - offsets[0] != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        need = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        raise CheckpointError(f"{where}: data_offsets {offsets} span {offsets[1] - offsets[0]} bytes; a "
+                              f"{info['dtype']} tensor of shape {tuple(shape)} needs {need}")
+
+
 class SafetensorsFile:
     """Lazy, memory-mapped view of one .safetensors file."""
 
@@ -61,7 +82,12 @@ class SafetensorsFile:
                 header = json.loads(f.read(n))
             except ValueError as e:
                 raise CheckpointError(f"{self.path}: corrupt safetensors header ({e})") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{self.path}: corrupt safetensors header (a JSON {type(header).__name__}, "
+                                  "expected an object of tensors)")
         header.pop("__metadata__", None)
+        for name, info in header.items():
+            _check_entry(self.path, name, info)
         self.header, self.data_start = header, 8 + n
         end = max((info["data_offsets"][1] for info in header.values()), default=0)
         if self.data_start + end > size:
@@ -92,7 +118,12 @@ def open_checkpoint(path: Path) -> dict[str, SafetensorsFile]:
     index = path / "model.safetensors.index.json"
     single = path / "model.safetensors"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError(f"weight_map is a {type(weight_map).__name__}")
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
         files: dict[str, SafetensorsFile] = {}
         for fname in sorted(set(weight_map.values())):
             if not (path / fname).is_file():
@@ -277,11 +308,22 @@ def read_arch(path: str | os.PathLike) -> ArchConfig:
 
 def _load_tokenizer(path: Path):
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    if not any((path / n).exists() for n in names):
+    present = [n for n in names if (path / n).exists()]
+    if not present:
         return None
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json"):  # JSON files: name the broken one
+        if name in present:
+            try:
+                json.loads((path / name).read_text(encoding="utf-8"))
+            except (ValueError, OSError) as e:
+                raise CheckpointError(f"{path / name}: not valid JSON ({e}); the tokenizer cannot be loaded") from None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers/transformers raise many types for damaged files
+        raise CheckpointError(f"{path}: the tokenizer ({', '.join(present)}) cannot be loaded "
+                              f"({type(e).__name__}: {e})") from None
 
 
 def load(path: str | os.PathLike, *, dtype: Any = jnp.float32, mesh: jax.sharding.Mesh | None = None,

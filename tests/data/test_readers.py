@@ -187,3 +187,16 @@ def test_split_task_is_seeded_per_task_and_a_partition(tmp_path):
     tr, va = split_task(tasks["beta"], val_fraction=0.01, seed=0)
     assert (len(tr), len(va)) == (6, 1)
     assert split_task(tasks["beta"], val_fraction=0.5, seed=0, max_val=2)[1].__len__() == 2
+
+
+def test_a_utf8_byte_order_mark_opening_a_jsonl_file_is_accepted(tmp_path):
+    upstream, tasks = tmp_path / "up.jsonl", tmp_path / "tasks" / "qa.jsonl"
+    tasks.parent.mkdir()
+    upstream.write_bytes('\ufeff{"text": "hello", "id": "a"}\n{"text": "world", "id": "b"}\n'.encode("utf-8"))
+    tasks.write_bytes('\ufeff{"prompt": "Q?", "completion": "A"}\n'.encode("utf-8"))
+    assert [ex.id for ex in read_upstream(upstream)] == ["a", "b"]
+    assert read_tasks(tasks.parent)["qa"][0].completion == "A"
+    # only at the start of a file: elsewhere it is a character of a malformed line
+    upstream.write_bytes('{"text": "hello"}\n\ufeff{"text": "world"}\n'.encode("utf-8"))
+    with pytest.raises(ValueError, match=f"{upstream}:2: malformed JSON"):
+        read_upstream(upstream)

@@ -104,3 +104,70 @@ def test_unexpected_tensor_is_refused(llama_dir):
     save_file(tensors, llama_dir / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(models.CheckpointError, match="q_norm.weight.*not used"):
         models.load(llama_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Field combinations the converter would not reproduce, mistyped fields, damaged files (issue 18)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("legacy", [{"type": "linear", "factor": 4.0},
+                                    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}])
+def test_rope_parameters_with_a_differing_legacy_rope_scaling_is_refused(llama_dir, legacy):
+    import transformers
+
+    _edit_config(llama_dir, rope_scaling=legacy)
+    # transformers merges the legacy scaling into rope_parameters: the model it builds is scaled
+    scaled = transformers.AutoConfig.from_pretrained(llama_dir).rope_parameters
+    assert scaled["rope_type"] == legacy.get("type", legacy.get("rope_type")) and scaled["factor"] == 4.0
+    with pytest.raises(models.UnsupportedConfigError, match="both rope_parameters=.*legacy rope_scaling=.*differ in"):
+        models.load(llama_dir)
+
+
+def test_a_legacy_rope_scaling_that_agrees_with_rope_parameters_is_accepted(tmp_path):
+    tiny_hf.save("llama3_scaled", tmp_path, tokenizer=False)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    _edit_config(tmp_path, rope_scaling={k: v for k, v in cfg["rope_parameters"].items() if k != "rope_theta"})
+    assert dict(models.read_arch(tmp_path).rope_scaling)["factor"] == 8.0
+
+
+def test_a_quantity_given_twice_with_different_values_is_refused(llama_dir):
+    _edit_config(llama_dir, rope_theta=5000.0)  # rope_parameters says 10000
+    with pytest.raises(models.UnsupportedConfigError, match=r"RoPE base is given twice.*rope_theta=5000.0"):
+        models.read_arch(llama_dir)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_hidden_layers", "three", "must be an integer >= 1, got 'three'"),
+    ("hidden_size", 0, "must be an integer >= 1, got 0"),
+    ("num_attention_heads", True, "must be an integer >= 1, got True"),
+    ("rms_norm_eps", "small", "must be a finite number > 0, got 'small'"),
+    ("rope_parameters", [1, 2], "must be an object, got \\[1, 2\\]"),
+])
+def test_mistyped_config_fields_are_named(llama_dir, field, value, message):
+    _edit_config(llama_dir, **{field: value})
+    with pytest.raises(models.UnsupportedConfigError, match=f"config.json: field '{field}' {message}"):
+        models.read_arch(llama_dir)
+
+
+def _write_safetensors_header(path, header) -> None:
+    blob = json.dumps(header).encode()
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + b"\0" * 64)
+
+
+@pytest.mark.parametrize("header, message", [
+    ([1, 2, 3], "corrupt safetensors header \\(a JSON list"),
+    ({"w": {"dtype": "F32", "shape": [4]}}, "tensor 'w' in the safetensors header needs dtype, shape and data_off"),
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, "span 8 bytes; a F32 tensor of shape .4,. needs 16"),
+    ({"w": {"dtype": "F32", "shape": "4", "data_offsets": [0, 16]}}, "shape '4' is not a list of sizes"),
+])
+def test_damaged_safetensors_header_is_one_clear_error(llama_dir, header, message):
+    _write_safetensors_header(llama_dir / "model.safetensors", header)
+    with pytest.raises(models.CheckpointError, match=f"model.safetensors: .*{message}"):
+        models.load(llama_dir)
+
+
+def test_garbled_tokenizer_json_names_the_file(tmp_path):
+    tiny_hf.save("llama", tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "WordLevel", ')
+    with pytest.raises(models.CheckpointError, match=r"tokenizer.json: not valid JSON"):
+        models.load(tmp_path)
