@@ -29,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 
+from jaxforget.cli import out_dir_error
 from jaxforget.store import MatrixData, atomic_write_json, atomic_write_npz, load_matrix
 
 
@@ -233,6 +234,12 @@ def check_flags(config: PredictConfig) -> None:
         raise ValueError("--seeds: give at least one seed")
     if config.save_predictions is not None and config.save_predictions.suffix != ".npz":
         raise ValueError(f"--save-predictions {config.save_predictions}: the file is an npz archive; name it *.npz")
+    for flag, path in (("--out", config.out), ("--save-predictions", config.save_predictions)):
+        if path is not None and Path(path).is_dir():
+            raise ValueError(f"{flag} {path}: is a directory; give the path of the file to write")
+        error = out_dir_error(Path(path).parent, flag) if path is not None else None
+        if error:
+            raise ValueError(error)
 
 
 def cli(argv: list[str] | None = None) -> dict:

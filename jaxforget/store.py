@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import pickle
@@ -29,6 +30,8 @@ import numpy as np
 
 from jaxforget.locks import FileLock, holder_text
 
+
+log = logging.getLogger("jaxforget.store")
 
 @dataclasses.dataclass
 class MatrixData:
@@ -45,6 +48,10 @@ def _names(values, n: int, prefix: str) -> list[str]:
     return [str(v) for v in values] if values is not None else [f"{prefix}{i}" for i in range(n)]
 
 
+MAX_ABS_VALUE = 1e15
+"""Largest |Z| a loaded matrix may hold: squared errors of larger values overflow float32."""
+
+
 def _checked(Z, path: Path, what: str) -> np.ndarray:
     try:
         Z = np.asarray(Z, dtype=np.float32)
@@ -52,6 +59,14 @@ def _checked(Z, path: Path, what: str) -> np.ndarray:
         raise ValueError(f"{path}: {what} is not a numeric matrix ({e})") from None
     if Z.ndim != 2 or 0 in Z.shape:
         raise ValueError(f"{path}: {what} must be a non-empty 2-D matrix; got shape {Z.shape}")
+    n_inf = int(np.isinf(Z).sum())
+    if n_inf:
+        log.warning("%s: %d infinite cells of %s are treated as not measured (NaN)", path, n_inf, what)
+        Z = np.where(np.isinf(Z), np.nan, Z)
+    big = float(np.nanmax(np.abs(Z))) if np.isfinite(Z).any() else 0.0
+    if big > MAX_ABS_VALUE:
+        raise ValueError(f"{path}: {what} has values up to {big:.3g}; beyond {MAX_ABS_VALUE:g} their squares overflow "
+                         "the float32 fits and metrics (RMSE would be inf or NaN): rescale the matrix")
     return Z
 
 

@@ -191,3 +191,32 @@ def test_bad_numeric_flags_name_the_flag(tmp_path, capsys):
         cli(["--matrix", str(tmp_path / "em.npy"), "--threshold", "1.5", "--out", str(tmp_path / "x.json")])
     assert e.value.code == 2 and "--threshold 1.5: the matrix is binary" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_bad_method_options_output_paths_and_matrices_give_one_line(tmp_path, Z, capsys, caplog):
+    for argv, msg in ((["--methods", "mf:rank=abc"], "method 'mf': option rank='abc' must be a number"),
+                      (["--methods", "mf:rank=0"], "method 'mf': option rank=0 must be >= 1"),
+                      (["--methods", "knn:k=2.5"], "option k=2.5 must be an integer"),
+                      (["--methods", "mf:reg=nan"], "option reg=nan must be finite"),
+                      (["--out", str(tmp_path)], f"--out {tmp_path}: is a directory"),
+                      (["--save-predictions", str(tmp_path / "f" / "p.npz")], "f: is a file, not a directory")):
+        (tmp_path / "f").write_text("")
+        with pytest.raises(SystemExit) as e:
+            cli([*argv, "--synthetic-rows", "8", "--synthetic-cols", "30"]
+                + ([] if "--out" in argv else ["--out", str(tmp_path / "x.json")]))
+        assert e.value.code == 2 and msg in capsys.readouterr().err, argv
+    # a garbage or truncated npz: one line naming the file
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(SystemExit) as e:
+        cli(["--matrix", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "x.json")])
+    assert e.value.code == 2 and "bad.npz" in capsys.readouterr().err
+    # inf cells are counted and treated as not measured; values whose squares overflow are refused
+    Zi = Z.copy()
+    Zi[0, :3] = np.inf
+    np.save(tmp_path / "inf.npy", Zi)
+    with caplog.at_level("WARNING", logger="jaxforget.store"):
+        loaded = load_matrix(tmp_path / "inf.npy").Z
+    assert np.isnan(loaded[0, :3]).all() and "3 infinite cells" in caplog.text
+    np.save(tmp_path / "big.npy", Z * 1e30)
+    with pytest.raises(ValueError, match="values up to .*rescale the matrix"):
+        load_matrix(tmp_path / "big.npy")

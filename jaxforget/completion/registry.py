@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -75,6 +76,10 @@ class Method:
         check_choice("method", self.name, METHODS)
         reg = METHODS[self.name]
         check_options(f"method {self.name!r}", self.options, reg.defaults)
+        for key, value in self.options.items():
+            error = _option_error(key, value, reg.defaults[key])
+            if error:
+                raise ValueError(f"method {self.name!r}: option {key}={value!r} {error}")
 
     @property
     def label(self) -> str:
@@ -93,6 +98,33 @@ class Method:
     @classmethod
     def parse(cls, text: str) -> "Method":
         return cls(*parse_spec(text))
+
+
+_COUNTS = ("rank", "max_rank", "k", "n_iters", "n_epochs", "baseline_epochs")
+"""Integer options that count something: at least 1 (``min_k`` may be 0)."""
+
+
+def _option_error(key: str, value: Any, default: Any) -> str | None:
+    """Why `value` is not a valid value of option `key` (whose default is `default`), or None."""
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if isinstance(default, bool) and not isinstance(value, bool):
+        return "must be true or false"
+    if numeric or (default is None and key in _COUNTS + ("lam",)):
+        if value is None and default is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        if isinstance(default, int) and not isinstance(value, int) or key in _COUNTS and not isinstance(value, int):
+            return "must be an integer"
+        if not math.isfinite(value):
+            return "must be finite"
+        if key in _COUNTS and value < 1:
+            return "must be >= 1"
+        if value < 0:
+            return "must be >= 0"
+    if isinstance(default, str) and not isinstance(value, str):
+        return "must be a name"
+    return None
 
 
 def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
