@@ -178,8 +178,8 @@ def main(config: PredictConfig) -> dict:
                          "Z > threshold with a threshold in [0, 1); any other value puts every entry in one class")
     n_nan = int(np.sum(~np.isfinite(data.Z)))
     print(f"matrix {data.source}: {data.Z.shape[0]} tasks x {data.Z.shape[1]} examples, {n_nan} not measured; "
-          f"{len(test_rows)} test tasks, k={config.k}, seeds={list(config.seeds)}, "
-          f"{'binary' if binary else 'real-valued'}", flush=True)
+          f"{len(test_rows)} test tasks ({_names_text([data.row_names[i] for i in test_rows])}), k={config.k}, "
+          f"seeds={list(config.seeds)}, {'binary' if binary else 'real-valued'}", flush=True)
     result = completion.evaluate(
         data.Z, test_rows=test_rows, methods=methods, k=config.k, seeds=config.seeds, reveal=config.reveal,
         mode=config.mode, binary=binary, threshold=config.threshold, top_n=config.top_n, clip=config.clip,
@@ -220,6 +220,11 @@ def main(config: PredictConfig) -> dict:
         print(f"wrote {config.save_predictions} ({len(arrays['labels'])} predictors x {len(config.seeds)} seeds x "
               f"{len(test_rows)} test tasks x {data.Z.shape[1]} examples)")
     return report
+
+
+def _names_text(names: list[str], shown: int = 8) -> str:
+    """The first `shown` names, comma-separated, and how many more."""
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
 def check_flags(config: PredictConfig) -> None:

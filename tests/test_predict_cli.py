@@ -81,6 +81,7 @@ def test_cli_writes_a_report(tmp_path, Z, capsys):
                   "--seeds", "0", "1", "--out", str(out), "--top-n", "5"])
     printed = capsys.readouterr().out
     assert "| additive |" in printed and "| knn |" in printed
+    assert "3 test tasks (test0, test1, test2)" in printed  # named, not only counted
     saved = json.loads(out.read_text())
     assert saved["test_tasks"] == ["test0", "test1", "test2"]
     assert len(saved["per_seed"]["additive"]["rmse"]) == 2
