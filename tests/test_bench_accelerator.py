@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_accelerator.py
 
 
 @pytest.mark.slow
-def test_bench_accelerator_tiny(capsys):
+def test_bench_accelerator_tiny(capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("bench_accelerator", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_accelerator", bench)  # dataclasses look their module up
     spec.loader.exec_module(bench)
     out = bench.main(bench.BenchConfig(tiny=True, iters=1, k=2, lora_batch=2, eval_batch=4, batch=2, length=32,
                                        peak_tflops=1.0))

@@ -136,7 +136,8 @@ def test_olmo_plans_at_the_papers_shapes(tmp_path):
     assert r["one"]["fits"] and r["seven8"]["fits"]
     assert r["seven1"]["fits"] is False and r["seven1"]["sug"]
     assert abs(r["one"]["n"] / 1.177e9 - 1) < 0.01 and abs(r["seven8"]["n"] / 6.888e9 - 1) < 0.01
-    assert r["seven1"]["opt"] == 8 * r["seven8"]["opt"]  # moments sharded 8 ways on fsdp
+    # moments sharded 8 ways on fsdp (the replicated step counts aside: a few bytes)
+    assert abs(r["seven1"]["opt"] - 8 * r["seven8"]["opt"]) < 1024
     assert abs(r["one"]["flops"] / (6 * 1.177e9 * 8192) - 1) < 0.15  # ~6 N per token plus attention
 
 

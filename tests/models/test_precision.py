@@ -145,3 +145,19 @@ def test_unknown_attention_env_is_refused(monkeypatch):
     monkeypatch.setenv("JAXFORGET_ATTENTION", "flash")
     with pytest.raises(ValueError, match="JAXFORGET_ATTENTION"):
         decoder.attention_impl(jnp.bfloat16, 64, 8, 8)
+
+
+@pytest.mark.slow
+def test_collect_with_bfloat16_parameters_and_remat(cache, tmp_path):
+    """End to end: a tiny collect run with bfloat16 parameters and full remat finishes with a finite Z."""
+    from test_collect import tiny
+
+    from jaxforget.collect import collect
+    from jaxforget.collect.config import ModelConfig, TrainConfig
+
+    base = tiny(tmp_path / "run")
+    config = dataclasses.replace(base, model=ModelConfig(param_dtype="bfloat16", dtype="bfloat16"),
+                                 train=dataclasses.replace(base.train, remat="full"))
+    assert collect(config, echo=lambda *_: None) == 0
+    z = np.load(tmp_path / "run" / "forgetting.npz")["Z"]
+    assert z.shape[1] == 50 and np.all(np.isfinite(z))
