@@ -131,13 +131,13 @@ def test_model_with_xla_attention_equals_native(monkeypatch):
     ids, mask, loss = _batch()
     ref = models.mean_nll(model, ids, mask, loss)
     monkeypatch.setenv("JAXFORGET_ATTENTION", "xla")
-    jax.clear_caches()  # `forward` is jitted: the choice is made at trace time
-    try:
-        got = models.mean_nll(model, ids, mask, loss)
-    finally:
-        monkeypatch.delenv("JAXFORGET_ATTENTION")
-        jax.clear_caches()
+    # `forward` is jitted and the choice is made at trace time: a fresh jit of it, for this test only
+    fresh = jax.jit(decoder.forward.__wrapped__, static_argnames=("arch", "dtype", "lora_config", "unroll", "remat"))
+    monkeypatch.setattr(decoder, "forward", fresh)
+    got = models.mean_nll(model, ids, mask, loss)
+    assert fresh._cache_size() == 1
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5)
+    monkeypatch.delenv("JAXFORGET_ATTENTION")
     assert decoder.attention_impl(jnp.float32, 8, 16, 16) == "native"  # CPU, auto
 
 
@@ -153,7 +153,7 @@ def test_collect_with_bfloat16_parameters_and_remat(cache, tmp_path):
     from test_collect import tiny
 
     from jaxforget.collect import collect
-    from jaxforget.collect.config import ModelConfig, TrainConfig
+    from jaxforget.collect.config import ModelConfig
 
     base = tiny(tmp_path / "run")
     config = dataclasses.replace(base, model=ModelConfig(param_dtype="bfloat16", dtype="bfloat16"),
