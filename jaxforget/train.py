@@ -70,10 +70,32 @@ class OptimConfig:
 
 
 def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
-    """optax chain: clip (optional) -> AdamW(schedule)."""
+    """optax chain: clip (optional) -> AdamW(schedule), with float32 moments (`float32_moments`)."""
     adamw = optax.adamw(config.schedule(), b1=config.b1, b2=config.b2, eps=config.eps,
                         weight_decay=config.weight_decay)
-    return adamw if config.clip_norm is None else optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
+    tx = adamw if config.clip_norm is None else optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
+    return float32_moments(tx)
+
+
+def _to_float32(tree: Any) -> Any:
+    # only arrays (and tracers): optax.tree_map_params passes placeholders through init
+    return jax.tree.map(lambda x: x.astype(jnp.float32) if isinstance(x, jax.Array) else x, tree)
+
+
+def float32_moments(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` computed in float32 whatever the parameter dtype: its state (Adam's two moments) is
+    float32, gradients are clipped and normalised in float32, and the float32 update is added to the
+    parameters and rounded once to their dtype (optax.apply_updates). With bfloat16 parameters this
+    is the usual mixed recipe without a float32 master copy (2 + 4 + 4 bytes per parameter instead
+    of 4 + 4 + 4); with float32 parameters it changes nothing."""
+
+    def init(params):
+        return tx.init(_to_float32(params))
+
+    def update(updates, state, params=None):
+        return tx.update(_to_float32(updates), state, None if params is None else _to_float32(params))
+
+    return optax.GradientTransformation(init, update)
 
 
 class TrainState(NamedTuple):
@@ -99,7 +121,7 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, *,
     """Split `model` once into (graph + frozen state, trainable state) and initialise the optimizer."""
     graphdef, params, frozen = nnx.split(model, wrt, ...)
     state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
-    return SplitModel(graphdef, frozen), _on_mesh(state, frozen)
+    return SplitModel(graphdef, frozen), _on_mesh(state, frozen, tx)
 
 
 def start_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainState:
@@ -114,13 +136,36 @@ def start_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainSta
             for batch in ...: state, metrics = step(state, ...)
     """
     params = jax.tree.map(jnp.copy, params)
-    return _on_mesh(TrainState(params, tx.init(params), jnp.zeros((), jnp.int32)))
+    return _on_mesh(TrainState(params, tx.init(params), jnp.zeros((), jnp.int32)), tx=tx)
 
 
-def _on_mesh(state: TrainState, frozen: nnx.State | None = None) -> TrainState:
+def opt_state_shardings(tx: optax.GradientTransformation, opt_state: Any, param_shardings: Any, default: Any) -> Any:
+    """The placement of each leaf of `opt_state`: a per-parameter leaf (Adam's moments) takes its
+    parameter's sharding (so on a mesh with an fsdp axis the moments are split like the weights,
+    never replicated), every other leaf (step counts) `default`."""
+    return optax.tree_map_params(tx, lambda _, s: s, opt_state, param_shardings,
+                                 transform_non_params=lambda _: default)
+
+
+def abstract_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainState:
+    """The TrainState `start_state` would build, as ShapeDtypeStructs with shardings (nothing allocated):
+    `params` are ShapeDtypeStructs with NamedShardings (e.g. of an `nnx.eval_shape` model), for
+    lowering and compiling the step ahead of a run (jaxforget.plan)."""
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    mesh = jax.tree.leaves(shardings)[0].mesh
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt = jax.eval_shape(tx.init, params)
+    opt_sh = opt_state_shardings(tx, opt, shardings, replicated)
+    opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), opt, opt_sh)
+    return TrainState(params, opt, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
+
+
+def _on_mesh(state: TrainState, frozen: nnx.State | None = None, tx: optax.GradientTransformation | None = None
+             ) -> TrainState:
     """Commit every leaf to a fixed placement: on the mesh of the parameters, else of `frozen`
     (replicated, for leaves created off it such as the step counters and fresh LoRA adapters),
-    else on the parameters' device.
+    else on the parameters' device. With `tx`, the optimizer's per-parameter leaves go on their
+    parameter's sharding (`opt_state_shardings`).
 
     The jitted step returns committed arrays with these placements; a fresh state holding
     uncommitted or single-device leaves would be another input signature and cost one more
@@ -134,7 +179,13 @@ def _on_mesh(state: TrainState, frozen: nnx.State | None = None) -> TrainState:
     def place(x):
         return jax.device_put(x, x.sharding if isinstance(x.sharding, NamedSharding) else default)
 
-    return jax.tree.map(place, state)
+    if tx is None:
+        return jax.tree.map(place, state)
+    shardings = jax.tree.map(lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else default, state.params)
+    opt_sh = opt_state_shardings(tx, state.opt_state, shardings, None)
+    opt = jax.tree.map(lambda x, s: place(x) if s is None else jax.device_put(x, s), state.opt_state, opt_sh,
+                       is_leaf=lambda x: x is None)
+    return TrainState(jax.tree.map(place, state.params), opt, place(state.step))
 
 
 def merge_model(split: SplitModel, state: TrainState) -> nnx.Module:
@@ -173,9 +224,10 @@ def _step_fn(split: SplitModel, tx: optax.GradientTransformation, schedule: opta
 
         def micro(acc, xs):  # gradients of the NLL *sum*, normalised once by the total target count
             grads, aux = grad_fn(state.params, frozen, *xs)
-            return jax.tree.map(jnp.add, acc, grads), aux
+            return jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, grads), aux
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        # accumulated in float32 whatever the parameter dtype
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), state.params)
         grad_sum, (sums, counts) = jax.lax.scan(micro, zeros, (input_ids, attention_mask, loss_mask))
         n = jnp.maximum(jnp.sum(counts), 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / n, grad_sum)
@@ -200,13 +252,22 @@ def _jit_state_step(step: Callable, split: SplitModel) -> Callable:
     signature. `.jitted` is set on the first call, for compile-count checks (`jitted._cache_size()`).
     """
 
-    def call(state: TrainState, *batch):
+    def jitted_for(state):
         if call.jitted is None:
             shardings = jax.tree.map(lambda x: x.sharding, state)
             call.jitted = jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None))
-        return call.jitted(state, split.frozen, *batch)
+        return call.jitted
+
+    def call(state: TrainState, *batch):
+        return jitted_for(state)(state, split.frozen, *batch)
+
+    def lower(state: TrainState, *batch):
+        """The step lowered for `state` and batch arrays or ShapeDtypeStructs (with shardings): the
+        program a run compiles, for its memory and cost analysis before any weight exists."""
+        return jitted_for(state).lower(state, split.frozen, *batch)
 
     call.jitted = None
+    call.lower = lower
     return call
 
 
@@ -327,6 +388,7 @@ def make_eval_step(split: SplitModel) -> Callable[..., tuple[jax.Array, jax.Arra
         return jitted(params, split.frozen, input_ids, attention_mask, loss_mask, segment_ids, n_segments=n_segments)
 
     evaluate.jitted = jitted  # for compile-count checks
+    evaluate.lower = lambda params, *batch: jitted.lower(params, split.frozen, *batch)
     return evaluate
 
 
@@ -357,4 +419,5 @@ def make_stacked_eval_step(split: SplitModel, *, per_pass: int | None = None
                       n_segments=n_segments)
 
     evaluate.jitted = jitted  # for compile-count checks
+    evaluate.lower = lambda params_k, *batch: jitted.lower(params_k, split.frozen, *batch)
     return evaluate

@@ -28,7 +28,10 @@ class ModelConfig:
     """Local Hugging Face directory (config.json, safetensors, tokenizer). Default: the built-in base model,
     pretrained on the built-in world on first use and cached."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Compute dtype (parameters stay float32). bfloat16 on accelerators."""
+    """Compute dtype of activations and matmuls. bfloat16 on accelerators."""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Storage dtype of the parameters. With bfloat16 the AdamW moments stay float32 and the float32 update is
+    rounded into the bfloat16 weights (no float32 master copy): 10 bytes per trained parameter instead of 12."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +125,10 @@ class TrainConfig:
     divergence_factor: float = 2.0
     """A task whose training loss diverged fails (row NaN, exit status 1): the mean loss of its last 10 steps
     above this many times its first step's loss. 0 turns the check off (NaN/inf losses always fail)."""
+    remat: Literal["none", "full", "dots-saveable"] = "none"
+    """Activation checkpointing of each decoder layer (jax.checkpoint): none keeps every activation for the
+    backward pass; full keeps only each layer's input and recomputes the layer (about a third more compute);
+    dots-saveable keeps the weight matmuls' outputs and recomputes the rest. Same results."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ from jaxforget.data.batching import Batch, Batcher, num_train_steps, quantile_bu
 from jaxforget.data.packing import pack_examples
 from jaxforget.data.tokenize import Tokenized
 from jaxforget.models.lora import LoRA, LoRAParam
-from jaxforget.models.sharding import put_global, to_host
+from jaxforget.models.sharding import logical_to_spec, put_global, to_host
 from jaxforget.train import (OptimConfig, TrainState, init_train_state, make_eval_step, make_optimizer,
                              make_stacked_eval_step, make_stacked_train_step, make_train_step, merge_model,
                              stacked_start_state, start_state)
@@ -49,13 +49,16 @@ def task_seed(train_seed: int, index: int) -> int:
 
 
 def batch_sharding(mesh, batch_size: int) -> NamedSharding:
-    """(B, T) batches are split over the 'data' mesh axis (replicated when it does not divide the batch)."""
-    n_data = mesh.shape["data"]
-    if batch_size % n_data:
-        log.warning("batch size %d is not a multiple of the %d-way data axis: batches are replicated",
-                    batch_size, n_data)
-        return NamedSharding(mesh, PartitionSpec())
-    return NamedSharding(mesh, PartitionSpec("data"))
+    """(B, T) batches are split over the mesh axes of the logical 'batch' axis ('data' and 'fsdp': with
+    fsdp each device trains on its own rows, as the activations inside the model are laid out);
+    axes that do not divide the batch are dropped (replicated over them, with a warning)."""
+    spec = logical_to_spec(("batch", "length"), (batch_size, 1), mesh)
+    split = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
+    dropped = [a for a in ("data", "fsdp") if mesh.shape[a] > 1 and a not in split]
+    if dropped:
+        log.warning("batch size %d is not a multiple of the %s mesh axes: batches are replicated over %s",
+                    batch_size, "/".join(dropped), "/".join(dropped))
+    return NamedSharding(mesh, spec)
 
 
 def lead_sharding(sharding: NamedSharding, n_lead: int) -> NamedSharding:
@@ -252,6 +255,13 @@ def resolve_buckets(setup: Setup, train: TrainConfig, eval: EvalConfig) -> tuple
     return train, eval
 
 
+def make_tx(t: TrainConfig):
+    """(OptimConfig, optax optimizer) of --train.*: the lr schedule spans --train.max-steps."""
+    optim = OptimConfig(lr=t.lr, warmup_steps=t.warmup_steps, total_steps=max(1, t.max_steps),
+                        end_lr_fraction=t.end_lr_fraction, weight_decay=t.weight_decay, clip_norm=t.clip_norm)
+    return optim, make_optimizer(optim)
+
+
 def build_engine(setup: Setup, config: CollectConfig) -> Engine:
     """Adapters (LoRA), optimizer, split model and the jitted steps, built once per run. Empty
     --train.buckets / --eval.buckets are chosen here from the setup's length quantiles
@@ -263,9 +273,7 @@ def build_engine(setup: Setup, config: CollectConfig) -> Engine:
         lora = models.LoraConfig(rank=t.lora_rank, alpha=t.lora_alpha, targets=t.lora_targets)
         # the adapters drawn here only fix the layout: every task starts from its own (initial_params)
         models.add_lora(setup.model, lora, seed=t.seed, n_adapters=None if K == 1 else K)
-    optim = OptimConfig(lr=t.lr, warmup_steps=t.warmup_steps, total_steps=max(1, t.max_steps),
-                        end_lr_fraction=t.end_lr_fraction, weight_decay=t.weight_decay, clip_norm=t.clip_norm)
-    tx = make_optimizer(optim)
+    optim, tx = make_tx(t)
     split, base_state = init_train_state(setup.model, tx, wrt=models.LoRAParam if lora else nnx.Param)
     if K == 1:
         train_step, eval_step = make_train_step(split, tx, schedule=optim.schedule()), make_eval_step(split)

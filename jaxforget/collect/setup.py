@@ -88,7 +88,9 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     model_dir = Path(config.model.path) if config.model.path is not None else model_dir
     mesh = models.make_mesh(config.mesh) if config.mesh is not None else models.make_mesh()
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
-    model, tokenizer = models.load(model_dir, dtype=dtype, mesh=mesh)
+    param_dtype = jnp.bfloat16 if config.model.param_dtype == "bfloat16" else jnp.float32
+    model, tokenizer = models.load(model_dir, dtype=dtype, mesh=mesh, param_dtype=param_dtype,
+                                   remat=config.train.remat)
     if tokenizer is None:
         raise FileNotFoundError(f"{model_dir}: no tokenizer files; collect needs the model's tokenizer")
 

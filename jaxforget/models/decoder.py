@@ -1,6 +1,6 @@
 """The one NNX decoder behind every supported family.
 
-Parameters are float32 `nnx.Param`s tagged with logical axis names (metadata `axes`); per-layer
+Parameters are `nnx.Param`s (float32, or `param_dtype` bfloat16) tagged with logical axis names (metadata `axes`); per-layer
 parameters are stacked on a leading 'layers' axis and the blocks run under `jax.lax.scan`, so a
 32-layer model compiles like a 1-layer one (small models unroll the scan: faster on CPU). The numerics are pure functions over arrays; the module
 only holds state. Shapes: B batch, T query length, S key length, D d_model, H heads, K kv heads,
@@ -12,6 +12,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, NamedTuple
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,16 @@ from jaxforget.models.sharding import constrain
 
 
 _NEG = float(np.finfo(np.float32).min)
+
+# --train.remat: what a layer keeps for the backward pass. 'none': everything autodiff saves; 'full':
+# only the layer's input (the layer is recomputed in the backward pass, about one more forward);
+# 'dots-saveable': the outputs of the weight matmuls (no batch dimensions) are kept, the rest
+# (norms, activations, attention scores) recomputed.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots-saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 # LoRA target name -> the weight it adapts.
 LORA_TARGETS = {
@@ -110,11 +122,18 @@ class Decoder(nnx.Module):
     """
 
     def __init__(self, arch: ArchConfig, *, dtype: Any = jnp.float32, rngs: nnx.Rngs,
-                 init_std: float = 0.02, scan_unroll: int | bool | None = None):
+                 init_std: float = 0.02, scan_unroll: int | bool | None = None, param_dtype: Any = jnp.float32,
+                 remat: str = "none"):
         """`scan_unroll` is lax.scan's unroll over layers; None: fully unrolled up to 8 layers (about
-        10% faster training of small models on CPU), a rolled loop above (compile time)."""
+        10% faster training of small models on CPU), a rolled loop above (compile time).
+        `param_dtype`: storage dtype of the parameters (float32 or bfloat16); `dtype` is the compute dtype.
+        `remat`: activation checkpointing of each layer under `jax.grad`, one of REMAT_POLICIES."""
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {remat!r}")
         self.arch = arch
         self.dtype = jnp.dtype(dtype)
+        self.param_dtype = jnp.dtype(param_dtype)
+        self.remat = remat
         self.scan_unroll = (arch.n_layers <= 8) if scan_unroll is None else scan_unroll
         self.param_names = tuple(param_specs(arch))
         for name, (shape, axes, init) in param_specs(arch).items():
@@ -122,7 +141,7 @@ class Decoder(nnx.Module):
                 value = init_std * jax.random.normal(rngs.params(), shape, jnp.float32)
             else:
                 value = (jnp.ones if init == "ones" else jnp.zeros)(shape, jnp.float32)
-            setattr(self, name, nnx.Param(value, axes=axes))
+            setattr(self, name, nnx.Param(value.astype(self.param_dtype), axes=axes))
         self.lora = nnx.data(None)
 
     # -- parameter views -------------------------------------------------------------------------
@@ -160,10 +179,10 @@ class Decoder(nnx.Module):
                        positions=positions, cache=cache, cache_index=cache_index, key_mask=key_mask,
                        segment_ids=segment_ids,
                        dropout_key=dropout_key, lora_config=None if self.lora is None else self.lora.config,
-                       unroll=self.scan_unroll)
+                       unroll=self.scan_unroll, remat=self.remat)
 
     def head_weight(self) -> jax.Array:
-        """Output projection (V, D), float32."""
+        """Output projection (V, D), in the parameter dtype."""
         return self.embed[...] if self.arch.tie_embeddings else self.lm_head[...]
 
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
@@ -317,7 +336,48 @@ def attention_bias(key_mask_bs: jax.Array, q_cols_t: jax.Array) -> jax.Array:
     return jnp.where(allowed, 0.0, _NEG).astype(jnp.float32)
 
 
+ATTENTION_IMPLS = ("auto", "native", "xla", "cudnn")
+
+
+def attention_impl(dtype, head_dim: int, T: int, S: int) -> str:
+    """Which attention `_masked_attention` runs: JAXFORGET_ATTENTION (auto | native | xla | cudnn) or
+    'auto': cuDNN's fused (flash) attention via jax.nn.dot_product_attention on a GPU where it
+    applies (bfloat16/float16, head_dim a multiple of 8 up to 128, even lengths, no KV cache), the
+    native path otherwise. 'xla' is jax.nn.dot_product_attention's XLA implementation (tests)."""
+    impl = os.environ.get("JAXFORGET_ATTENTION", "auto")
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"JAXFORGET_ATTENTION={impl!r}: expected one of {ATTENTION_IMPLS}")
+    if impl != "auto":
+        return impl
+    cudnn_ok = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+                and head_dim % 8 == 0 and head_dim <= 128 and T == S and T % 2 == 0)
+    return "cudnn" if cudnn_ok else "native"
+
+
+def _dpa_attention(q_bthe, k_bske, v_bske, bias_bts, scale: float, dtype, implementation: str):
+    """The same attention through jax.nn.dot_product_attention (grouped kv heads natively); the
+    (B, T, S) bias becomes its boolean mask, so a fully masked (padding) query row gets uniform
+    weights as in the native path."""
+    mask = (bias_bts == 0.0)[:, None]  # (B, 1, T, S)
+    out = jax.nn.dot_product_attention(q_bthe.astype(dtype), k_bske.astype(dtype), v_bske.astype(dtype),
+                                       mask=mask, scale=scale, implementation=implementation)
+    return out.astype(dtype)
+
+
 def _masked_attention(q_bthe, k_bske, v_bske, bias_bts, scale: float, dtype):
+    """Dispatch (see `attention_impl`) to jax.nn.dot_product_attention or the native path below;
+    a cuDNN refusal at trace time (shape, dtype, version) falls back to the native path."""
+    impl = attention_impl(dtype, q_bthe.shape[-1], q_bthe.shape[1], k_bske.shape[1])
+    if impl != "native":
+        try:
+            return _dpa_attention(q_bthe, k_bske, v_bske, bias_bts, scale, dtype, impl)
+        except (NotImplementedError, ValueError, RuntimeError):
+            if impl == "xla" or os.environ.get("JAXFORGET_ATTENTION") == "cudnn":
+                raise
+    return _native_attention(q_bthe, k_bske, v_bske, bias_bts, scale, dtype)
+
+
+def _native_attention(q_bthe, k_bske, v_bske, bias_bts, scale: float, dtype):
     """Causal (by column) attention over valid keys with grouped kv heads; float32 logits and softmax.
 
     Heads-major layout: the G query heads that share a kv head are stacked along the query axis,
@@ -488,10 +548,11 @@ def _block(x, p, lora, lora_config, key, arch: ArchConfig, dtype, cos, sin, bias
     return constrain(x, ("batch", "length", "embed")), new_kv
 
 
-@partial(jax.jit, static_argnames=("arch", "dtype", "lora_config", "unroll"))
+@partial(jax.jit, static_argnames=("arch", "dtype", "lora_config", "unroll", "remat"))
 def forward(weights: dict[str, jax.Array], lora: dict[str, jax.Array] | None, arch: ArchConfig, dtype,
             input_ids, attention_mask=None, *, positions=None, cache: KVCache | None = None,
-            cache_index=0, key_mask=None, segment_ids=None, dropout_key=None, lora_config=None, unroll=1):
+            cache_index=0, key_mask=None, segment_ids=None, dropout_key=None, lora_config=None, unroll=1,
+            remat="none"):
     """Pure forward pass to final-norm hidden states (B, T, D); see Decoder.hidden_states.
 
     Jitted (compiled once per shape and static configuration) so that eager calls are fast too;
@@ -534,6 +595,12 @@ def forward(weights: dict[str, jax.Array], lora: dict[str, jax.Array] | None, ar
         h, new_kv = _block(h, p, lp, lora_config, key, arch, dtype, cos, sin, bias, kv, cache_index)
         return h, new_kv
 
+    if REMAT_POLICIES[remat] is not None:
+        # Remat needs the rolled loop: unrolled, XLA merges the recomputation back into the forward
+        # pass and nothing is saved (measured on CPU). The loop boundary also makes prevent_cse
+        # unnecessary (False is faster).
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+        unroll = 1
     kv_xs = None if cache is None else (cache.k, cache.v)
     x, new_kv = jax.lax.scan(body, x, (layer_w, lora, layer_keys, kv_xs), unroll=unroll)
     x = _norm(x, weights.get("final_norm_scale"), weights.get("final_norm_bias"), arch)

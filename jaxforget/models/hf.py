@@ -327,16 +327,18 @@ def _load_tokenizer(path: Path):
 
 
 def load(path: str | os.PathLike, *, dtype: Any = jnp.float32, mesh: jax.sharding.Mesh | None = None,
-         rules=DEFAULT_RULES, tokenizer: bool = True, scan_unroll: int | bool | None = None):
+         rules=DEFAULT_RULES, tokenizer: bool = True, scan_unroll: int | bool | None = None,
+         param_dtype: Any = jnp.float32, remat: str = "none"):
     """(model, tokenizer) from a local HF directory (config.json, safetensors, tokenizer files).
 
-    Parameters are float32 on `mesh` (sharded by the logical-axis `rules`) or on the default
+    Parameters are `param_dtype` (float32 default, or bfloat16) on `mesh` (sharded by the logical-axis `rules`) or on the default
     device; `dtype` is the compute dtype (bfloat16 on accelerators). The tokenizer is
     `transformers.AutoTokenizer.from_pretrained(path)` when tokenizer files exist, else None.
     """
     path = Path(path)
     arch = read_arch(path)
-    model = nnx.eval_shape(lambda: Decoder(arch, dtype=dtype, rngs=nnx.Rngs(0), scan_unroll=scan_unroll))
+    model = nnx.eval_shape(lambda: Decoder(arch, dtype=dtype, rngs=nnx.Rngs(0), scan_unroll=scan_unroll,
+                                           param_dtype=param_dtype, remat=remat))
     tensors = open_checkpoint(path)
     load_weights(model, tensors, mesh=mesh, rules=rules, source=str(path))
     return model, (_load_tokenizer(path) if tokenizer else None)
@@ -378,12 +380,13 @@ def load_weights(model: Decoder, tensors: dict[str, SafetensorsFile], *, mesh=No
             sharding = (named_sharding(mesh, var.get_metadata().get("axes"), shape, rules) if mesh is not None
                         else jax.sharding.SingleDeviceSharding(device))
 
-            def read(index, parts=parts, stacked=entry.per_layer):
+            def read(index, parts=parts, stacked=entry.per_layer, dtype=np.dtype(var.dtype)):
                 # Always a copy: a CPU jax array may alias host memory, and this one is a file mapping.
+                # Converted via float32 (the checkpoint may be float16 or bfloat16).
                 if not stacked:
-                    return np.array(parts[0][index], dtype=np.float32, copy=True)
+                    return np.array(parts[0][index], dtype=np.float32, copy=True).astype(dtype)
                 rows = range(len(parts))[index[0]]
-                return np.stack([np.asarray(parts[r][index[1:]], dtype=np.float32) for r in rows])
+                return np.stack([np.asarray(parts[r][index[1:]], dtype=np.float32) for r in rows]).astype(dtype)
 
             var.set_value(jax.make_array_from_callback(shape, sharding, read))
             loaded.add(name)

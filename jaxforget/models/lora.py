@@ -137,7 +137,8 @@ def merge_lora(model: Decoder) -> Decoder:
     if model.lora is None or model.lora.merged:
         return model
     for w, delta in _deltas(model).items():
-        getattr(model, w)[...] = getattr(model, w)[...] + delta
+        base = getattr(model, w)[...]  # keeps the parameter dtype (bfloat16 parameters stay bfloat16)
+        getattr(model, w)[...] = (base + delta).astype(base.dtype)
     model.lora.merged = True
     return model
 
@@ -147,7 +148,8 @@ def unmerge_lora(model: Decoder) -> Decoder:
     if model.lora is None or not model.lora.merged:
         return model
     for w, delta in _deltas(model).items():
-        getattr(model, w)[...] = getattr(model, w)[...] - delta
+        base = getattr(model, w)[...]
+        getattr(model, w)[...] = (base - delta).astype(base.dtype)
     model.lora.merged = False
     return model
 
