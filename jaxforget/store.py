@@ -24,7 +24,7 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -319,10 +319,12 @@ class RunDir:
         lock = FileLock(self.locks_dir / f"task_{index:05d}.lock")
         return lock if lock.acquire() else None
 
-    def start(self, meta: dict[str, Any], *, compare: str = "config", ignore: tuple[str, ...] = ()) -> bool:
+    def start(self, meta: dict[str, Any], *, compare: str = "config", ignore: tuple[str, ...] = (),
+              normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> bool:
         """Create the run (writing ``meta.json``) or check that an existing one has the same
-        ``meta[compare]`` (its keys `ignore` aside). Returns True when resuming. Raises :class:`RunError`
-        listing the differing fields otherwise."""
+        ``meta[compare]`` (its keys `ignore` aside; the recorded one passed through `normalize` first, e.g.
+        to give fields a run of an older version did not have their defaults). Returns True when resuming.
+        Raises :class:`RunError` listing the differing fields otherwise."""
         with self.files_lock():  # two jobs starting at once: one creates, the other checks
             if self.meta_path.exists():
                 old = self.read_meta()
@@ -330,7 +332,8 @@ class RunDir:
                     raise RunError(f"{self.meta_path}: has no {compare!r} record, so it is not the meta.json of a "
                                    "jaxforget run (damaged, or written by something else). Restore it, or move the "
                                    "directory away / choose another --out to start afresh.")
-                diffs = _diff({k: v for k, v in old[compare].items() if k not in ignore},
+                recorded = normalize(old[compare]) if normalize is not None else old[compare]
+                diffs = _diff({k: v for k, v in recorded.items() if k not in ignore},
                               {k: v for k, v in meta.get(compare, {}).items() if k not in ignore})
                 if diffs:
                     raise RunError(

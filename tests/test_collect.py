@@ -237,3 +237,23 @@ def test_console_one_line_per_task_and_a_progress_bar_that_ends_at_its_total(cac
     assert Path(meta["model_dir"]).is_absolute()
     # --save-models may differ on a resume (it writes extra files, it does not change Z)
     assert collect(dataclasses.replace(config, save_models=True), echo=lines.append) == 0
+
+
+def test_a_run_of_an_older_version_resumes_under_the_same_flags(reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(reference, out)
+    meta = json.loads((out / "meta.json").read_text())
+    # what the run directory of the previous version recorded: none of the fields added since
+    for section, field in (("data", "nll_tokens"), ("train", "remat"), ("train", "divergence_factor"),
+                           ("model", "param_dtype"), ("data", "upstream_preset")):
+        meta["config"][section].pop(field, None)
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert collect(tiny(out), echo=lambda *_: None) == 0
+    np.testing.assert_array_equal(np.load(RunDir(out).forgetting_path)["Z"], np.load(RunDir(reference).forgetting_path)["Z"])
+    # a recorded field that really differs is still refused, named
+    meta["config"]["train"]["lr"] = 0.5
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="train.lr: 0.5 != 0.001"):
+        collect(tiny(out), echo=lambda *_: None)

@@ -9,7 +9,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from jaxforget.cli import Range, above, at_least, flag_name, out_dir_error, range_errors, to_jsonable
+from jaxforget.cli import (Range, above, at_least, config_from_dict, flag_name, out_dir_error, range_errors,
+                           to_jsonable)
 from jaxforget.data.fields import FieldMap, field_map
 from jaxforget.data.world import WorldConfig
 from jaxforget.pretrain import RANGES as BASE_MODEL_RANGES
@@ -316,3 +317,20 @@ def config_dict(config: CollectConfig) -> dict[str, Any]:
     for k in NOT_COMPARED:
         d.pop(k)
     return to_jsonable(d)
+
+
+def recorded_config(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded ``config`` (meta.json) as this version would record it, for the resume check:
+    fields a run of an older version did not have get their defaults, so that it resumes under the same
+    flags. The exception is ``data.nll_tokens``: such runs scored the built-in accounting, which 'auto'
+    still picks for the built-in model but not for ``--model.path`` (those resume with
+    ``--data.nll-tokens builtin``). A record that does not parse is compared as it is (its
+    differences are then named)."""
+    data = recorded.get("data")
+    if isinstance(data, dict) and "nll_tokens" not in data:
+        used = "auto" if (recorded.get("model") or {}).get("path") is None else "builtin"
+        recorded = {**recorded, "data": {**data, "nll_tokens": used}}
+    try:
+        return config_dict(config_from_dict(CollectConfig, recorded, "meta.json: config"))
+    except (ValueError, TypeError):
+        return recorded

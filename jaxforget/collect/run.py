@@ -21,7 +21,7 @@ from matplotlib import colormaps
 from tqdm import tqdm
 
 import jaxforget
-from jaxforget.collect.config import CollectConfig, check_config, config_dict
+from jaxforget.collect.config import CollectConfig, check_config, config_dict, recorded_config
 from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
 from jaxforget.collect.engine import batch_sharding, build_engine
 from jaxforget.collect.loop import TaskFailed, run_schedule, train_group
@@ -132,7 +132,7 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
                 versions=versions(), status="running")
 
     def open_run() -> dict[str, Any]:
-        resumed = run.start(meta, ignore=("out",))  # `out`: recorded by runs of earlier versions
+        resumed = run.start(meta, ignore=("out",), normalize=recorded_config)  # `out`: recorded by earlier versions
         return dict(resumed=resumed, has_base=run.read_base() is not None, finished=run.finished())
 
     # Process 0 reads (and creates) the run directory; every process acts on what it found.
