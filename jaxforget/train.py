@@ -182,9 +182,11 @@ def _on_mesh(state: TrainState, frozen: nnx.State | None = None, tx: optax.Gradi
     if tx is None:
         return jax.tree.map(place, state)
     shardings = jax.tree.map(lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else default, state.params)
-    opt_sh = opt_state_shardings(tx, state.opt_state, shardings, None)
-    opt = jax.tree.map(lambda x, s: place(x) if s is None else jax.device_put(x, s), state.opt_state, opt_sh,
-                       is_leaf=lambda x: x is None)
+    try:
+        opt = optax.tree_map_params(tx, lambda x, s: jax.device_put(x, s), state.opt_state, shardings,
+                                    transform_non_params=place)
+    except ValueError:  # a state that does not mirror the parameters leaf for leaf (optax.multi_transform's
+        opt = jax.tree.map(place, state.opt_state)  # masked nodes, e.g. rep_dot's): placed like the rest
     return TrainState(jax.tree.map(place, state.params), opt, place(state.step))
 
 

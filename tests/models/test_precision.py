@@ -5,6 +5,8 @@ that runs on CPU) equals the native attention path, forward and backward."""
 from __future__ import annotations
 
 import dataclasses
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,8 +133,13 @@ def test_model_with_xla_attention_equals_native(monkeypatch):
     ids, mask, loss = _batch()
     ref = models.mean_nll(model, ids, mask, loss)
     monkeypatch.setenv("JAXFORGET_ATTENTION", "xla")
-    # `forward` is jitted and the choice is made at trace time: a fresh jit of it, for this test only
-    fresh = jax.jit(decoder.forward.__wrapped__, static_argnames=("arch", "dtype", "lora_config", "unroll", "remat"))
+    # `forward` is jitted and the choice is made at trace time: a fresh jit of a copy of it, for this test
+    # only (jit shares its cache between wrappers of one function object, which would hand back the
+    # native trace of the reference call above)
+    f = decoder.forward.__wrapped__
+    copy = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    copy.__kwdefaults__ = f.__kwdefaults__
+    fresh = jax.jit(copy, static_argnames=("arch", "dtype", "lora_config", "unroll", "remat"))
     monkeypatch.setattr(decoder, "forward", fresh)
     got = models.mean_nll(model, ids, mask, loss)
     assert fresh._cache_size() == 1
