@@ -109,6 +109,7 @@ def test_sidecar_files_describe_tasks_and_examples(reference):
     assert not list((reference / "checkpoints").glob("task_*"))  # removed once each row is written
 
 
+@pytest.mark.slow  # ~30 s; the checkpoint resume stays in the default run (test_stacked)
 def test_sigkill_then_same_command_resumes_to_the_same_z(reference, cache, tmp_path):
     out = tmp_path / "killed"
     env = dict(os.environ, JAXFORGET_FAULT="kill@checkpoint:1:10", JAXFORGET_CACHE=str(cache))

@@ -81,6 +81,7 @@ def _replay(run_dir: Path, out: Path, *flags: str) -> subprocess.CompletedProces
     return p
 
 
+@pytest.mark.slow  # ~30 s: a whole replay command in a subprocess
 def test_replay_console_is_free_of_library_noise(tiny_run, tmp_path):
     p = _replay(tiny_run, tmp_path / "quietly")
     console = p.stdout + p.stderr
