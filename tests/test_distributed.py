@@ -74,6 +74,7 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)).split(".out.tfevents.")[0] for p in root.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow  # two processes with gloo, ~20 s
 def test_two_process_run_equals_one_process_and_only_process_0_writes(cache, tmp_path):
     import jax
     from safetensors.numpy import load_file

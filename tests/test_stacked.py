@@ -106,6 +106,7 @@ def test_saved_stacked_adapters_reproduce_the_nll_in_transformers(stacked, cache
                                    atol=1e-4)
 
 
+@pytest.mark.slow  # extra collect runs; the default run keeps stacked = sequential and the resume
 def test_a_nan_adapter_fails_only_its_own_task_when_vectorised(sequential, tmp_path, monkeypatch):
     # both slots in one vmapped pass (the accelerator default; CPU defaults to one slot per pass):
     # the NaNs of slot 1 must not reach slot 0, and slot 0 must still match the sequential run
@@ -120,6 +121,7 @@ def test_a_nan_adapter_fails_only_its_own_task_when_vectorised(sequential, tmp_p
                                atol=1e-5)
 
 
+@pytest.mark.slow  # extra collect runs; the default run keeps stacked = sequential and the resume
 def test_gradient_accumulation_stacked_equals_one_task_at_a_time(cache, tmp_path):
     # (K, A, B, T) inputs; micro-batches of one step may come from different buckets
     accum = dataclasses.replace(LORA, grad_accum=2, max_steps=3, checkpoint_every=0)
@@ -158,6 +160,7 @@ def test_tasks_per_step_without_lora_is_a_clear_error(tmp_path, capsys):
     assert "--tasks-per-step must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # extra collect runs; the default run keeps stacked = sequential and the resume
 def test_stacked_tasks_on_a_two_device_mesh_give_the_same_z(stacked, cache, tmp_path):
     # forced host devices need a fresh process; FSDP-sharded base, both slots vmapped, batches split
     out = tmp_path / "mesh"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from jaxforget.data.records import ROLES, TaskExample, UpstreamExample, parse_task_record, str_field
+from jaxforget.data.records import TaskExample, UpstreamExample, message_role, parse_task_record, str_field
 
 _MISSING = object()
 
@@ -161,11 +161,7 @@ def task_example(obj: dict, where: str, task: str, fmap: FieldMap) -> TaskExampl
             raise ValueError(f"{where}: field {fmap.fields['messages']!r} must be a list of messages")
         user = answer = None
         for k, m in enumerate(msgs):
-            if not isinstance(m, dict):
-                raise ValueError(f"{where}: messages[{k}] must be an object with 'role' and 'content'")
-            role = str_field(m, "role", f"{where}: messages[{k}]")
-            if role not in ROLES:
-                raise ValueError(f"{where}: messages[{k}] has role {role!r}; expected one of {ROLES}")
+            role = message_role(m, k, where)
             if role == "user" and user is None:
                 user = str_field(m, "content", f"{where}: messages[{k}]")
             elif role == "assistant" and user is not None:

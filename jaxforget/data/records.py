@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 ROLES = ("system", "user", "assistant")
 
@@ -48,6 +49,15 @@ def str_field(obj: dict, name: str, where: str, *, nonempty: bool = True) -> str
     return value
 
 
+def message_role(m: Any, k: int, where: str) -> str:
+    """The role of ``messages[k]``, which must be an object with a known 'role'; ValueError naming `where`."""
+    if not isinstance(m, dict):
+        raise ValueError(f"{where}: messages[{k}] must be an object with 'role' and 'content'")
+    role = str_field(m, "role", f"{where}: messages[{k}]")
+    if role not in ROLES:
+        raise ValueError(f"{where}: messages[{k}] has role {role!r}; expected one of {ROLES}")
+    return role
+
 
 def parse_task_record(obj: dict, task: str, where: str) -> TaskExample:
     """A TaskExample from one JSON object; ValueError naming `where` if it is not a valid record."""
@@ -57,12 +67,7 @@ def parse_task_record(obj: dict, task: str, where: str) -> TaskExample:
             raise ValueError(f"{where}: field 'messages' must be a non-empty list")
         pairs = []
         for k, m in enumerate(msgs):
-            if not isinstance(m, dict):
-                raise ValueError(f"{where}: messages[{k}] must be an object with 'role' and 'content'")
-            role = str_field(m, "role", f"{where}: messages[{k}]")
-            if role not in ROLES:
-                raise ValueError(f"{where}: messages[{k}] has role {role!r}; expected one of {ROLES}")
-            pairs.append((role, str_field(m, "content", f"{where}: messages[{k}]")))
+            pairs.append((message_role(m, k, where), str_field(m, "content", f"{where}: messages[{k}]")))
         if not any(r == "assistant" for r, _ in pairs):
             raise ValueError(f"{where}: 'messages' has no assistant message (nothing to train on)")
         return TaskExample(task, where, messages=tuple(pairs))
