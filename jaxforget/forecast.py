@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from jaxforget.cli import config_from_dict
 from jaxforget.cli import run as run_cli
-from jaxforget.collect import TrainLoop, build_engine, setup_from_run, task_seed
+from jaxforget.collect import CollectConfig, TrainLoop, build_engine, setup_from_run, task_seed
 from jaxforget.collect.config import task_field_map
 from jaxforget.collect.run import write_tasks_jsonl
 from jaxforget.collect.setup import task_train_examples, tasks_path
@@ -63,7 +64,7 @@ class ForecastConfig:
     k: int = 30
     """Upstream examples measured (per seed), drawn uniformly at random without replacement."""
     methods: tuple[str, ...] = ("mf", "knn_baseline", "additive")
-    """Completion methods (as python -m jaxforget.predict takes them); the first one ranks top.jsonl and the replay set."""
+    """Completion methods (as python -m jaxforget.predict takes them); the first ranks top.jsonl and the replay set."""
     seeds: tuple[int, ...] = (0,)
     """Seeds of the k-example draw and of the completion fits; each seed is one forecast."""
     online: bool = False
@@ -139,20 +140,26 @@ def probe_indices(n: int, k: int, seed: int) -> np.ndarray:
 def main(config: ForecastConfig, echo=print) -> dict:
     methods = check_config(config)
     run = RunDir(config.run)
-    cc, setup, meta = setup_from_run(config.run, echo)
+    if not run.meta_path.exists():
+        raise FileNotFoundError(f"{config.run}: not a run directory (no meta.json)")
     if not run.forgetting_path.exists():
         raise RunError(f"{run.forgetting_path}: the run is not complete (finish it, or merge its shards with "
                        f"python -m jaxforget.collect --merge {run.root})")
+    # the task first, from the recorded configuration: a wrong --task fails before the model is loaded
+    recorded = run.read_meta()
+    name, records, from_source = read_task(config, config_from_dict(CollectConfig, recorded["config"]))
+    names = list(recorded["task_names"])
+    if name in names:
+        raise ValueError(f"--task {name!r} is already a task of the run (row {names.index(name)}); "
+                         "forecast is for a task the run did not train")
+    cc, setup, meta = setup_from_run(config.run, echo)
     with np.load(run.forgetting_path) as f:
         Z = f["Z"].astype(np.float32)
-    name, records, from_source = read_task(config, cc)
-    if name in setup.task_names:
-        raise ValueError(f"--task {name!r} is already a task of the run (row {setup.task_names.index(name)}); "
-                         "forecast is for a task the run did not train")
     if config.append:
         if not from_source:
-            raise ValueError(f"--append: {config.task} is not in the run's task source {tasks_path(cc)}; put the file "
-                             "there (so that the run can be rebuilt and resumed from its configuration) and give its name")
+            raise ValueError(f"--append: {config.task} is not in the run's task source {tasks_path(cc)}; put the "
+                             "file there (so that the run can be rebuilt and resumed from its configuration) and "
+                             "give its name")
         if cc.eval.eval_every or "em" in meta["config"]["eval"]["metrics"]:
             raise ValueError("--append: the run measures per-step or exact-match forgetting, which forecast does not")
     M, N = Z.shape
@@ -162,9 +169,10 @@ def main(config: ForecastConfig, echo=print) -> dict:
     union = np.unique(np.concatenate(list(probes.values())))
     nll_before = run.read_base()["nll_before"]
     out_dir = config.out or run.root / "forecast" / name
+    when = f"after {config.online_fraction:g} of the steps" if config.online else "after training"
     echo(f"forecast {name}: fine-tune the run's base with its settings ({cc.train.mode}), measure {config.k} of "
-         f"{N} upstream examples per seed {'after ' + format(config.online_fraction, 'g') + ' of the steps' if config.online else 'after training'}; "
-         f"complete against the run's {int(ok.sum())} tasks by fold-in ({', '.join(m.label for m in methods)})")
+         f"{N} upstream examples per seed {when}; complete against the run's {int(ok.sum())} tasks by fold-in "
+         f"({', '.join(m.label for m in methods)})")
 
     # fine-tune as collect would train this task as row M (the same seed rule: --append reproduces collect)
     engine = build_engine(setup, cc)
@@ -232,8 +240,8 @@ def _score(rows: dict, revealed: dict, z_true: np.ndarray, config: ForecastConfi
             m = all_metrics(rows[label, s][None], z_true[None], hidden[None], threshold=config.threshold,
                             top_n=config.top_n)
             per_seed.append({k: float(v) for k, v in m.items() if k in ("rmse", "auc", f"precision@{config.top_n}")})
-        out[label] = {k: dict(mean=float(np.mean([p[k] for p in per_seed])), std=float(np.std([p[k] for p in per_seed])))
-                      for k in per_seed[0]}
+        out[label] = {k: dict(mean=float(np.mean([p[k] for p in per_seed])),
+                              std=float(np.std([p[k] for p in per_seed]))) for k in per_seed[0]}
     return out
 
 
@@ -252,7 +260,8 @@ def _write_outputs(out: Path, config: ForecastConfig, summary: dict, rows: dict,
                 text=setup.upstream[j].text) for r, j in enumerate(order)]
     atomic_write_jsonl(out / "top.jsonl", top)
     md = ["| rank | id | source | predicted z | text |", "|---|---|---|---|---|"]
-    md += [f"| {t['rank']} | {t['id']} | {t['source']} | {t['predicted']:+.4f}{' (measured)' if t['measured'] else ''} | "
+    md += [f"| {t['rank']} | {t['id']} | {t['source']} | {t['predicted']:+.4f}"
+           f"{' (measured)' if t['measured'] else ''} | "
            f"{' '.join(t['text'].split())[:80].replace('|', '/')} |" for t in top]
     (out / "top.md").write_text("\n".join(md) + "\n")
     n_replay = min(len(pred), round(n_train * config.ratio))

@@ -10,8 +10,14 @@ from jaxforget.collect import TrainLoop, build_engine, setup_from_run, stack_slo
 from jaxforget.store import RunDir
 
 
-def test_the_documented_engine_loop_reproduces_a_row_of_the_run(tiny_run):
-    config, setup, meta = setup_from_run(tiny_run, echo=lambda *_: None)
+@pytest.fixture(scope="module")
+def rebuilt(tiny_run):
+    """(config, setup, meta) of the shared tiny run, rebuilt once for this module (treat as read-only)."""
+    return setup_from_run(tiny_run, echo=lambda *_: None)
+
+
+def test_the_documented_engine_loop_reproduces_a_row_of_the_run(tiny_run, rebuilt):
+    config, setup, meta = rebuilt
     engine = build_engine(setup, config)
     i = 1
     name = setup.task_names[i]
@@ -46,14 +52,14 @@ def test_stack_slots_pads_inactive_slots_and_short_buckets():
         stack_slots([None], pad_id=0)
 
 
-def test_packed_evaluation_equals_padded_for_one_and_for_stacked_tasks(tiny_run):
+def test_packed_evaluation_equals_padded_for_one_and_for_stacked_tasks(tiny_run, rebuilt):
     """--eval.pack: the same per-example NLL (to 1e-5) as one padded row per example, for K = 1 and for
     K = 2 stacked adapters (each slot its own numbers), with one compilation of the packed step."""
     import dataclasses
 
     import jax
 
-    config, setup, _ = setup_from_run(tiny_run, echo=lambda *_: None)
+    config, setup, _ = rebuilt
     engine = build_engine(setup, config)
     ref = engine.evaluate(engine.base_params)
     packed = build_engine(setup, dataclasses.replace(config, eval=dataclasses.replace(config.eval, pack=True)))
@@ -79,7 +85,7 @@ def test_packed_evaluation_equals_padded_for_one_and_for_stacked_tasks(tiny_run)
     np.testing.assert_allclose(got2, ref2, atol=1e-5, rtol=0)
 
 
-def test_empty_bucket_lists_are_chosen_from_the_length_quantiles(tiny_run):
+def test_empty_bucket_lists_are_chosen_from_the_length_quantiles(rebuilt):
     import dataclasses
 
     from jaxforget.collect import resolve_buckets
@@ -87,7 +93,7 @@ def test_empty_bucket_lists_are_chosen_from_the_length_quantiles(tiny_run):
 
     assert quantile_buckets([5, 9, 17, 17, 30, 100, 101, 300]) == (24, 32, 104, 304)  # 17, 30, 101, 300 rounded up
     assert quantile_buckets([3] * 10) == (8,)
-    config, setup, _ = setup_from_run(tiny_run, echo=lambda *_: None)
+    config, setup, _ = rebuilt
     train, ev = resolve_buckets(setup, dataclasses.replace(config.train, buckets=()),
                                 dataclasses.replace(config.eval, buckets=()))
     task_lengths = np.array([len(x.ids) for xs in setup.task_train.values() for x in xs])

@@ -13,7 +13,8 @@ mean token NLL of N upstream examples, and write the task's row; ``Z = NLL_after
 The run directory (``--out``, layout in docs/architecture.md) is resumable with the same command:
 finished rows are never recomputed, and the task in progress resumes from its last orbax
 checkpoint (verified: a damaged one is an error, never a resume). One process works on a run
-directory at a time (a lock), except ``--shard`` jobs, which lock the tasks they train. One compiled train step and one compiled eval step (per bucket shape) serve every task.
+directory at a time (a lock), except ``--shard`` jobs, which lock the tasks they train. One compiled
+train step and one compiled eval step (per bucket shape) serve every task.
 
 With ``--tasks-per-step K`` (LoRA), tasks go in groups of K: one model holds K adapters stacked on a
 leading axis, one step trains all K (each on its own task's batch, with its own optimizer state),

@@ -76,7 +76,8 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     def built_in() -> tuple[Path | None, Path | None]:
         world = (ensure_world(config.world, vocab_size=config.base.vocab_size)
                  if d.upstream is None or d.tasks is None else None)
-        base = ensure_base_model(config.world, config.base, config.pretrain, echo=echo) if config.model.path is None else None
+        base = (ensure_base_model(config.world, config.base, config.pretrain, echo=echo)
+                if config.model.path is None else None)
         return world, base
 
     if jax.process_count() > 1:  # the cache's atomic builds would cope with a race, but one build is enough
@@ -97,7 +98,8 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     upstream = readers.sample_upstream_files(d.upstream if d.upstream is not None else world_dir / "upstream.jsonl",
                                              d.n_upstream, seed=d.seed, stratify=d.stratify,
                                              fields=upstream_field_map(d))
-    upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer, tokenize.TokenizeConfig(max_len=d.max_len, nll_tokens=config.nll_tokens))
+    upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer,
+                                              tokenize.TokenizeConfig(max_len=d.max_len, nll_tokens=config.nll_tokens))
 
     tasks = readers.read_tasks(tasks_path(config, world_dir), task_field_map(d))
     names = list(d.task_names) or sorted(tasks)
