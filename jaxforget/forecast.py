@@ -147,21 +147,22 @@ def main(config: ForecastConfig, echo=print) -> dict:
                        f"python -m jaxforget.collect --merge {run.root})")
     # the task first, from the recorded configuration: a wrong --task fails before the model is loaded
     recorded = run.read_meta()
-    name, records, from_source = read_task(config, config_from_dict(CollectConfig, recorded["config"]))
+    run_config = config_from_dict(CollectConfig, recorded["config"])
+    name, records, from_source = read_task(config, run_config)
     names = list(recorded["task_names"])
     if name in names:
         raise ValueError(f"--task {name!r} is already a task of the run (row {names.index(name)}); "
                          "forecast is for a task the run did not train")
+    if config.append:  # checked on the recorded configuration: setup_from_run turns per-step and em off
+        if not from_source:
+            raise ValueError(f"--append: {config.task} is not in the run's task source {tasks_path(run_config)}; "
+                             "put the file there (so that the run can be rebuilt and resumed from its configuration) "
+                             "and give its name")
+        if run_config.eval.eval_every or "em" in run_config.eval.metrics:
+            raise ValueError("--append: the run measures per-step or exact-match forgetting, which forecast does not")
     cc, setup, meta = setup_from_run(config.run, echo)
     with np.load(run.forgetting_path) as f:
         Z = f["Z"].astype(np.float32)
-    if config.append:
-        if not from_source:
-            raise ValueError(f"--append: {config.task} is not in the run's task source {tasks_path(cc)}; put the "
-                             "file there (so that the run can be rebuilt and resumed from its configuration) and "
-                             "give its name")
-        if cc.eval.eval_every or "em" in meta["config"]["eval"]["metrics"]:
-            raise ValueError("--append: the run measures per-step or exact-match forgetting, which forecast does not")
     M, N = Z.shape
     ok = np.isfinite(Z).any(axis=1)
     Z_run = Z[ok]

@@ -78,6 +78,18 @@ def test_forecast_refuses_a_task_of_the_run_and_bad_flags(two_tasks, capsys):
     with pytest.raises(SystemExit):
         cli([str(two_tasks), "--task", TASKS[2], "--append"])
     assert "--append adds the measured row to the run: add --measure-all" in capsys.readouterr().err
+    # a run that measured per-step forgetting cannot grow by a row without it (its Z_steps would be lost)
+    import shutil
+
+    steps_run = two_tasks.parent / "with_steps"
+    if not steps_run.exists():
+        shutil.copytree(two_tasks, steps_run)
+        meta = json.loads((steps_run / "meta.json").read_text())
+        meta["config"]["eval"]["eval_every"] = 5
+        (steps_run / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit):
+        cli([str(steps_run), "--task", TASKS[2], "--measure-all", "--append"])
+    assert "--append: the run measures per-step or exact-match forgetting" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli([str(two_tasks), "--task", "no_such_task"])
     assert "'no_such_task': not a file, and not a task of the run's source" in capsys.readouterr().err
