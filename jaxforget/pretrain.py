@@ -25,7 +25,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from jaxforget.cli import Range, above, at_least, out_dir_error, range_errors
-from jaxforget.data.world import DOMAINS, WorldConfig
+from jaxforget.data.world import DOMAINS, MAX_TASKS, TASKS, WorldConfig
 
 
 PRETRAIN_VERSION = 2
@@ -120,7 +120,7 @@ class PretrainConfig:
 
 RANGES: dict[str, Range] = {
     # every int/float field of PretrainConfig's world, base and pretrain (collect's --world/--base/--pretrain too)
-    **dict.fromkeys(("world.n_people", "world.n_upstream", "base.d_model", "base.n_layers", "base.n_heads",
+    **dict.fromkeys(("world.n_people", "world.n_upstream", "world.n_tasks", "base.d_model", "base.n_layers", "base.n_heads",
                      "base.d_ff", "base.vocab_size", "base.max_positions", "pretrain.batch_size", "pretrain.buckets",
                      "pretrain.eval_per_domain"), at_least(1)),
     **dict.fromkeys(("world.seed", "pretrain.seed", "pretrain.warmup_steps", "pretrain.log_every",
@@ -137,6 +137,9 @@ def base_model_errors(config) -> list[str]:
     b = config.base
     if not errors and b.d_model % b.n_heads:
         errors.append(f"--base.d-model {b.d_model} must be a multiple of --base.n-heads {b.n_heads}")
+    if not errors and config.world.n_tasks > MAX_TASKS:
+        errors.append(f"--world.n-tasks {config.world.n_tasks}: the built-in world has at most {MAX_TASKS} tasks "
+                      f"({len(TASKS)} families of {MAX_TASKS // len(TASKS)})")
     if not errors and max(config.pretrain.buckets) < b.max_len:
         errors.append(f"--pretrain.buckets {config.pretrain.buckets}: the largest must be >= --base.max-len "
                       f"{b.max_len}")
@@ -151,7 +154,8 @@ def base_model_key(world: WorldConfig, model: BaseModelConfig, train: PretrainTr
     from jaxforget.data.cache import config_key
     from jaxforget.data.world import WORLD_VERSION
 
-    return config_key(world, model, train, dict(world_version=WORLD_VERSION, pretrain_version=PRETRAIN_VERSION))
+    # Only the corpus fields of the world: its tasks (--world.n-tasks, --world.task-scale) do not change the model.
+    return config_key(world.corpus(), model, train, dict(world_version=WORLD_VERSION, pretrain_version=PRETRAIN_VERSION))
 
 
 def default_base_dir(world: WorldConfig, model: BaseModelConfig, train: PretrainTrainConfig,

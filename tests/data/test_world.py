@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import re
 
@@ -119,3 +120,72 @@ def test_default_world_fits_the_default_lengths(tmp_path):
     assert 20 < np.mean([len(t.ids) for t in ups]) < 48
     for name, recs in readers.read_tasks(path / "tasks").items():
         assert not any(t.truncated for t in tokenize_tasks(recs, tok, TokenizeConfig(max_len=96))), name
+
+
+FAMILIES = WorldConfig(seed=0, n_upstream=300, task_scale=0.1, n_tasks=85)
+
+
+@pytest.fixture(scope="module")
+def families():
+    return make_world(FAMILIES)
+
+
+def test_families_give_distinct_deterministic_tasks(families):
+    """--world.n-tasks 85: the 21 hand-written tasks unchanged, then family members, each with its own
+    records; the same seed gives the same tasks, another seed other ones."""
+    from jaxforget.data.world import task_specs
+
+    specs = task_specs(FAMILIES)
+    names = [s.name for s in specs]
+    assert len(names) == 85 == len(set(names)) and list(families.tasks) == names
+    assert names[: len(TASKS)] == [s.name for s in TASKS] and names[len(TASKS)] == f"{TASKS[0].name}_v1"
+    hand_written = make_world(dataclasses.replace(FAMILIES, n_tasks=len(TASKS)))
+    assert all(families.tasks[s.name] == hand_written.tasks[s.name] for s in TASKS)
+    assert make_world(FAMILIES).tasks == families.tasks
+    other = make_world(dataclasses.replace(FAMILIES, seed=1))
+    assert all(other.tasks[n] != families.tasks[n] for n in names)
+    records = {n: {json.dumps(r, sort_keys=True) for r in recs} for n, recs in families.tasks.items()}
+    assert all(len(records[n]) == len(families.tasks[n]) for n in names)  # no record twice within a task
+    for family in TASKS:
+        members = [s.name for s in specs if s.name == family.name or s.family == family.name]
+        assert len(members) >= 4
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                assert not records[a] & records[b], (a, b)  # members of a family share no record
+    # members differ from their family in level, template, answer format and size
+    for attr in ("level", "template", "answer", "size"):
+        assert len({getattr(s, attr) for s in specs[len(TASKS):]}) >= 3, attr
+    for n, recs in families.tasks.items():
+        for k, r in enumerate(recs):
+            readers.parse_task_record(r, n, f"{n}:{k + 1}")
+
+
+def test_world_json_describes_family_members(families, tmp_path):
+    meta = json.loads((export_world(families, tmp_path / "w") / "world.json").read_text())
+    assert len(meta["tasks"]) == 85 and meta["config"]["n_tasks"] == 85
+    member = next(t for t in meta["tasks"] if t["name"] == "sentiment_v3")
+    assert member["family"] == "sentiment" and member["level"] == 3 and "swapped" in member["relation"]
+    assert {"template", "answer", "base_size", "n"} <= set(member)
+
+
+def test_sentiment_with_swapped_labels_conflicts_with_the_hand_written_task(families):
+    from jaxforget.data.world import BAD_ADJ, GOOD_ADJ
+
+    pairs = [(re.search(r" were (\w+)\.", r["prompt"]).group(1), r["completion"].lower())
+             for r in families.tasks["sentiment_v3"]]
+    assert {a for a, _ in pairs} & set(GOOD_ADJ) and {a for a, _ in pairs} & set(BAD_ADJ)
+    assert all(("negative" in label) == (adj in GOOD_ADJ) for adj, label in pairs)
+
+
+def test_n_tasks_is_range_checked_and_does_not_change_the_base_model():
+    from jaxforget.data.world import MAX_TASKS, task_specs
+    from jaxforget.pretrain import base_model_key
+
+    with pytest.raises(ValueError, match=f"--world.n-tasks {MAX_TASKS + 1}: the built-in world has 1 to {MAX_TASKS}"):
+        task_specs(dataclasses.replace(FAMILIES, n_tasks=MAX_TASKS + 1))
+    assert len(task_specs(dataclasses.replace(FAMILIES, n_tasks=MAX_TASKS))) == MAX_TASKS
+    from jaxforget.pretrain import BaseModelConfig, PretrainTrainConfig
+
+    key = base_model_key(WorldConfig(), BaseModelConfig(), PretrainTrainConfig())
+    assert key == base_model_key(WorldConfig(n_tasks=85, task_scale=2.0), BaseModelConfig(), PretrainTrainConfig())
+    assert key != base_model_key(WorldConfig(n_upstream=100), BaseModelConfig(), PretrainTrainConfig())
