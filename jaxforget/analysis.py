@@ -14,11 +14,14 @@ measured, or an explicit ``mask``) and runs jitted JAX, mostly through :mod:`jax
   each with a permutation p-value (the fit is redone without each block found);
   :func:`domain_enrichment` -- the two-proportion z-test of an upstream domain among a block's examples.
 * :func:`r2_over_steps` -- R^2 of the rank-1 fit at each measured step of a ``[M, T, N]`` tensor.
+* :func:`paired_test` (paired t and sign-flip tests, t interval of the mean difference),
+  :func:`paired_power` and :func:`paired_sample_size` (pairs needed for a given power) -- replay's comparisons.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -514,7 +517,8 @@ def r2_over_steps(Z_steps: Any, steps: Sequence[int] | None = None) -> list[dict
 
 @dataclasses.dataclass(frozen=True)
 class PairedTest:
-    """``x - y`` over paired observations: mean difference, paired t-test and sign-flip permutation test."""
+    """``x - y`` over paired observations: mean difference, paired t-test and sign-flip permutation test,
+    and the t confidence interval of the mean difference."""
 
     n: int
     mean_diff: float
@@ -524,12 +528,19 @@ class PairedTest:
     p_perm: float
     """Two-sided p of the sign-flip permutation test of the mean difference: exact (all 2^n sign
     patterns) for n <= 16, else Monte Carlo with ``n_permutations`` seeded draws, (count + 1) / (draws + 1)."""
+    sd_diff: float = np.nan
+    """Sample standard deviation (ddof 1) of the differences; NaN for n < 2."""
+    ci_low: float = np.nan
+    """Lower end of the ``confidence`` (default 95%) t interval of the mean difference:
+    mean -+ t_{(1 + confidence) / 2, n - 1} * sd / sqrt(n); NaN for n < 2."""
+    ci_high: float = np.nan
 
     def to_json(self) -> dict[str, float | int | None]:
         return {k: _num(v) for k, v in dataclasses.asdict(self).items()}
 
 
-def paired_test(x: Any, y: Any, *, n_permutations: int = 10_000, seed: int = 0) -> PairedTest:
+def paired_test(x: Any, y: Any, *, n_permutations: int = 10_000, seed: int = 0,
+                confidence: float = 0.95) -> PairedTest:
     """Is ``x`` different from ``y`` pair by pair? Pairs with a non-finite member are dropped."""
     x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
     if x.shape != y.shape:
@@ -557,4 +568,67 @@ def paired_test(x: Any, y: Any, *, n_permutations: int = 10_000, seed: int = 0) 
         signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_permutations, n))
         count = int(np.sum(np.abs(signs @ d) >= abs(d.sum()) * (1 - 1e-12)))
         p_perm = (count + 1) / (n_permutations + 1)
-    return PairedTest(n, mean, float(t), p_t, float(p_perm))
+    low, high = mean_interval(mean, sd, n, confidence=confidence)
+    return PairedTest(n, mean, float(t), p_t, float(p_perm), sd, low, high)
+
+
+def mean_interval(mean: float, sd: float, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """The t confidence interval of a mean from ``n`` observations with sample standard deviation
+    ``sd`` (ddof 1): mean -+ t_{(1 + confidence) / 2, n - 1} * sd / sqrt(n). (NaN, NaN) for n < 2."""
+    if n < 2 or not (np.isfinite(mean) and np.isfinite(sd)):
+        return np.nan, np.nan
+    from scipy import stats  # scipy comes with jax; imported here so that analysis loads without it
+
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / np.sqrt(n)
+    return float(mean - half), float(mean + half)
+
+
+def paired_power(n: int, mean_diff: float, sd_diff: float, *, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired (one-sample) t-test at level ``alpha`` with ``n`` pairs when the
+    differences have mean ``mean_diff`` and standard deviation ``sd_diff``: P(|T| > t_{1 - alpha/2, n-1})
+    with T noncentral t (n - 1 degrees of freedom, noncentrality sqrt(n) * mean_diff / sd_diff), both
+    tails counted (= statsmodels' TTestPower().power). NaN for n < 2 or non-finite inputs; with
+    sd_diff == 0 it is 1 for a nonzero difference and alpha for none."""
+    if n < 2 or not (np.isfinite(mean_diff) and np.isfinite(sd_diff)) or sd_diff < 0:
+        return np.nan
+    if sd_diff == 0:
+        return 1.0 if mean_diff != 0 else alpha
+    from scipy import stats
+
+    df, nc = n - 1, np.sqrt(n) * mean_diff / sd_diff
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    # P(T < -crit) as P(-T > crit), -T being noncentral t with -nc: scipy's nct.cdf returns NaN far in
+    # the lower tail (df 99, nc 10), its sf does not
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
+
+
+def paired_sample_size(mean_diff: float, sd_diff: float, *, alpha: float = 0.05, power: float = 0.8,
+                       max_n: int = 2**40) -> float | None:
+    """The smallest number of pairs ``n >= 2`` at which the two-sided paired t-test at level ``alpha``
+    detects a true mean difference ``mean_diff`` (differences with standard deviation ``sd_diff``) with
+    probability at least ``power`` (:func:`paired_power`, exact noncentral t; power grows with n, so a
+    bisection finds it). For planning: ``mean_diff`` and ``sd_diff`` are usually the observed ones.
+
+    None when an input is not finite (unknown: e.g. fewer than 2 pairs to estimate the SD); ``math.inf``
+    when no n reaches the power (``mean_diff == 0``, or beyond ``max_n``); 2 when ``sd_diff == 0`` and
+    ``mean_diff != 0`` (every pair differs by the same amount)."""
+    if not 0 < alpha < 1 or not alpha < power < 1:
+        raise ValueError(f"need 0 < alpha < power < 1; got alpha {alpha}, power {power}")
+    if not (np.isfinite(mean_diff) and np.isfinite(sd_diff)) or sd_diff < 0:
+        return None
+    if mean_diff == 0:
+        return math.inf
+    if sd_diff == 0:
+        return 2
+    lo, hi = 1, 2  # power(lo) < target <= power(hi); power(1) is undefined, i.e. never enough
+    while paired_power(hi, mean_diff, sd_diff, alpha=alpha) < power:
+        lo, hi = hi, hi * 2
+        if hi > max_n:
+            return math.inf
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if paired_power(mid, mean_diff, sd_diff, alpha=alpha) >= power:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -9,17 +9,27 @@ measure the forgetting of upstream examples that are never replayed:
 
 The run's upstream examples (the columns of Z) are split once, by ``--heldout-seed``, into a
 held-out set (never replayed; forgetting is measured there) and a candidate pool. Replayed examples
-are drawn from the pool without replacement with probability softmax(score / temperature)
-(sequential draws, as Gumbel-top-n), where the score of a pool example is
+are drawn from the pool without replacement by a selection rule (:mod:`jaxforget.selection`) applied
+to a score per pool example. The score:
 
 - ``random``: uniform;
 - ``oracle``: the task's true row of Z (measured by the run: a full fine-tuning and a pass over the pool);
 - ``offline:<method>``: the row predicted by matrix completion (``jaxforget.completion``, e.g. additive,
   knn_baseline, mf) from the other tasks' rows plus ``k`` measured entries of this task's row;
 - ``online:<method>``: the first ``online_fraction`` of the steps replay at random; then the forgetting of
-  ``k`` seed examples of the pool is measured against the base model, the row completed from the
+  ``k`` probe examples of the pool, drawn among those not replayed so far (a replayed example would
+  measure the replay, not the task), is measured against the base model, the row completed from the
   other tasks' rows, and the rest replayed by the prediction. Costs ``k`` forward passes.
 - ``none``: no replay (the run's own fine-tuning: with the run's seed it reproduces the run's row).
+
+The rule, ``<strategy>@<rule>``: ``softmax`` (no suffix; the paper's: softmax(score / temperature),
+sequential draws, as Gumbel-top-n), ``zsoftmax`` (the same on the scores standardised over the pool, so
+the temperature does not depend on their scale) or ``stratified`` (the draws allocated over the upstream
+domains in proportion to their pool sizes, the zsoftmax rule within each domain: random replay's domain
+mix, the score choosing only which examples within a domain). The rule applies to every draw (online:
+the random first phase and the predicted rest). The offline predictions of a method and seed are
+computed once and shared by its rules; the rules of one strategy draw from the same random stream for
+a (task, seed).
 
 Mixing: the task's batches are exactly the run's (same seeded order, same steps); ``ratio`` replayed
 examples per task example are added as extra rows, spread evenly over the micro-batches, trained with
@@ -28,15 +38,15 @@ batch of B task examples gets R = ceil(B * ratio) extra rows (padding where no e
 the train step compiles once per (B + R, bucket) shape and is reused for every task and strategy.
 
 Outputs (``--out``, default ``RUN/replay``): ``results/<task>.s<seed>.<strategy>.npz`` (one per
-fine-tuning, written atomically; a rerun skips them), ``summary.json``, ``report.md`` and TensorBoard
-events under ``tb/``. Per strategy: mean forgetting on the held-out examples, its change relative to
-no replay and to random replay, paired tests across tasks (seeds averaged) and across (task, seed)
-pairs, and the extra forward passes spent on choosing what to replay.
+fine-tuning, written atomically; a rerun skips them), and ``summary.json``, ``report.md`` and TensorBoard
+events under ``tb/`` (:mod:`jaxforget.replay_report`: effects with 95% intervals, the pairs needed for
+80% power, the per-domain tables).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import re
@@ -50,37 +60,58 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from jaxforget.analysis import paired_test
 from jaxforget.cli import run, to_jsonable
 from jaxforget.collect import (CollectConfig, Engine, Setup, TaskSchedule, TrainLoop, build_engine, collect,
                                resolve_buckets, setup_from_run, task_seed)
 from jaxforget.completion import Method, complete_rows, evaluate, split_rows
-from jaxforget.data.batching import Batch
-from jaxforget.selection import sample_without_replacement
-from jaxforget.store import RunDir, RunError, atomic_write_json, atomic_write_npz, read_npz
-from jaxforget.tracking import open_tracker
+from jaxforget.data.batching import Batch, with_extra_rows
+from jaxforget.replay_report import domain_counts, summarize, write_report
+from jaxforget.selection import RULES, select
+from jaxforget.store import RunDir, RunError, atomic_write_npz, read_npz
 
 log = logging.getLogger("jaxforget.replay")
 
 KINDS = ("none", "random", "oracle", "offline", "online")
-SIGNS = "negative = less forgetting than the reference"
-"""The sign of every change in forgetting that replay reports (report.md, summary.json, TensorBoard, console)."""
+
+ONLINE_PROBE = "unreplayed"
+"""Recorded in online results: the probe is drawn from the pool examples not replayed yet. Online results
+without it (an older version probed the whole pool) are recomputed."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
     """``none``, ``random``, ``oracle``, ``offline:<method>`` or ``online:<method>``, where <method> is a
-    completion method as ``python -m jaxforget.predict`` takes it (``mf``, ``mf:rank=3``, ...)."""
+    completion method as ``python -m jaxforget.predict`` takes it (``mf``, ``mf:rank=3``, ...), optionally
+    followed by ``@<rule>``, a selection rule of :mod:`jaxforget.selection` (``softmax``, the default and
+    the paper's, ``zsoftmax`` or ``stratified``): ``oracle@zsoftmax``, ``offline:mf@stratified``.
+
+    ``none`` takes no rule (it replays nothing). ``random`` takes only ``@stratified``: random replay
+    with the pool's domain mix imposed, the control for the other ``@stratified`` strategies. Every pool
+    example has the same chance of replay as under ``random`` (up to the rounding of the allocation);
+    only the per-domain counts are fixed at their proportional share instead of varying as a
+    hypergeometric draw. (``random@zsoftmax`` would be ``random`` itself: it is refused.)"""
 
     kind: str
     method: str | None = None
+    rule: str = "softmax"
 
     @classmethod
     def parse(cls, text: str) -> "Strategy":
-        kind, _, method = text.strip().partition(":")
+        body, at, rule = text.strip().partition("@")
+        if at and rule not in RULES:
+            raise ValueError(f"--strategies: {text!r}: unknown selection rule {rule!r}; expected one of "
+                             f"{', '.join(RULES)} (e.g. oracle@zsoftmax)")
+        kind, _, method = body.partition(":")
         if kind not in KINDS:
             raise ValueError(f"--strategies: unknown strategy {text!r}; expected one of none, random, oracle, "
-                             "offline:<method>, online:<method> (method e.g. additive, knn_baseline, mf)")
+                             "offline:<method>, online:<method> (method e.g. additive, knn_baseline, mf), "
+                             f"optionally followed by @<rule> ({', '.join(RULES)})")
+        rule = rule or "softmax"
+        if kind == "none" and at:
+            raise ValueError(f"--strategies: {text!r}: none replays nothing, so it takes no selection rule")
+        if kind == "random" and rule == "zsoftmax":
+            raise ValueError(f"--strategies: {text!r}: random scores are all equal, so zsoftmax draws exactly "
+                             "as random; random takes only @stratified")
         if kind in ("offline", "online"):
             if not method:
                 raise ValueError(f"--strategies: {text!r} needs a completion method, e.g. {kind}:mf")
@@ -88,18 +119,20 @@ class Strategy:
             if m.link == "logit":
                 raise ValueError(f"--strategies: {text!r}: {m.name} is for binary matrices; replay scores "
                                  "forgetting as NLL increase")
-            return cls(kind, m.label)
+            return cls(kind, m.label, rule)
         if method:
             raise ValueError(f"--strategies: {kind!r} takes no method (got {text!r})")
-        return cls(kind)
+        return cls(kind, None, rule)
 
     @property
     def label(self) -> str:
-        return self.kind if self.method is None else f"{self.kind}:{self.method}"
+        """As parsed, the default rule left out: ``oracle``, ``offline:mf@stratified``."""
+        base = self.kind if self.method is None else f"{self.kind}:{self.method}"
+        return base if self.rule == "softmax" else f"{base}@{self.rule}"
 
     @property
     def file_label(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.label)
+        return re.sub(r"[^A-Za-z0-9_.=@-]+", "_", self.label)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,11 +153,14 @@ class ReplayConfig:
     strategies: tuple[str, ...] = ("none", "random", "oracle", "offline:additive", "offline:knn_baseline",
                                    "offline:mf", "online:knn_baseline")
     """none, random, oracle, offline:<method>, online:<method> (method: a completion method, e.g. additive,
-    knn_baseline, mf, mf:rank=3)."""
+    knn_baseline, mf, mf:rank=3), each optionally with @<rule>: @zsoftmax (the scores standardised, so the
+    temperature is in standard deviations) or @stratified (the pool's domain mix kept; the score chooses
+    within each domain); none takes no rule, random only @stratified. No rule: softmax, the paper's."""
     ratio: float = 1 / 32
     """Replayed upstream examples per task example (the paper: 1/32; 1/8 for instruction-tuned models)."""
     temperature: float = 0.1
-    """Replay probability is softmax(score / temperature), drawn without replacement."""
+    """Replay probability is softmax(score / temperature), drawn without replacement (with @zsoftmax and
+    @stratified: of the standardised score)."""
     heldout_fraction: float = 0.5
     """Fraction of the run's upstream examples never replayed, on which forgetting is measured."""
     heldout_seed: int = 0
@@ -211,6 +247,12 @@ class Context:
     task_rows: list[int]  # rows of Z fine-tuned here
     train_rows: list[int]  # rows that train the completion (the others, finite)
 
+    @functools.cached_property
+    def domains(self) -> np.ndarray:
+        """[N] int: each upstream example's domain (its ``source``), as its rank among the sorted domains:
+        the strata of @stratified."""
+        return np.unique([ex.source for ex in self.setup.upstream], return_inverse=True)[1].astype(np.int64)
+
 
 def load_context(config: ReplayConfig, echo=print) -> Context:
     cc, setup, _ = setup_from_run(config.run, echo)
@@ -270,22 +312,6 @@ def offline_scores(ctx: Context, strategy: Strategy, seed: int) -> dict[int, tup
     return out
 
 
-def _extend(batch, replay: list, pad_id: int, n_rows: int, buckets: tuple[int, ...]):
-    """The task micro-batch with `replay` upstream examples as extra rows, padded to n_rows rows and the
-    smallest bucket holding every row."""
-    longest = max([batch.input_ids.shape[1]] + [len(ex.ids) for ex in replay])
-    T = min(b for b in buckets if b >= longest)
-    B = batch.input_ids.shape[0]
-    ids = np.full((n_rows, T), pad_id, np.int32)
-    attn, loss = np.zeros((n_rows, T), np.int32), np.zeros((n_rows, T), bool)
-    t = batch.input_ids.shape[1]
-    ids[:B, :t], attn[:B, :t], loss[:B, :t] = batch.input_ids, batch.attention_mask, batch.loss_mask
-    for r, ex in enumerate(replay):
-        n = len(ex.ids)
-        ids[B + r, :n], attn[B + r, :n], loss[B + r, :n] = ex.ids, 1, ex.loss_mask
-    return Batch(ids, attn, loss, batch.index, batch.epoch, batch.step)
-
-
 @dataclasses.dataclass
 class Trace:
     """What one fine-tuning fed the model, for tests and audits: per step, the upstream indices replayed."""
@@ -331,11 +357,10 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
         extra_forward = cfg.k
     elif strategy.kind == "online":
         switch = max(1, int(math.ceil(cfg.online_fraction * n_steps)))
-        extra_forward = cfg.k
-        scores = np.zeros(pool.size)  # random until the switch
+        scores = np.zeros(pool.size)  # random until the switch (with @stratified: in the pool's domain mix)
     n_first = int(per_micro[: switch * t.grad_accum].sum()) if strategy.kind == "online" else n_replay
-    order = sample_without_replacement(scores, n_first, temperature=cfg.temperature, rng=rng) if scores is not None \
-        else np.zeros(0, np.int64)
+    order = np.zeros(0, np.int64) if scores is None else select(
+        strategy.rule, scores, n_first, temperature=cfg.temperature, rng=rng, strata=ctx.domains[pool])
     chosen = list(rng.permutation(order))  # replayed in a random order, spread over the whole run
     used, step_replayed = 0, []
 
@@ -347,8 +372,8 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
             take = [pool[i] for i in chosen[used:used + per_micro[m]]]
             used += per_micro[m]
             step_replayed.extend(take)
-            yield _extend(b, [setup.upstream_tok[j] for j in take], engine.pad_id, t.batch_size + extra_rows,
-                          t.buckets) if extra_rows else b
+            yield with_extra_rows(b, [setup.upstream_tok[j] for j in take], engine.pad_id,
+                                  t.batch_size + extra_rows, t.buckets) if extra_rows else b
 
     state = engine.start([engine.initial_params(row, seed)])
     loop = TrainLoop(engine, [TaskSchedule(name, plan.seed, n_steps, with_replay())], state,
@@ -363,6 +388,7 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
         if strategy.kind == "online" and done == switch < n_steps:
             rest, revealed_cols = _online_choice(ctx, loop.state, strategy, seed, rng, chosen, n_replay - len(chosen))
             chosen += rest
+            extra_forward = revealed_cols.size
         if progress is not None:
             progress.update(1)
     nll_after = engine.evaluate(loop.state.params)[0]
@@ -380,16 +406,23 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
         replayed=replayed_all, revealed=np.asarray(revealed_cols, np.int64), steps=np.asarray(n_steps),
         task_examples=np.asarray(n_task), extra_forward=np.asarray(extra_forward),
         train_losses=np.asarray(loop.losses[0], np.float32), seconds=np.asarray(time.perf_counter() - t0),
-        task_seed=np.asarray(plan.seed))
+        task_seed=np.asarray(plan.seed),
+        **(dict(online_probe=np.asarray(ONLINE_PROBE)) if strategy.kind == "online" else {}))
 
 
 def _online_choice(ctx: Context, state, strategy: Strategy, seed: int, rng: np.random.Generator,
                    chosen: list, n_rest: int) -> tuple[list, np.ndarray]:
-    """Measure k seed examples of the pool under the current weights, complete the row from the other
-    tasks' rows, and draw the rest of the replay from the pool examples not drawn yet. Returns the
-    drawn pool positions (in replay order) and the upstream indices of the seed examples."""
-    pool, k = ctx.columns.candidates, ctx.config.k
-    probe = np.sort(rng.choice(pool.size, k, replace=False))
+    """Measure k probe examples of the pool under the current weights, complete the row from the other
+    tasks' rows, and draw the rest of the replay from the pool examples not drawn yet, by the strategy's
+    rule. The probe, too, comes from the examples not drawn yet (``chosen``: every example replayed so
+    far): a replayed example's forgetting measures the replay, not the task. Returns the drawn pool
+    positions (in replay order) and the upstream indices of the probe examples (at most k: fewer when
+    fewer are left)."""
+    pool = ctx.columns.candidates
+    left = np.setdiff1d(np.arange(pool.size), np.asarray(chosen, np.int64))
+    probe = left[np.sort(rng.choice(left.size, min(ctx.config.k, left.size), replace=False))]
+    if probe.size == 0:  # the first phase replayed the whole pool
+        return [], np.zeros(0, np.int64)
     nll = ctx.engine.evaluator([ctx.setup.upstream_tok[j] for j in pool[probe]])(state.params)[0]
     z_probe = np.full(pool.size, np.nan, np.float32)
     z_probe[probe] = nll - ctx.nll_before[pool[probe]]
@@ -397,98 +430,14 @@ def _online_choice(ctx: Context, state, strategy: Strategy, seed: int, rng: np.r
     revealed[probe] = True
     pred = complete_rows(ctx.Z[np.ix_(ctx.train_rows, pool)], z_probe[None], revealed[None],
                          method=strategy.method, seeds=seed)[0]
-    left = np.setdiff1d(np.arange(pool.size), np.asarray(chosen, np.int64))
     n_rest = min(n_rest, left.size)
-    draw = sample_without_replacement(pred[left], n_rest, temperature=ctx.config.temperature, rng=rng)
+    draw = select(strategy.rule, pred[left], n_rest, temperature=ctx.config.temperature, rng=rng,
+                  strata=ctx.domains[pool[left]])
     return list(rng.permutation(left[draw])), pool[probe]
 
 
 # ------------------------------------------------------------------------------------------------
 # the command
-
-
-def summarize(results: list[dict[str, Any]], strategies: list[Strategy], task_names: list[str],
-              seeds: list[int]) -> dict[str, Any]:
-    """Per strategy: held-out forgetting (mean and std over task x seed), its change relative to no
-    replay and to random replay with paired tests across tasks (seeds averaged) and across (task,
-    seed) pairs, forgetting on the candidate pool and on the replayed examples, extra forward passes.
-
-    Signs (:data:`SIGNS`): ``vs_<ref>.diff`` = F - F_ref and ``vs_<ref>.relative_change`` =
-    (F - F_ref) / F_ref over the pairs both have; negative = less forgetting than the reference."""
-    labels = [s.label for s in strategies]
-    T, S = len(task_names), len(seeds)
-
-    def grid(field: str) -> dict[str, np.ndarray]:  # label -> [T, S], NaN where failed or missing
-        out = {label: np.full((T, S), np.nan) for label in labels}
-        for r in results:
-            if r["status"] == "ok" and r["strategy"] in out:
-                out[r["strategy"]][task_names.index(r["task"]), seeds.index(r["seed"])] = r[field]
-        return out
-
-    held, cand, repl = grid("heldout_forgetting"), grid("candidate_forgetting"), grid("replayed_forgetting")
-    extra = grid("extra_forward")
-    summary: dict[str, Any] = {}
-    for label in labels:
-        h = held[label]
-        entry = dict(heldout_forgetting=float(np.nanmean(h)) if np.isfinite(h).any() else None,
-                     heldout_std=float(np.nanstd(h)) if np.isfinite(h).any() else None,
-                     candidate_forgetting=float(np.nanmean(cand[label])) if np.isfinite(cand[label]).any() else None,
-                     replayed_forgetting=float(np.nanmean(repl[label])) if np.isfinite(repl[label]).any() else None,
-                     extra_forward=float(np.nanmean(extra[label])) if np.isfinite(extra[label]).any() else None,
-                     n=int(np.isfinite(h).sum()),
-                     per_task={n: (float(np.nanmean(v)) if np.isfinite(v).any() else None)
-                               for n, v in zip(task_names, h)})
-        for ref in ("none", "random"):
-            if ref not in held or ref == label:
-                continue
-            base = held[ref]
-            both = np.isfinite(h) & np.isfinite(base)
-            ref_mean = float(np.mean(base[both])) if both.any() else np.nan
-            diff = float(np.mean(h[both] - base[both])) if both.any() else np.nan
-            with np.errstate(all="ignore"):
-                task_h, task_b = np.nanmean(np.where(both, h, np.nan), 1), np.nanmean(np.where(both, base, np.nan), 1)
-            entry[f"vs_{ref}"] = dict(
-                diff=diff if np.isfinite(diff) else None,
-                relative_change=(diff / ref_mean) if np.isfinite(diff) and ref_mean > 0 else None,
-                over_tasks=paired_test(task_h, task_b).to_json(),
-                over_pairs=paired_test(h[both], base[both]).to_json())
-        summary[label] = entry
-    return summary
-
-
-def report_markdown(summary: dict[str, Any], *, header: str) -> str:
-    def f(x, fmt="{:+.4f}"):
-        return "—" if x is None else fmt.format(x)
-
-    def test(entry, ref):
-        v = entry.get(f"vs_{ref}")
-        if v is None:
-            return "—", "—"
-        change = f(v["relative_change"], "{:+.1%}")
-        t, p = v["over_tasks"], v["over_pairs"]
-        return change, f"{f(t['p_t'], '{:.3g}')} / {f(t['p_perm'], '{:.3g}')} · {f(p['p_t'], '{:.3g}')} / {f(p['p_perm'], '{:.3g}')}"
-
-    lines = [header, "",
-             "| strategy | held-out forgetting | replayed-pool forgetting | forgetting of replayed examples | "
-             "change vs none | p vs none | change vs random | p vs random | extra forward passes |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for label, e in summary.items():
-        rn, pn = test(e, "none")
-        rr, pr = test(e, "random")
-        held = "—" if e["heldout_forgetting"] is None else f"{e['heldout_forgetting']:.4f} ± {e['heldout_std']:.4f}"
-        lines.append(f"| {label} | {held} | {f(e['candidate_forgetting'], '{:.4f}')} | "
-                     f"{f(e['replayed_forgetting'], '{:.4f}')} | {rn} | {pn} | {rr} | {pr} | "
-                     f"{f(e['extra_forward'], '{:.0f}')} |")
-    lines += ["", "Forgetting: mean NLL increase (log-perplexity) over the upstream examples that are never "
-              f"replayed, mean ± std over task x seed. Change: (F - F_ref) / F_ref; {SIGNS}. p: paired t-test / "
-              "sign-flip permutation test, across tasks (seeds averaged) · across (task, seed) pairs. Extra forward "
-              "passes: upstream examples measured to choose the replay (oracle: the whole pool after a full "
-              "fine-tuning).", ""]
-    tasks = list(next(iter(summary.values()))["per_task"])
-    lines += ["| task | " + " | ".join(summary) + " |", "|---|" + "---|" * len(summary)]
-    for t in tasks:
-        lines.append(f"| {t} | " + " | ".join(f(e["per_task"][t], "{:.4f}") for e in summary.values()) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _load_result(path: Path) -> dict[str, Any]:
@@ -528,8 +477,12 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
             name = ctx.setup.task_names[row]
             path = out / "results" / f"{name}.s{seed}.{s.file_label}.npz"
             progress.set_postfix(task=name, seed=seed, strategy=s.label)
-            if path.exists():
-                results.append(_load_result(path))
+            old = _load_result(path) if path.exists() else None
+            if old is not None and s.kind == "online" and old.get("online_probe") != ONLINE_PROBE:
+                echo(f"{path}: from a version whose online probe could measure replayed examples; recomputing")
+                old = None
+            if old is not None:
+                results.append(old)
                 progress.update(1)
                 continue
             if s.kind == "offline" and (s.method, seed) not in offline:
@@ -541,28 +494,16 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
                 echo(f"{name} seed {seed} {s.label}: FAILED (non-finite loss or NLL)")
             progress.update(1)
 
-    summary = summarize(results, strategies, task_names, list(config.seeds))
+    domains = [ex.source for ex in ctx.setup.upstream]
+    summary = summarize(results, [s.label for s in strategies], task_names, list(config.seeds), domains=domains,
+                        heldout=ctx.columns.heldout)
     header = (f"# Replay on {config.run}\n\n{len(task_names)} tasks x {len(config.seeds)} seeds "
               f"({', '.join(map(str, config.seeds))}); ratio {config.ratio:g}, temperature {config.temperature:g}, "
               f"k {config.k}; {ctx.columns.heldout.size} held-out / {ctx.columns.candidates.size} candidate examples.")
-    report = report_markdown(summary, header=header)
-    atomic_write_json(out / "summary.json", dict(summary=summary, tasks=task_names, seeds=list(config.seeds),
-                                                 signs=f"diff = F - F_ref, relative_change = (F - F_ref) / F_ref; "
-                                                       f"{SIGNS}",
-                                                 config=to_jsonable(dataclasses.asdict(config))))
-    (out / "report.md").write_text(report)
-    with open_tracker("tensorboard", out / "tb") as tracker:
-        for label, e in summary.items():
-            for i, t in enumerate(task_names):
-                if e["per_task"][t] is not None:
-                    tracker.scalar(f"heldout_forgetting/{label}", e["per_task"][t], i)
-            if e["heldout_forgetting"] is not None:
-                tracker.scalar(f"mean_heldout_forgetting/{label}", e["heldout_forgetting"], 0)
-            for ref in ("none", "random"):  # (F - F_ref) / F_ref: negative = less forgetting, as in report.md
-                change = (e.get(f"vs_{ref}") or {}).get("relative_change")
-                if change is not None:
-                    tracker.scalar(f"change_vs_{ref}/{label}", change, 0)
-        tracker.text("report", report)
+    report = write_report(out, summary, header=header, task_names=task_names, seeds=list(config.seeds),
+                          config=to_jsonable(dataclasses.asdict(config)),
+                          heldout_per_domain=domain_counts(domains, ctx.columns.heldout),
+                          pool_per_domain=domain_counts(domains, ctx.columns.candidates))
     echo(report)
     echo(f"wrote {out / 'report.md'} and {out / 'summary.json'}")
     return summary

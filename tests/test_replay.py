@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
+import re
 
 import numpy as np
 import pytest
 from test_collect import TASKS, tiny
 from jaxforget.replay import (ColumnSplit, ReplayConfig, Strategy, Trace, cli, fine_tune, load_context, main,
-                              sample_without_replacement, spread)
+                              spread)
+from jaxforget.replay_report import report_markdown, summarize
+from jaxforget.selection import allocate, sample_without_replacement
 
 TASK = TASKS[1]
 
@@ -66,12 +70,35 @@ def test_column_split_is_a_seeded_partition():
 
 def test_strategy_parsing_and_errors():
     assert Strategy.parse("offline:mf:rank=3").label == "offline:mf:rank=3"
-    assert Strategy.parse("oracle") == Strategy("oracle")
+    assert Strategy.parse("oracle") == Strategy("oracle") == Strategy.parse("oracle@softmax")
     for bad, msg in (("greedy", "unknown strategy 'greedy'"), ("online", "needs a completion method"),
                      ("random:mf", "takes no method"), ("offline:nope", "nope"),
                      ("offline:logistic_mf", "binary matrices")):
         with pytest.raises(ValueError, match=msg):
             Strategy.parse(bad)
+
+
+def test_strategy_rules_parse_label_and_fail_clearly():
+    s = Strategy.parse("offline:mf:rank=3@stratified")
+    assert (s.kind, s.method, s.rule) == ("offline", "mf:rank=3", "stratified")
+    assert s.label == "offline:mf:rank=3@stratified" and s.file_label == "offline_mf_rank=3@stratified"
+    assert Strategy.parse("online:knn_baseline@zsoftmax").label == "online:knn_baseline@zsoftmax"
+    assert Strategy.parse("random@stratified") == Strategy("random", None, "stratified")
+    # no suffix: the paper's softmax, and the labels (file names, report rows) of before
+    assert Strategy.parse("offline:mf") == Strategy("offline", "mf", "softmax")
+    assert Strategy.parse("offline:mf").file_label == "offline_mf"
+    for bad, msg in (("none@zsoftmax", "none replays nothing, so it takes no selection rule"),
+                     ("none@", "unknown selection rule ''"),
+                     ("oracle@greedy", "unknown selection rule 'greedy'; expected one of softmax, zsoftmax, "
+                                       "stratified"),
+                     ("random@zsoftmax", "random takes only @stratified"),
+                     ("offline@stratified", "needs a completion method")):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            Strategy.parse(bad)
+    from jaxforget.replay import check_config
+
+    with pytest.raises(ValueError, match="listed twice"):
+        check_config(ReplayConfig(strategies=("oracle", "oracle@softmax")))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,6 +209,28 @@ def test_heldout_examples_never_reach_a_batch_and_runs_are_deterministic(context
     assert not np.array_equal(other["replayed"], res[0]["replayed"])
 
 
+def test_online_probe_measures_only_unreplayed_examples_and_stratified_keeps_the_domain_mix(context):
+    # k = the whole pool: the probe takes every example not replayed before the switch, and only those
+    ctx = dataclasses.replace(context, config=dataclasses.replace(context.config, k=context.columns.candidates.size))
+    trace = Trace()
+    res = fine_tune(ctx, ctx.task_rows[0], 0, Strategy.parse("online:additive@stratified"), trace=trace)
+    switch = max(1, math.ceil(ctx.config.online_fraction * len(trace.replayed)))
+    before, after = np.concatenate(trace.replayed[:switch]), np.concatenate(trace.replayed[switch:])
+    pool = ctx.columns.candidates
+    assert before.size > 0 and after.size > 0
+    assert not set(res["revealed"].tolist()) & set(before.tolist())
+    assert sorted(res["revealed"].tolist()) == sorted(set(pool.tolist()) - set(before.tolist()))
+    assert res["extra_forward"] == res["revealed"].size < ctx.config.k
+    # @stratified: each draw (the random first phase, the predicted rest) keeps its candidates' domain mix
+    domains = ctx.domains
+    left = np.setdiff1d(pool, before)
+    for drawn, candidates in ((before, pool), (after, left)):
+        labels, sizes = np.unique(domains[candidates], return_counts=True)
+        expected = allocate(sizes, drawn.size)
+        assert [int(np.sum(domains[drawn] == lb)) for lb in labels] == expected.tolist()
+    assert len(np.unique(domains[pool])) > 1
+
+
 def test_oracle_replays_the_forgotten_and_reduces_their_forgetting(context):
     ctx = context
     row = ctx.task_rows[0]
@@ -209,6 +258,16 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
     assert rand["over_pairs"]["n"] == 1
     report = (out / "report.md").read_text()
     assert "| offline:additive |" in report and "held-out forgetting" in report
+    assert "| domain | held-out examples |" in report and "pairs needed (80% power)" in report
+    # the per-domain means, weighted by the domains' held-out counts, are the held-out forgetting
+    saved = json.loads((out / "summary.json").read_text())
+    counts = saved["heldout_per_domain"]
+    assert sum(counts.values()) == 25 and len(counts) > 1
+    for label, e in summary.items():
+        weighted = sum(counts[d] * e["per_domain"][d] for d in counts if counts[d]) / 25
+        assert weighted == pytest.approx(e["heldout_forgetting"], rel=1e-5)
+    assert summary["none"]["replayed_domains"] == {}
+    assert sum(summary["random"]["replayed_domains"].values()) == pytest.approx(1.0)
     assert list((out / "tb").glob("events.out.tfevents.*"))
     saved = json.loads((out / "summary.json").read_text())
     assert "negative = less forgetting" in saved["signs"]
@@ -223,6 +282,18 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
     stamps = [f.stat().st_mtime_ns for f in files]
     again = main(config, echo=lambda *_: None)  # everything is on disk: nothing is recomputed
     assert [f.stat().st_mtime_ns for f in files] == stamps and again == summary
+    # an online result from before the probe excluded replayed examples (no online_probe field) is redone
+    online = out / "results" / f"{TASK}.s0.online_additive.npz"
+    with np.load(online) as f:
+        fields = {k: f[k] for k in f.files}
+    np.savez(online, **{k: v for k, v in fields.items() if k != "online_probe"})
+    said = []
+    assert main(config, echo=said.append) == summary
+    assert any("recomputing" in line for line in said)
+    with np.load(online) as f:
+        assert str(f["online_probe"]) == "unreplayed"
+        np.testing.assert_array_equal(f["z"], fields["z"])  # the same fine-tuning, bit for bit
+    assert [f.stat().st_mtime_ns for f in files if f != online] == [t for f, t in zip(files, stamps) if f != online]
     with pytest.raises(Exception, match="another configuration .*ratio"):
         main(dataclasses.replace(config, ratio=0.3), echo=lambda *_: None)
 
@@ -242,11 +313,9 @@ def test_cli_errors_are_clear(run_dir, tmp_path, capsys):
         assert msg in capsys.readouterr().err
 
 
-def test_combinations_are_paired_by_seed_and_task(run_dir):
+def test_combinations_are_paired_by_seed_and_task():
     # the summary pairs each strategy's result with the reference's of the same (task, seed)
-    from jaxforget.replay import summarize
-
-    strategies = [Strategy("none"), Strategy("random")]
+    strategies = ["none", "random"]
     results = [dict(task=t, seed=s, strategy=st, status="ok", heldout_forgetting=h, candidate_forgetting=h,
                     replayed_forgetting=np.nan, extra_forward=0)
                for (t, s), (st, h) in itertools.product(
@@ -257,11 +326,61 @@ def test_combinations_are_paired_by_seed_and_task(run_dir):
     # one sign everywhere: (F - F_ref) / F_ref, negative = less forgetting (README, report.md, summary.json, TB)
     assert out["random"]["vs_none"]["relative_change"] == pytest.approx(-0.45)
     assert out["none"]["vs_random"]["relative_change"] == pytest.approx(0.45 / 0.55)
-    from jaxforget.replay import report_markdown
-
     report = report_markdown(out, header="# h")
     assert "| change vs none |" in report and "reduction" not in report
     assert report.splitlines()[5].split(" | ")[4] == "-45.0%"  # the random row's change vs none
     assert "(F - F_ref) / F_ref; negative = less forgetting than the reference" in report
     assert out["random"]["per_task"] == {"a": 0.5, "b": pytest.approx(0.6)}
     assert out["random"]["vs_none"]["over_tasks"]["n"] == 2 and out["random"]["vs_none"]["over_pairs"]["n"] == 4
+
+
+def test_summary_has_intervals_pairs_needed_and_the_domain_tables():
+    from scipy import stats
+
+    from jaxforget.analysis import paired_sample_size
+
+    tasks, seeds = ["a", "b", "c"], [0, 1]
+    domains = ["code", "code", "chat", "chat", "math", "math"]  # upstream columns 0..5
+    heldout = np.array([0, 2, 3, 4])
+    rng = np.random.default_rng(0)
+    results, diffs = [], []
+    for t, s in itertools.product(tasks, seeds):
+        z_none = rng.uniform(0.5, 1.0, 6)
+        z_rand = z_none - rng.uniform(0.0, 0.2, 6)
+        for label, z, replayed in (("none", z_none, []), ("random", z_rand, [1, 5, 3])):
+            results.append(dict(task=t, seed=s, strategy=label, status="ok", z=z.astype(np.float32),
+                                heldout_forgetting=float(np.mean(z.astype(np.float32)[heldout])),
+                                candidate_forgetting=0.0, replayed_forgetting=np.nan, extra_forward=0,
+                                replayed=np.asarray(replayed, np.int64)))
+        diffs.append(results[-1]["heldout_forgetting"] - results[-2]["heldout_forgetting"])
+    out = summarize(results, ["none", "random"], tasks, seeds, domains=domains, heldout=heldout)
+    v = out["random"]["vs_none"]
+    d = np.asarray(diffs)
+    low, high = stats.t.interval(0.95, d.size - 1, loc=d.mean(), scale=stats.sem(d))
+    assert v["diff"] == pytest.approx(d.mean()) and v["ci"] == pytest.approx([low, high])
+    task_d = d.reshape(3, 2).mean(1)
+    assert v["ci_over_tasks"] == pytest.approx(list(stats.t.interval(0.95, 2, loc=task_d.mean(),
+                                                                      scale=stats.sem(task_d))))
+    ref = out["none"]["heldout_forgetting"]
+    assert v["relative_change"] == pytest.approx(d.mean() / ref)
+    assert v["relative_ci"] == pytest.approx([low / ref, high / ref])
+    assert v["pairs_needed"] == paired_sample_size(d.mean(), d.std(ddof=1)) >= 2
+    assert v["over_pairs"]["n"] == 6 and v["over_pairs"]["sd_diff"] == pytest.approx(d.std(ddof=1))
+    # per domain: the mean over the domain's held-out columns, then over task x seed
+    z = {label: np.array([r["z"] for r in results if r["strategy"] == label], np.float64) for label in out}
+    assert out["random"]["per_domain"] == pytest.approx(
+        {"code": z["random"][:, 0].mean(), "chat": z["random"][:, [2, 3]].mean(), "math": z["random"][:, 4].mean()})
+    assert out["random"]["replayed_domains"] == pytest.approx({"code": 1 / 3, "chat": 1 / 3, "math": 1 / 3})
+    report = report_markdown(out, header="# h", heldout_per_domain={"chat": 2, "code": 1, "math": 1})
+    lines = report.splitlines()
+    row = next(ln for ln in lines if ln.startswith("| random | none |"))
+    assert f"[{low:+.4f}, {high:+.4f}]" in row and row.endswith(f"| 6 | {v['pairs_needed']:,} |")
+    assert "| chat | 2 | " in report and "A study with fewer pairs than needed cannot decide that difference" in report
+    assert next(ln for ln in lines if ln.startswith("| none | random |")).endswith(f"| {v['pairs_needed']:,} |")
+    # an identical strategy: nothing to detect
+    same = [dict(r, strategy="copy") for r in results if r["strategy"] == "none"]
+    tie = summarize(results + same, ["none", "copy"], tasks, seeds)["copy"]["vs_none"]
+    assert tie["diff"] == 0 and tie["pairs_needed"] is None and tie["ci"] == [0.0, 0.0]
+    tie_row = next(ln for ln in report_markdown(summarize(results + same, ["none", "copy"], tasks, seeds),
+                                                header="# h").splitlines() if ln.startswith("| copy | none |"))
+    assert tie_row.startswith("| copy | none | +0.0000 | [+0.0000, +0.0000] |") and tie_row.endswith("| 6 | ∞ |")

@@ -106,6 +106,23 @@ def collate(examples: Sequence[Tokenized], index: np.ndarray, length: int, pad_i
     return Batch(ids, attn, loss, np.asarray(index, np.int32), epoch, step)
 
 
+def with_extra_rows(batch: Batch, extra: Sequence[Tokenized], pad_id: int, n_rows: int,
+                    buckets: Sequence[int]) -> Batch:
+    """``batch`` (B rows) with the ``extra`` examples as rows B, B + 1, ... (replay mixes upstream examples
+    into a task's batches this way), padded to ``n_rows`` rows and to the smallest of ``buckets`` holding
+    every row. ``index``, ``epoch`` and ``step`` stay the batch's (the extra rows are not its examples)."""
+    longest = max([batch.input_ids.shape[1]] + [len(ex.ids) for ex in extra])
+    T = min(b for b in buckets if b >= longest)
+    B, t = batch.input_ids.shape
+    ids = np.full((n_rows, T), pad_id, np.int32)
+    attn, loss = np.zeros((n_rows, T), np.int32), np.zeros((n_rows, T), bool)
+    ids[:B, :t], attn[:B, :t], loss[:B, :t] = batch.input_ids, batch.attention_mask, batch.loss_mask
+    for r, ex in enumerate(extra):
+        n = len(ex.ids)
+        ids[B + r, :n], attn[B + r, :n], loss[B + r, :n] = ex.ids, 1, ex.loss_mask
+    return Batch(ids, attn, loss, batch.index, batch.epoch, batch.step)
+
+
 class Batcher:
     """Fixed-shape batches over a list of tokenised examples, epoch after epoch.
 

@@ -41,6 +41,7 @@ import numpy as np
 from jaxforget.data import formats
 from jaxforget.data.fields import FieldMap, field_map, task_example, task_name_of, upstream_example
 from jaxforget.data.records import ROLES, TaskExample, UpstreamExample, parse_task_record, str_field
+from jaxforget.selection import allocate
 
 __all__ = ["ROLES", "TaskExample", "UpstreamExample", "parse_task_record", "str_field", "read_jsonl",
            "read_upstream", "iter_upstream", "sample_upstream", "sample_upstream_files", "read_task_file",
@@ -176,10 +177,7 @@ def sample_upstream_files(path: str | os.PathLike | Sequence[str | os.PathLike],
 
 def _quotas(sizes: np.ndarray, n: int, *, balanced: bool) -> np.ndarray:
     if not balanced:
-        raw = n * sizes / sizes.sum()
-        q = np.floor(raw).astype(int)
-        q[np.argsort(-(raw - q), kind="stable")[: n - q.sum()]] += 1
-        return q
+        return allocate(sizes, n)
     q = np.zeros_like(sizes)
     while q.sum() < n:  # water-filling: equal shares, capped by what each source has
         open_ = np.flatnonzero(q < sizes)
