@@ -53,7 +53,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -172,6 +172,10 @@ class ReplayConfig:
     seeds: tuple[int, ...] = (0, 1)
     """Training seeds (batch order, adapter init; the run's own seed reproduces its training), replay draws and
     revealed entries. Every strategy uses the same seeds: results are paired."""
+    measure: Literal["all", "heldout"] = "all"
+    """Which upstream examples are measured after each fine-tuning: all of the run's, or only the held-out ones
+    and the replayed ones (the candidate pool's forgetting is then not reported; the evaluation costs the
+    held-out fraction of a full pass)."""
     out: Path | None = None
     """Output directory. Default: RUN/replay."""
     quiet: bool = False
@@ -246,6 +250,22 @@ class Context:
     columns: ColumnSplit
     task_rows: list[int]  # rows of Z fine-tuned here
     train_rows: list[int]  # rows that train the completion (the others, finite)
+
+    @functools.cached_property
+    def evaluate_heldout(self):
+        """``evaluate(params) -> [1, n held-out]``: the NLL of the held-out examples (--measure heldout)."""
+        return self.engine.evaluator([self.setup.upstream_tok[j] for j in self.columns.heldout])
+
+    def measure(self, params, replayed: np.ndarray) -> np.ndarray:
+        """[N] NLL after fine-tuning: every example (--measure all), or the held-out and replayed ones and NaN
+        elsewhere (--measure heldout)."""
+        if self.config.measure == "all":
+            return self.engine.evaluate(params)[0]
+        nll = np.full(self.Z.shape[1], np.nan, np.float32)
+        nll[self.columns.heldout] = self.evaluate_heldout(params)[0]
+        if replayed.size:
+            nll[replayed] = self.engine.evaluator([self.setup.upstream_tok[j] for j in replayed])(params)[0]
+        return nll
 
     @functools.cached_property
     def domains(self) -> np.ndarray:
@@ -391,17 +411,18 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
             extra_forward = revealed_cols.size
         if progress is not None:
             progress.update(1)
-    nll_after = engine.evaluate(loop.state.params)[0]
     replayed_all = np.asarray([pool[i] for i in chosen[:used]], np.int64)
     if np.intersect1d(replayed_all, ctx.columns.heldout).size:  # cannot happen: the pool excludes them
         raise AssertionError("a held-out example was replayed")
+    nll_after = ctx.measure(loop.state.params, replayed_all)
+    measured = np.union1d(ctx.columns.heldout, replayed_all) if cfg.measure == "heldout" else slice(None)
     z = nll_after - ctx.nll_before
-    failed = bool(loop.failed[0]) or not np.isfinite(nll_after).all()
+    failed = bool(loop.failed[0]) or not np.isfinite(nll_after[measured]).all()
     return dict(
         task=np.asarray(name), row=np.asarray(row), seed=np.asarray(seed), strategy=np.asarray(strategy.label),
         status=np.asarray("failed" if failed else "ok"), z=z.astype(np.float32),
         heldout_forgetting=np.asarray(np.mean(z[ctx.columns.heldout])),
-        candidate_forgetting=np.asarray(np.mean(z[ctx.columns.candidates])),
+        candidate_forgetting=np.asarray(np.mean(z[ctx.columns.candidates]) if cfg.measure == "all" else np.nan),
         replayed_forgetting=np.asarray(np.mean(z[replayed_all]) if replayed_all.size else np.nan),
         replayed=replayed_all, revealed=np.asarray(revealed_cols, np.int64), steps=np.asarray(n_steps),
         task_examples=np.asarray(n_task), extra_forward=np.asarray(extra_forward),

@@ -231,6 +231,19 @@ def test_online_probe_measures_only_unreplayed_examples_and_stratified_keeps_the
     assert len(np.unique(domains[pool])) > 1
 
 
+def test_measure_heldout_measures_the_heldout_and_replayed_examples_only(context):
+    s = Strategy.parse("random")
+    full = fine_tune(context, context.task_rows[0], 0, s)
+    ctx = dataclasses.replace(context, config=dataclasses.replace(context.config, measure="heldout"))
+    part = fine_tune(ctx, ctx.task_rows[0], 0, s)
+    measured = np.union1d(ctx.columns.heldout, part["replayed"])
+    np.testing.assert_array_equal(part["replayed"], full["replayed"])
+    np.testing.assert_allclose(part["z"][measured], full["z"][measured], atol=1e-6)
+    assert np.isnan(np.delete(part["z"], measured)).all() and np.isnan(part["candidate_forgetting"])
+    np.testing.assert_allclose(part["heldout_forgetting"], full["heldout_forgetting"], atol=1e-6)
+    assert part["status"] == "ok"
+
+
 def test_oracle_replays_the_forgotten_and_reduces_their_forgetting(context):
     ctx = context
     row = ctx.task_rows[0]
