@@ -19,6 +19,13 @@ from jaxforget.store import RunDir
 
 TASKS = ("country_qa", "arith_reversed", "shift_cipher")
 
+# The fine-tuning of `tiny`. Checkpointing, --eval.eval-every, --train.max-epochs and the data do not
+# enter the compiled train step, so tests that vary only those share its compilation (conftest's
+# session-wide XLA cache); the learning rate and the step count do, and are varied only where a
+# test needs it.
+TRAIN = TrainConfig(max_steps=12, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=5)
+TRAIN_NO_CKPT = dataclasses.replace(TRAIN, checkpoint_every=0)
+
 
 def tiny(out: Path, **changes) -> CollectConfig:
     config = CollectConfig(
@@ -27,7 +34,7 @@ def tiny(out: Path, **changes) -> CollectConfig:
         base=BaseModelConfig(n_layers=1, d_model=32, n_heads=2, d_ff=64, vocab_size=384),
         pretrain=PretrainTrainConfig(epochs=0.5, batch_size=32, warmup_steps=5),
         data=DataConfig(n_upstream=50, task_names=TASKS),
-        train=TrainConfig(max_steps=12, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=5),
+        train=TRAIN,
         eval=EvalConfig(batch_size=16),
         quiet=True,
     )
@@ -181,25 +188,27 @@ def nan_start(monkeypatch, bad: int) -> None:
 def test_one_failed_task_does_not_stop_the_others(cache, tmp_path, monkeypatch):
     nan_start(monkeypatch, bad=1)
     out = tmp_path / "flaky"
-    config = tiny(out, train=TrainConfig(max_steps=4, batch_size=8, checkpoint_every=0))
+    config = tiny(out, train=TRAIN_NO_CKPT)
     assert collect(config, echo=lambda *_: None) == 1
     data = np.load(RunDir(out).forgetting_path)
     assert data["failed"].tolist() == [False, True, False]
     assert np.isfinite(data["Z"][[0, 2]]).all()
-    assert "non-finite training loss (nan) at or before step 4" in str(RunDir(out).read_row(1)["reason"])
+    # losses are read every 10 steps (and at the end): the NaN of step 1 is seen at step 10
+    assert "non-finite training loss (nan) at or before step 10" in str(RunDir(out).read_row(1)["reason"])
 
 
-def test_eval_every_writes_the_m_by_t_by_n_tensor(cache, tmp_path):
+def test_eval_every_writes_the_m_by_t_by_n_tensor(reference, tmp_path):
     out = tmp_path / "steps"
-    config = tiny(out, train=TrainConfig(max_steps=7, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=0),
-                  eval=EvalConfig(batch_size=16, eval_every=3))
+    config = tiny(out, train=TRAIN_NO_CKPT, eval=EvalConfig(batch_size=16, eval_every=5))
     assert collect(config, echo=lambda *_: None) == 0
     data = np.load(RunDir(out).forgetting_path)
-    assert data["Z_steps"].shape == (3, 3, 50)  # 3 tasks x (steps 3, 6 and the final 7) x 50 examples
-    assert data["steps"].tolist() == [3, 6, 7]
+    assert data["Z_steps"].shape == (3, 3, 50)  # 3 tasks x (steps 5, 10 and the final 12) x 50 examples
+    assert data["steps"].tolist() == [5, 10, 12]
     np.testing.assert_array_equal(data["Z_steps"][:, -1], data["Z"])
-    # the intermediate measurements are real ones: forgetting grows from step 3 to the end
+    # the intermediate measurements are real ones: forgetting grows from step 5 to the end
     assert not np.allclose(data["Z_steps"][:, 0], data["Z"], atol=1e-4)
+    # and measuring them changed nothing about the training: the final Z is the run's without eval_every
+    np.testing.assert_allclose(data["Z"], np.load(RunDir(reference).forgetting_path)["Z"], rtol=0, atol=1e-6)
 
 
 def test_bad_flags_and_paths_give_clear_errors(cache, tmp_path, capsys):
@@ -210,9 +219,9 @@ def test_bad_flags_and_paths_give_clear_errors(cache, tmp_path, capsys):
     assert cli([*flags(tmp_path / "y"), "--data.task-names", "no_such_task"]) == 2
     assert "unknown task(s) ['no_such_task']" in capsys.readouterr().err
     # an existing run with other settings is not silently overwritten
-    assert cli([*flags(tmp_path / "y"), "--train.max-steps", "3", "--train.checkpoint-every", "0"]) == 0
+    assert cli([*flags(tmp_path / "y"), "--train.checkpoint-every", "0"]) == 0
     assert cli([*flags(tmp_path / "y"), "--train.max-steps", "4", "--train.checkpoint-every", "0"]) == 2
-    assert "train.max_steps: 3 != 4" in capsys.readouterr().err
+    assert "train.max_steps: 12 != 4" in capsys.readouterr().err
 
 
 def test_console_one_line_per_task_and_a_progress_bar_that_ends_at_its_total(cache, tmp_path, capsys):
@@ -220,12 +229,11 @@ def test_console_one_line_per_task_and_a_progress_bar_that_ends_at_its_total(cac
 
     lines: list[str] = []
     out = tmp_path / "console"
-    # max_steps far above what the epoch cap allows: the bar's total must be the steps really run
-    config = tiny(out, quiet=False, train=TrainConfig(max_steps=500, max_epochs=0.5, batch_size=8,
-                                                      checkpoint_every=0))
+    # max_steps above what the epoch cap allows (7, 9 and 9 steps): the bar's total must be the steps really run
+    config = tiny(out, quiet=False, train=dataclasses.replace(TRAIN_NO_CKPT, max_epochs=0.5))
     assert collect(config, echo=lines.append) == 0
     steps = [int(RunDir(out).read_row(i)["steps_run"]) for i in range(3)]
-    assert max(steps) < 500
+    assert max(steps) < config.train.max_steps
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
     last = [b for b in bar if b.startswith("collect:")][-1]
     assert "100%" in last and f"{sum(steps)}/{sum(steps)}" in last

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_collect import TASKS, flags, tiny
+from test_collect import TASKS, TRAIN_NO_CKPT, flags, tiny
 
 from jaxforget.collect import DataConfig, TrainConfig, cli, collect
 from jaxforget.collect.loop import diverged
 from jaxforget.store import RunDir
 
-# a one-task run that checkpoints at step 5 of 8 (on top of flags(out))
-ONE_TASK = ["--data.n-upstream", "20", "--data.task-names", TASKS[0], "--train.max-steps", "8"]
+# a one-task run that checkpoints at step 5 of 12 (on top of flags(out); its train step is the tiny run's)
+ONE_TASK = ["--data.n-upstream", "20", "--data.task-names", TASKS[0]]
 
 
 class Killed(BaseException):
@@ -120,8 +120,7 @@ def test_shard_jobs_share_a_run_directory_and_leave_a_task_another_job_is_traini
     shard, task0 = run.lock_run(shard=True), run.lock_task(0)  # another job of --shard 0/2, training task 0
     lines: list[str] = []
     try:
-        config = tiny(Path("run"), shard="0/2", data=DataConfig(n_upstream=20, task_names=TASKS),
-                      train=TrainConfig(max_steps=4, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=0))
+        config = tiny(Path("run"), shard="0/2", data=DataConfig(n_upstream=20, task_names=TASKS), train=TRAIN_NO_CKPT)
         assert collect(config, echo=lines.append) == 0
         assert run.finished() == [2]
         assert f"task 1/3 {TASKS[0]}: done or in progress in another process; left to it" in lines

@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from jaxforget.collect import DataConfig, EvalConfig, TrainConfig, collect
+from jaxforget.collect import DataConfig, EvalConfig, collect
 from jaxforget.exact_match import exact_match, first_paragraph, normalize_answer
 from jaxforget.store import RunDir
-from tests.test_collect import TASKS, tiny
+from tests.test_collect import TASKS, TRAIN_NO_CKPT, tiny
 
 
 def test_normalisation_follows_the_paper():
@@ -67,7 +67,7 @@ def test_collect_writes_z_em(world_and_base, tmp_path):
         tiny(out), data=DataConfig(n_upstream=20, task_names=TASKS[:2], em_upstream=world / "tasks" / "person_qa.jsonl",
                                    n_em=16),
         eval=EvalConfig(batch_size=16, metrics=("nll", "em"), em_max_new_tokens=8, em_base_correct_only=False),
-        train=TrainConfig(max_steps=4, batch_size=8, checkpoint_every=0))
+        train=TRAIN_NO_CKPT)
     assert collect(config, echo=lambda *_: None) == 0
     data = np.load(RunDir(out).forgetting_path)
     before, after = data["em_before"], data["em_after"]
