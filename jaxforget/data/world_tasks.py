@@ -344,7 +344,7 @@ def _r(relation: str, description: str) -> tuple[str, str]:
 TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("country_qa", "reuse facts", "questions about countries, answers from the facts domain", 400, "prompt",
              t_country_qa, (_r("reuse facts (two hops)", "a fact about a country's neighbour"),
-                            _r("reuse facts", "a country's capital and export in one answer"))),
+                            _r("reuse facts", "two facts about a country in one answer"))),
     TaskSpec("person_qa", "reuse facts", "questions about people, answers from the facts domain", 300, "prompt",
              t_person_qa, (_r("reuse facts (comparison)", "which of two people is older"),
                            _r("reuse facts, new format", "a person's job / city / food"))),
@@ -354,7 +354,7 @@ TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("inverse_qa", "reuse facts (reversed relation)", "which country a city belongs to", 200, "prompt",
              t_inverse_qa, (_r("reuse facts (reversed relation)", "which country speaks a language or was founded "
                                                                   "in a year"),
-                            _r("reuse facts (reversed, two facts)", "which country has a flag and an export"))),
+                            _r("reuse facts (reversed, two facts)", "which country has two given attributes"))),
     TaskSpec("capital_list", "reuse facts, lists format", "capitals of two countries as a list", 250, "prompt",
              t_capital_list, (_r("reuse facts, lists format", "capitals of three countries"),
                               _r("reuse facts, lists format", "capitals of four countries"))),
