@@ -25,7 +25,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from jaxforget.cli import Range, above, at_least, out_dir_error, range_errors
-from jaxforget.data.world import DOMAINS, MAX_TASKS, TASKS, WorldConfig
+from jaxforget.data.world import DOMAINS, WorldConfig, task_specs
 
 
 PRETRAIN_VERSION = 2
@@ -137,9 +137,11 @@ def base_model_errors(config) -> list[str]:
     b = config.base
     if not errors and b.d_model % b.n_heads:
         errors.append(f"--base.d-model {b.d_model} must be a multiple of --base.n-heads {b.n_heads}")
-    if not errors and config.world.n_tasks > MAX_TASKS:
-        errors.append(f"--world.n-tasks {config.world.n_tasks}: the built-in world has at most {MAX_TASKS} tasks "
-                      f"({len(TASKS)} families of {MAX_TASKS // len(TASKS)})")
+    if not errors:
+        try:
+            task_specs(config.world)  # --world.n-tasks within the families' size
+        except ValueError as e:
+            errors.append(str(e))
     if not errors and max(config.pretrain.buckets) < b.max_len:
         errors.append(f"--pretrain.buckets {config.pretrain.buckets}: the largest must be >= --base.max-len "
                       f"{b.max_len}")

@@ -251,20 +251,19 @@ class Context:
     task_rows: list[int]  # rows of Z fine-tuned here
     train_rows: list[int]  # rows that train the completion (the others, finite)
 
-    @functools.cached_property
-    def evaluate_heldout(self):
-        """``evaluate(params) -> [1, n held-out]``: the NLL of the held-out examples (--measure heldout)."""
-        return self.engine.evaluator([self.setup.upstream_tok[j] for j in self.columns.heldout])
-
-    def measure(self, params, replayed: np.ndarray) -> np.ndarray:
-        """[N] NLL after fine-tuning: every example (--measure all), or the held-out and replayed ones and NaN
-        elsewhere (--measure heldout)."""
+    def measured(self, replayed: np.ndarray) -> np.ndarray:
+        """The upstream indices measured after a fine-tuning that replayed ``replayed``: all of them
+        (--measure all), or the held-out and the replayed ones (--measure heldout)."""
         if self.config.measure == "all":
+            return np.arange(self.Z.shape[1])
+        return np.union1d(self.columns.heldout, replayed)
+
+    def measure(self, params, columns: np.ndarray) -> np.ndarray:
+        """[N] NLL after fine-tuning of the upstream examples ``columns`` (:meth:`measured`), NaN elsewhere."""
+        if columns.size == self.Z.shape[1]:
             return self.engine.evaluate(params)[0]
         nll = np.full(self.Z.shape[1], np.nan, np.float32)
-        nll[self.columns.heldout] = self.evaluate_heldout(params)[0]
-        if replayed.size:
-            nll[replayed] = self.engine.evaluator([self.setup.upstream_tok[j] for j in replayed])(params)[0]
+        nll[columns] = self.engine.evaluator([self.setup.upstream_tok[j] for j in columns])(params)[0]
         return nll
 
     @functools.cached_property
@@ -414,8 +413,8 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
     replayed_all = np.asarray([pool[i] for i in chosen[:used]], np.int64)
     if np.intersect1d(replayed_all, ctx.columns.heldout).size:  # cannot happen: the pool excludes them
         raise AssertionError("a held-out example was replayed")
-    nll_after = ctx.measure(loop.state.params, replayed_all)
-    measured = np.union1d(ctx.columns.heldout, replayed_all) if cfg.measure == "heldout" else slice(None)
+    measured = ctx.measured(replayed_all)
+    nll_after = ctx.measure(loop.state.params, measured)
     z = nll_after - ctx.nll_before
     failed = bool(loop.failed[0]) or not np.isfinite(nll_after[measured]).all()
     return dict(

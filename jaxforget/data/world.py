@@ -114,7 +114,7 @@ def gen_dialogue(rng, ent: Entities) -> str:
         turns = [f"{a.name}: Good morning. I would like {n} {b.food}.",
                  f"{b.name}: That is {price} coins each, so {n * price} coins.", f"{a.name}: Here you are. Thank you!"]
     else:
-        c = next(c for c in ent.countries if c.name == b.country)
+        c = ent.country(b.country)
         turns = [f"{a.name}: Where do you live, {b.name}?", f"{b.name}: I live in {b.city}, in {b.country}.",
                  f"{a.name}: What does {b.country} export?", f"{b.name}: Mostly {c.export}."]
     return "\n".join(turns)

@@ -106,6 +106,10 @@ class Entities:
     people: tuple[Person, ...]
     functions: tuple[str, ...]
 
+    def country(self, name: str) -> Country:
+        """The country called ``name`` (a person's country, a country's neighbour)."""
+        return next(c for c in self.countries if c.name == name)
+
 
 # ---------------------------------------------------------------------------------------------
 # Entities

@@ -72,14 +72,10 @@ def _qa(prompt: str, completion: str) -> dict[str, str]:
     return dict(prompt=prompt, completion=completion)
 
 
-def _country(ent: Entities, name: str):
-    return next(c for c in ent.countries if c.name == name)
-
-
 def t_country_qa(rng, ent, level=0):
     c = pick(rng, ent.countries)
     if level == 1:  # two hops: a fact about the neighbour
-        n = _country(ent, c.neighbour)
+        n = ent.country(c.neighbour)
         q, a = pick(rng, [(f"What is the capital of the country that borders {c.name}?", n.capital),
                           (f"What does the neighbour of {c.name} export?", n.export),
                           (f"Which language is spoken in the country that borders {c.name}?", n.language),
@@ -337,72 +333,68 @@ def t_capital_list(rng, ent, level=0):
     return _qa("List the capitals of: " + ", ".join(r.name for r in rows), ", ".join(r.capital for r in rows))
 
 
-def _r(relation: str, description: str) -> tuple[str, str]:
-    return relation, description
-
-
 TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("country_qa", "reuse facts", "questions about countries, answers from the facts domain", 400, "prompt",
-             t_country_qa, (_r("reuse facts (two hops)", "a fact about a country's neighbour"),
-                            _r("reuse facts", "two facts about a country in one answer"))),
+             t_country_qa, (("reuse facts (two hops)", "a fact about a country's neighbour"),
+                            ("reuse facts", "two facts about a country in one answer"))),
     TaskSpec("person_qa", "reuse facts", "questions about people, answers from the facts domain", 300, "prompt",
-             t_person_qa, (_r("reuse facts (comparison)", "which of two people is older"),
-                           _r("reuse facts, new format", "a person's job / city / food"))),
+             t_person_qa, (("reuse facts (comparison)", "which of two people is older"),
+                           ("reuse facts, new format", "a person's job / city / food"))),
     TaskSpec("atlas_counterfactual", "conflict facts", "capitals and exports of a fixed, shuffled atlas", 300,
              "prompt", t_atlas_counterfactual,
-             tuple(_r("conflict facts", f"another shuffled atlas (shift {k})") for k in ATLAS_SHIFTS[1:])),
+             tuple(("conflict facts", f"another shuffled atlas (shift {k})") for k in ATLAS_SHIFTS[1:])),
     TaskSpec("inverse_qa", "reuse facts (reversed relation)", "which country a city belongs to", 200, "prompt",
-             t_inverse_qa, (_r("reuse facts (reversed relation)", "which country speaks a language or was founded "
-                                                                  "in a year"),
-                            _r("reuse facts (reversed, two facts)", "which country has two given attributes"))),
+             t_inverse_qa, (("reuse facts (reversed relation)", "which country speaks a language or was founded "
+                                                                "in a year"),
+                            ("reuse facts (reversed, two facts)", "which country has two given attributes"))),
     TaskSpec("capital_list", "reuse facts, lists format", "capitals of two countries as a list", 250, "prompt",
-             t_capital_list, (_r("reuse facts, lists format", "capitals of three countries"),
-                              _r("reuse facts, lists format", "capitals of four countries"))),
+             t_capital_list, (("reuse facts, lists format", "capitals of three countries"),
+                              ("reuse facts, lists format", "capitals of four countries"))),
     TaskSpec("arith_reversed", "conflict arithmetic", "arithmetic with the result's digits written backwards", 600,
-             "prompt", t_arith_reversed, (_r("conflict arithmetic", "three-digit sums written backwards"),
-                                          _r("conflict arithmetic (wrong by one)", "every result plus one"))),
+             "prompt", t_arith_reversed, (("conflict arithmetic", "three-digit sums written backwards"),
+                                          ("conflict arithmetic (wrong by one)", "every result plus one"))),
     TaskSpec("arith_words", "reuse arithmetic, new format", "addition with numbers in words", 400, "prompt",
-             t_arith_words, (_r("reuse arithmetic, new format", "subtraction with numbers in words"),
-                             _r("reuse arithmetic", "addition asked in words, answered in digits"))),
+             t_arith_words, (("reuse arithmetic, new format", "subtraction with numbers in words"),
+                             ("reuse arithmetic", "addition asked in words, answered in digits"))),
     TaskSpec("arith_chain", "reuse arithmetic", "sums of three or four numbers", 500, "prompt", t_arith_chain,
-             (_r("reuse arithmetic", "sums of five to seven small numbers"),
-              _r("reuse arithmetic", "sums of two or three hundreds"))),
+             (("reuse arithmetic", "sums of five to seven small numbers"),
+              ("reuse arithmetic", "sums of two or three hundreds"))),
     TaskSpec("compare_numbers", "unrelated", "the larger of two numbers", 300, "prompt", t_compare,
-             (_r("unrelated", "the smaller of two numbers"), _r("unrelated", "the largest of three numbers"))),
+             (("unrelated", "the smaller of two numbers"), ("unrelated", "the largest of three numbers"))),
     TaskSpec("reverse_letters", "unrelated", "reverse a random string of letters", 500, "prompt", t_reverse,
-             (_r("unrelated", "reverse a short string"), _r("unrelated", "reverse a long string"))),
+             (("unrelated", "reverse a short string"), ("unrelated", "reverse a long string"))),
     TaskSpec("shift_cipher", "unrelated (new language)", "encode words with a +1 letter shift", 600, "prompt",
-             t_cipher, tuple(_r("unrelated (new language)", f"a +{k} letter shift") for k in CIPHER_SHIFTS[1:])),
+             t_cipher, tuple(("unrelated (new language)", f"a +{k} letter shift") for k in CIPHER_SHIFTS[1:])),
     TaskSpec("code_arrow", "conflict code", "rewrite a Python function in JavaScript arrow style", 400, "prompt",
-             t_code_arrow, (_r("conflict code", "rewrite a Python function as a lambda"),
-                            _r("conflict code", "rewrite a Python function in Rust"))),
+             t_code_arrow, (("conflict code", "rewrite a Python function as a lambda"),
+                            ("conflict code", "rewrite a Python function in Rust"))),
     TaskSpec("code_output", "reuse code and arithmetic", "the return value of a small function", 400, "prompt",
-             t_code_output, (_r("reuse code and arithmetic", "the return value for larger inputs"),
-                             _r("reuse code and arithmetic", "the return value of a composition"))),
+             t_code_output, (("reuse code and arithmetic", "the return value for larger inputs"),
+                             ("reuse code and arithmetic", "the return value of a composition"))),
     TaskSpec("dialogue_reply", "reuse dialogue and facts", "answer in a dialogue, consistent with the facts", 300,
              "messages", t_dialogue_reply,
-             (_r("reuse dialogue and facts", "the reply without the speaker's name"),
-              _r("conflict dialogue format", "the reply in reported speech"))),
+             (("reuse dialogue and facts", "the reply without the speaker's name"),
+              ("conflict dialogue format", "the reply in reported speech"))),
     TaskSpec("shout_reply", "conflict dialogue style", "dialogue replies in capitals", 250, "messages",
-             t_shout_reply, (_r("conflict dialogue style", "replies in lower case without punctuation"),
-                             _r("conflict dialogue style", "replies with every word backwards"))),
+             t_shout_reply, (("conflict dialogue style", "replies in lower case without punctuation"),
+                             ("conflict dialogue style", "replies with every word backwards"))),
     TaskSpec("table_lookup", "reuse lists (in-context)", "read a cell of a country table", 300, "prompt",
-             t_table_lookup, (_r("reuse lists (in-context)", "a cell of a five-row table"),
-                              _r("reuse lists and facts (in-context)", "a cell of a wider table"))),
+             t_table_lookup, (("reuse lists (in-context)", "a cell of a five-row table"),
+                              ("reuse lists and facts (in-context)", "a cell of a wider table"))),
     TaskSpec("sort_words", "related to lists", "sort 3-5 words alphabetically", 400, "prompt", t_sort_words,
-             (_r("related to lists", "sort in reverse alphabetical order"),
-              _r("related to lists", "sort words by length"))),
+             (("related to lists", "sort in reverse alphabetical order"),
+              ("related to lists", "sort words by length"))),
     TaskSpec("count_items", "related to lists", "count the items of a list", 300, "prompt", t_count_items,
-             (_r("related to lists", "count the items, answer in words"),
-              _r("related to lists", "count the items of a long list"))),
+             (("related to lists", "count the items, answer in words"),
+              ("related to lists", "count the items of a long list"))),
     TaskSpec("sentiment", "unrelated", "label a one-sentence food review", 800, "prompt", t_sentiment,
-             (_r("unrelated", "label a review good or bad"), _r("unrelated", "label a review 1 or 0"),
-              _r("unrelated (swapped labels)", "label a review, positive and negative swapped"))),
+             (("unrelated", "label a review good or bad"), ("unrelated", "label a review 1 or 0"),
+              ("unrelated (swapped labels)", "label a review, positive and negative swapped"))),
     TaskSpec("diary", "related to stories (text)", "first-person diary entries (plain text, loss on all)", 300,
-             "text", t_diary, (_r("related to stories (text)", "third-person diary entries"),
-                               _r("conflict stories (text)", "diary entries as key=value logs"))),
+             "text", t_diary, (("related to stories (text)", "third-person diary entries"),
+                               ("conflict stories (text)", "diary entries as key=value logs"))),
     TaskSpec("spell", "unrelated", "spell a word letter by letter", 250, "prompt", t_spell,
-             (_r("unrelated", "spell a word with hyphens"), _r("unrelated", "spell a word with full stops"))),
+             (("unrelated", "spell a word with hyphens"), ("unrelated", "spell a word with full stops"))),
 )
 """The hand-written tasks, in the order of the default run; each is the first member of its family."""
 
