@@ -45,6 +45,7 @@ events under ``tb/`` (:mod:`jaxforget.replay_report`: effects with 95% intervals
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -63,11 +64,14 @@ from tqdm import tqdm
 from jaxforget.cli import run, to_jsonable
 from jaxforget.collect import (CollectConfig, Engine, Setup, TaskSchedule, TrainLoop, build_engine, collect,
                                resolve_buckets, setup_from_run, task_seed)
+from jaxforget.collect.engine import make_tx
 from jaxforget.completion import Method, complete_rows, evaluate, split_rows
 from jaxforget.data.batching import Batch, with_extra_rows
+from jaxforget.data.tokenize import Tokenized
 from jaxforget.replay_report import domain_counts, summarize, write_report
-from jaxforget.selection import RULES, select
+from jaxforget.selection import RULES, draw
 from jaxforget.store import RunDir, RunError, atomic_write_npz, read_npz
+from jaxforget.train import make_train_step
 
 log = logging.getLogger("jaxforget.replay")
 
@@ -83,7 +87,10 @@ class Strategy:
     """``none``, ``random``, ``oracle``, ``offline:<method>`` or ``online:<method>``, where <method> is a
     completion method as ``python -m jaxforget.predict`` takes it (``mf``, ``mf:rank=3``, ...), optionally
     followed by ``@<rule>``, a selection rule of :mod:`jaxforget.selection` (``softmax``, the default and
-    the paper's, ``zsoftmax`` or ``stratified``): ``oracle@zsoftmax``, ``offline:mf@stratified``.
+    the paper's, ``zsoftmax`` or ``stratified``): ``oracle@zsoftmax``, ``offline:mf@stratified``, and/or
+    ``ess=F``, the draw's sharpness as an effective sample size (a fraction F of the pool; τ is found per
+    draw): ``oracle@ess=0.05``, ``offline:mf@stratified,ess=0.2``. With an ESS, softmax and zsoftmax
+    draw alike (a τ for the scores is a τ for the standardised scores, rescaled).
 
     ``none`` takes no rule (it replays nothing). ``random`` takes only ``@stratified``: random replay
     with the pool's domain mix imposed, the control for the other ``@stratified`` strategies. Every pool
@@ -94,13 +101,31 @@ class Strategy:
     kind: str
     method: str | None = None
     rule: str = "softmax"
+    ess: float | None = None
+    """The draw's effective sample size as a fraction of the pool (``@ess=F``; τ chosen per draw), or None:
+    --ess, else --temperature."""
 
     @classmethod
     def parse(cls, text: str) -> "Strategy":
-        body, at, rule = text.strip().partition("@")
-        if at and rule not in RULES:
-            raise ValueError(f"--strategies: {text!r}: unknown selection rule {rule!r}; expected one of "
-                             f"{', '.join(RULES)} (e.g. oracle@zsoftmax)")
+        body, at, options = text.strip().partition("@")
+        rule, ess = "", None
+        for item in filter(None, options.split(",")) if at else ():
+            if item.startswith("ess="):
+                try:
+                    ess = float(item[4:])
+                except ValueError:
+                    ess = math.nan
+                if not 0 < ess <= 1:
+                    raise ValueError(f"--strategies: {text!r}: ess must be a fraction of the pool in (0, 1], "
+                                     f"got {item[4:]!r}")
+            elif item in RULES and not rule:
+                rule = item
+            else:
+                raise ValueError(f"--strategies: {text!r}: unknown selection rule {item!r}; expected one of "
+                                 f"{', '.join(RULES)} and/or ess=<fraction> (e.g. oracle@zsoftmax, "
+                                 "offline:mf@ess=0.05, offline:mf@stratified,ess=0.2)")
+        if at and not options:
+            raise ValueError(f"--strategies: {text!r}: nothing after @")
         kind, _, method = body.partition(":")
         if kind not in KINDS:
             raise ValueError(f"--strategies: unknown strategy {text!r}; expected one of none, random, oracle, "
@@ -109,9 +134,9 @@ class Strategy:
         rule = rule or "softmax"
         if kind == "none" and at:
             raise ValueError(f"--strategies: {text!r}: none replays nothing, so it takes no selection rule")
-        if kind == "random" and rule == "zsoftmax":
-            raise ValueError(f"--strategies: {text!r}: random scores are all equal, so zsoftmax draws exactly "
-                             "as random; random takes only @stratified")
+        if kind == "random" and (rule == "zsoftmax" or ess is not None):
+            raise ValueError(f"--strategies: {text!r}: random scores are all equal, so zsoftmax and any ess draw "
+                             "exactly as random; random takes only @stratified")
         if kind in ("offline", "online"):
             if not method:
                 raise ValueError(f"--strategies: {text!r} needs a completion method, e.g. {kind}:mf")
@@ -119,16 +144,17 @@ class Strategy:
             if m.link == "logit":
                 raise ValueError(f"--strategies: {text!r}: {m.name} is for binary matrices; replay scores "
                                  "forgetting as NLL increase")
-            return cls(kind, m.label, rule)
+            return cls(kind, m.label, rule, ess)
         if method:
             raise ValueError(f"--strategies: {kind!r} takes no method (got {text!r})")
-        return cls(kind, None, rule)
+        return cls(kind, None, rule, ess)
 
     @property
     def label(self) -> str:
-        """As parsed, the default rule left out: ``oracle``, ``offline:mf@stratified``."""
+        """As parsed, the default rule left out: ``oracle``, ``offline:mf@stratified``, ``oracle@ess=0.05``."""
         base = self.kind if self.method is None else f"{self.kind}:{self.method}"
-        return base if self.rule == "softmax" else f"{base}@{self.rule}"
+        options = ([] if self.rule == "softmax" else [self.rule]) + ([] if self.ess is None else [f"ess={self.ess:g}"])
+        return f"{base}@{','.join(options)}" if options else base
 
     @property
     def file_label(self) -> str:
@@ -160,7 +186,21 @@ class ReplayConfig:
     """Replayed upstream examples per task example (the paper: 1/32; 1/8 for instruction-tuned models)."""
     temperature: float = 0.1
     """Replay probability is softmax(score / temperature), drawn without replacement (with @zsoftmax and
-    @stratified: of the standardised score)."""
+    @stratified: of the standardised score). Its sharpness depends on the scores' scale: the report shows the
+    effective sample size (ESS) it gives on each draw."""
+    ess: float | None = None
+    """Instead of --temperature: per draw, the τ at which the draw's effective sample size (Σw)²/Σw² of its
+    softmax weights is this fraction of the pool (0 < F <= 1): the same sharpness on rows of any scale. A
+    strategy's own @ess=F takes precedence."""
+    budget: Literal["tokens", "examples"] = "tokens"
+    """What every arm of a (task, seed) replays the same amount of: loss tokens (ratio x the task examples seen
+    x the pool's mean target tokens per example; each arm takes its draw in order until the budget is spent,
+    the last example cut to fit), or examples (ratio x the task examples seen; arms that pick longer examples
+    then replay more tokens)."""
+    replay_weight: float | None = None
+    """None: the paper's loss, the token-weighted mean over task and replay tokens together (replay tokens
+    dilute the task's gradient). A weight w: loss = mean over the task's tokens + w x mean over the step's
+    replay tokens, so the task keeps its weight and replay is added on top (a clean replay-vs-none contrast)."""
     heldout_fraction: float = 0.5
     """Fraction of the run's upstream examples never replayed, on which forgetting is measured."""
     heldout_seed: int = 0
@@ -169,6 +209,13 @@ class ReplayConfig:
     """Measured entries of the task's row for offline and online prediction."""
     online_fraction: float = 0.1
     """online: the fraction of steps trained with random replay before forgetting is measured and predicted."""
+    probe_k: int | None = None
+    """online: the pool examples whose forgetting the probe measures (default: --k)."""
+    folds: int = 0
+    """Cross-fitting: 0 = off (the completion is trained on the run's tasks that are not replay tasks). F >= 2:
+    the replay tasks (--tasks, or every task of the run when --tasks is not given) are split into F seeded
+    folds (--split-seed), and a task's offline and online predictions are trained on every row outside its
+    fold, so every task of a run can be a replay task."""
     seeds: tuple[int, ...] = (0, 1)
     """Training seeds (batch order, adapter init; the run's own seed reproduces its training), replay draws and
     revealed entries. Every strategy uses the same seeds: results are paired."""
@@ -176,6 +223,12 @@ class ReplayConfig:
     """Which upstream examples are measured after each fine-tuning: all of the run's, or only the held-out ones
     and the replayed ones (the candidate pool's forgetting is then not reported; the evaluation costs the
     held-out fraction of a full pass)."""
+    cluster: Literal["task", "family"] = "task"
+    """The unit of the report's inference: the task (its seeds averaged), or the task family (the built-in
+    world's families; tasks of a family averaged)."""
+    equivalence_margin: float = 0.03
+    """The relative margin of the equivalence test (TOST): a strategy is "equivalent" to its reference when
+    its forgetting is shown to lie within (1 ± margin) x the reference's."""
     out: Path | None = None
     """Output directory. Default: RUN/replay."""
     quiet: bool = False
@@ -183,7 +236,7 @@ class ReplayConfig:
 
 
 # Fields that may differ between a run and its resumption.
-_NOT_COMPARED = ("out", "quiet", "strategies", "tasks", "seeds")
+_NOT_COMPARED = ("out", "quiet", "strategies", "tasks", "seeds", "cluster", "equivalence_margin")
 
 
 def check_config(config: ReplayConfig) -> list[Strategy]:
@@ -195,8 +248,24 @@ def check_config(config: ReplayConfig) -> list[Strategy]:
         raise ValueError(f"--strategies: listed twice: {labels}")
     if not 0 <= config.ratio <= 1:
         raise ValueError(f"--ratio must be in [0, 1] (replayed examples per task example), got {config.ratio}")
-    if config.temperature <= 0:
-        raise ValueError(f"--temperature must be > 0, got {config.temperature}")
+    if not 0 < config.temperature < math.inf:
+        raise ValueError(f"--temperature must be a finite number > 0, got {config.temperature}")
+    if config.ess is not None and not 0 < config.ess <= 1:
+        raise ValueError(f"--ess must be a fraction of the pool in (0, 1], got {config.ess}")
+    if config.replay_weight is not None and not 0 <= config.replay_weight < math.inf:
+        raise ValueError(f"--replay-weight must be a finite number >= 0, got {config.replay_weight}")
+    if config.probe_k is not None and config.probe_k < 1:
+        raise ValueError(f"--probe-k must be >= 1, got {config.probe_k}")
+    if config.folds == 1 or config.folds < 0:
+        raise ValueError(f"--folds must be 0 (off) or >= 2, got {config.folds}")
+    if not 0 < config.equivalence_margin < 1:
+        raise ValueError(f"--equivalence-margin must be in (0, 1) (relative), got {config.equivalence_margin}")
+    if config.tasks and len(set(config.tasks)) != len(config.tasks):
+        raise ValueError(f"--tasks: listed twice: {list(config.tasks)}")
+    if not config.tasks and not 0 < config.test_fraction < 1 and not config.folds:
+        raise ValueError(f"--test-fraction must be in (0, 1), got {config.test_fraction}")
+    if any(s < 0 for s in config.seeds) or config.split_seed < 0 or config.heldout_seed < 0:
+        raise ValueError("--seeds, --split-seed and --heldout-seed must be >= 0")
     if not 0 < config.heldout_fraction < 1:
         raise ValueError(f"--heldout-fraction must be in (0, 1), got {config.heldout_fraction}")
     if not 0 < config.online_fraction < 1:
@@ -219,6 +288,59 @@ def spread(n_items: int, n_slots: int) -> np.ndarray:
     return np.bincount((np.arange(n_items) * n_slots) // n_items, minlength=n_slots)
 
 
+def spread_tokens(lengths: np.ndarray, n_slots: int, capacity: int) -> tuple[list[list[int]], int]:
+    """Items (in order) with ``lengths`` tokens each, spread over ``n_slots`` micro-batches so that each
+    slot gets about the same number of tokens: item i goes to the slot where its first token falls
+    (floor(start_i * n_slots / total)), or the next one with room, at most ``capacity`` items a slot
+    (raised until every item fits). Returns ([slot -> item positions], the capacity used)."""
+    n = len(lengths)
+    if n == 0 or n_slots == 0:
+        return [[] for _ in range(n_slots)], capacity
+    capacity = max(capacity, -(-n // n_slots))
+    total = max(int(np.sum(lengths)), 1)
+    ideal = (np.concatenate([[0], np.cumsum(lengths)[:-1]]) * n_slots) // total
+    while True:
+        slots: list[list[int]] = [[] for _ in range(n_slots)]
+        m = 0
+        for i in range(n):
+            m = max(m, int(ideal[i]))
+            while m < n_slots and len(slots[m]) >= capacity:
+                m += 1
+            if m == n_slots:
+                break
+            slots[m].append(i)
+        else:
+            return slots, capacity
+        capacity += 1
+
+
+def cut_to_targets(example: Tokenized, keep: int) -> Tokenized:
+    """``example`` cut after its first ``keep`` target tokens (0 < keep <= example.n_targets): a token
+    budget's last replayed example keeps only what the budget has left."""
+    if not 0 < keep <= example.n_targets:
+        raise ValueError(f"cannot keep {keep} of {example.n_targets} target tokens")
+    end = int(np.flatnonzero(example.loss_mask)[keep - 1]) + 1
+    return dataclasses.replace(example, ids=example.ids[:end], loss_mask=example.loss_mask[:end],
+                               truncated=example.truncated or end < len(example.ids))
+
+
+def take_budget(order: np.ndarray, targets: np.ndarray, *, n: int, tokens: int | None) -> tuple[np.ndarray, int]:
+    """The replayed prefix of ``order`` (candidate positions, first = first choice): the first ``n``
+    (``tokens`` None), or as many as it takes for their ``targets`` (per candidate) to reach ``tokens``
+    (the last is then cut: returned with the target tokens it keeps; 0 when nothing is cut)."""
+    if tokens is None:
+        return order[:n], 0
+    if tokens <= 0:
+        return order[:0], 0
+    cum = np.cumsum(targets[order])
+    last = int(np.searchsorted(cum, tokens))  # the first prefix that reaches the budget
+    if last >= order.size:
+        return order, 0
+    before = int(cum[last - 1]) if last else 0
+    keep = tokens - before
+    return order[: last + 1], (keep if keep < targets[order[last]] else 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class ColumnSplit:
     """The run's upstream examples (Z's columns): held out (measured, never replayed) or candidates."""
@@ -231,6 +353,21 @@ class ColumnSplit:
         n_held = min(n - 1, max(1, round(fraction * n)))
         perm = np.random.default_rng([seed, 17]).permutation(n)
         return cls(np.sort(perm[:n_held]), np.sort(perm[n_held:]))
+
+
+STREAM = "crn-v1"
+"""Recorded in every result: every arm of a (task, seed) draws from the same random streams
+(:func:`streams`: the Gumbel noise of the draw, the replay order, the online probe; the batch order is the
+run's). Results without it (an older version drew each kind from its own stream) are recomputed."""
+
+
+def streams(seed: int, row: int, n_pool: int) -> dict[str, np.ndarray]:
+    """The common random numbers of one (task row, seed), shared by every arm: ``gumbel`` [n_pool] (the
+    draw's noise: random replay is its top-n), ``position`` [n_pool] (where a replayed example goes in the
+    replay order: uniform keys) and ``probe`` [n_pool] (the online probe takes the unreplayed pool examples
+    with the smallest keys)."""
+    g = np.random.default_rng([seed, row, 7, 1])
+    return dict(gumbel=g.gumbel(size=n_pool), position=g.random(n_pool), probe=g.random(n_pool))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,15 +386,27 @@ class Context:
     nll_before: np.ndarray  # [N]
     columns: ColumnSplit
     task_rows: list[int]  # rows of Z fine-tuned here
-    train_rows: list[int]  # rows that train the completion (the others, finite)
+    train_rows: list[int]  # rows that train the completion without --folds (the others, finite)
+    folds: dict[int, int] = dataclasses.field(default_factory=dict)
+    """--folds: task row -> its fold."""
+    weighted_engine: Engine | None = None
+    """--replay-weight: the engine whose train step weighs task and replay rows apart."""
 
-    def measured(self, replayed: np.ndarray) -> np.ndarray:
+    def train_rows_for(self, row: int) -> list[int]:
+        """The rows that train the completion of task ``row``'s prediction: with --folds every finite row
+        outside its fold, else ``train_rows``."""
+        if not self.folds:
+            return self.train_rows
+        return [i for i in range(self.Z.shape[0]) if self.folds.get(i, -1) != self.folds[row]
+                and np.isfinite(self.Z[i]).any()]
+
+    def measured(self, replayed: np.ndarray, probe: np.ndarray | None = None) -> np.ndarray:
         """The upstream indices measured after a fine-tuning that replayed ``replayed``: all of them
-        (--measure all), or the held-out and the replayed ones (--measure heldout)."""
+        (--measure all), or the held-out, the replayed and the online probe's ones (--measure heldout)."""
         if self.config.measure == "all":
             return np.arange(self.Z.shape[1])
-        return np.union1d(self.columns.heldout, replayed)
-
+        return np.union1d(np.union1d(self.columns.heldout, replayed), probe if probe is not None else [])
+    
     def measure(self, params, columns: np.ndarray) -> np.ndarray:
         """[N] NLL after fine-tuning of the upstream examples ``columns`` (:meth:`measured`), NaN elsewhere."""
         if columns.size == self.Z.shape[1]:
@@ -271,6 +420,16 @@ class Context:
         """[N] int: each upstream example's domain (its ``source``), as its rank among the sorted domains:
         the strata of @stratified."""
         return np.unique([ex.source for ex in self.setup.upstream], return_inverse=True)[1].astype(np.int64)
+
+    @functools.cached_property
+    def targets(self) -> np.ndarray:
+        """[N] int: each upstream example's target (loss) tokens when replayed."""
+        return np.asarray([ex.n_targets for ex in self.setup.upstream_tok], np.int64)
+
+    def sharpness(self, strategy: Strategy) -> dict[str, float]:
+        """The draw's sharpness for :func:`jaxforget.selection.draw`: the strategy's @ess, --ess, or --temperature."""
+        ess = strategy.ess if strategy.ess is not None else self.config.ess
+        return dict(ess=ess) if ess is not None else dict(temperature=self.config.temperature)
 
 
 def load_context(config: ReplayConfig, echo=print) -> Context:
@@ -288,20 +447,12 @@ def load_context(config: ReplayConfig, echo=print) -> Context:
         raise ValueError(f"{run.meta_path}: upstream examples have up to {too_long} tokens, more than the run's "
                          f"largest train bucket {max(cc.train.buckets)}: they cannot be replayed")
 
-    if config.tasks:
-        unknown = [t for t in config.tasks if t not in task_names]
-        if unknown:
-            raise ValueError(f"--tasks: unknown task(s) {unknown}; the run has {task_names}")
-        task_rows = [task_names.index(t) for t in config.tasks]
-    else:
-        task_rows = split_rows(len(task_names), config.test_fraction, config.split_seed)[1]
-    failed = [task_names[i] for i in task_rows if not np.isfinite(Z[i]).any()]
-    if failed:
-        raise ValueError(f"--tasks: {failed} failed in the run (no measured row)")
+    task_rows, folds = replay_rows(config, task_names, Z)
     train_rows = [i for i in range(len(task_names)) if i not in task_rows and np.isfinite(Z[i]).any()]
     needs_train = any(Strategy.parse(s).kind in ("offline", "online") for s in config.strategies)
-    if needs_train and not train_rows:
-        raise ValueError("offline and online prediction need at least one measured task besides --tasks")
+    if needs_train and not folds and not train_rows:
+        raise ValueError("offline and online prediction need at least one measured task besides --tasks "
+                         "(or --folds, to cross-fit)")
 
     engine = build_engine(setup, cc)
     nll_before = engine.evaluate(engine.base_params)[0]
@@ -313,21 +464,63 @@ def load_context(config: ReplayConfig, echo=print) -> Context:
     columns = ColumnSplit.make(Z.shape[1], config.heldout_fraction, config.heldout_seed)
     if config.k > columns.candidates.size:
         raise ValueError(f"--k {config.k}: only {columns.candidates.size} candidate examples")
-    return Context(config, cc, setup, engine, Z, nll_before, columns, task_rows, train_rows)
+    weighted = None
+    if config.replay_weight is not None:
+        weighted = copy.copy(engine)  # the same engine, its train step weighing the task's rows and the replayed apart
+        weighted.train_step = make_train_step(engine.split, engine.tx, schedule=make_tx(cc.train)[0].schedule(),
+                                              task_rows=cc.train.batch_size, extra_weight=config.replay_weight)
+    return Context(config, cc, setup, engine, Z, nll_before, columns, task_rows, train_rows, folds, weighted)
+
+
+def replay_rows(config: ReplayConfig, task_names: list[str], Z: np.ndarray) -> tuple[list[int], dict[int, int]]:
+    """The rows of Z fine-tuned with replay (--tasks; else with --folds every measured task; else the seeded
+    --test-fraction split of python -m jaxforget.predict) and, with --folds, each one's fold: the rows in a
+    seeded order (--split-seed) dealt round-robin into the folds."""
+    measured = [i for i in range(len(task_names)) if np.isfinite(Z[i]).any()]
+    if config.tasks:
+        unknown = [t for t in config.tasks if t not in task_names]
+        if unknown:
+            raise ValueError(f"--tasks: unknown task(s) {unknown}; the run has {task_names}")
+        rows = [task_names.index(t) for t in config.tasks]
+    elif config.folds:
+        rows = measured
+    else:
+        rows = split_rows(len(task_names), config.test_fraction, config.split_seed)[1]
+    failed = [task_names[i] for i in rows if i not in measured]
+    if failed:
+        raise ValueError(f"--tasks: {failed} failed in the run (no measured row)")
+    if not config.folds:
+        return rows, {}
+    if len(measured) < config.folds:
+        raise ValueError(f"--folds {config.folds}: the run has only {len(measured)} measured tasks")
+    # over every measured row of the run, whichever of them --tasks fine-tunes: a task's fold (and so its
+    # prediction) does not depend on which other tasks a process takes
+    order = np.random.default_rng([config.split_seed, 23]).permutation(len(measured))
+    return rows, {measured[i]: f % config.folds for f, i in enumerate(order)}
 
 
 def offline_scores(ctx: Context, strategy: Strategy, seed: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{task row: (predicted scores over the candidates, revealed candidate positions)} for one seed:
-    the protocol of jaxforget.predict on Z restricted to the candidate columns, measured entries kept."""
+    the protocol of jaxforget.predict on Z restricted to the candidate columns, measured entries kept;
+    with --folds once per fold (its rows completed from the rows outside it)."""
     Zc = ctx.Z[:, ctx.columns.candidates]
-    rows = ctx.train_rows + ctx.task_rows
-    res = evaluate(Zc[rows], test_rows=list(range(len(ctx.train_rows), len(rows))), methods=[strategy.method],
-                   k=ctx.config.k, seeds=[seed])
-    pred = res.predictions[strategy.method][0]
+    groups: dict[int, list[int]] = {}
+    for row in (ctx.folds if ctx.folds else ctx.task_rows):  # with --folds every row of a fold, as one problem set
+        groups.setdefault(ctx.folds.get(row, 0), []).append(row)
+    wanted = set(ctx.task_rows)
     out = {}
-    for t, row in enumerate(ctx.task_rows):
-        revealed = res.reveal[0, t]
-        out[row] = (np.where(revealed, Zc[row], pred[t]), np.flatnonzero(revealed))
+    for test in groups.values():
+        if not wanted & set(test):
+            continue
+        train = ctx.train_rows_for(test[0])
+        rows = train + test
+        res = evaluate(Zc[rows], test_rows=list(range(len(train), len(rows))), methods=[strategy.method],
+                       k=ctx.config.k, seeds=[seed])
+        pred = res.predictions[strategy.method][0]
+        for t, row in enumerate(test):
+            if row in wanted:
+                revealed = res.reveal[0, t]
+                out[row] = (np.where(revealed, Zc[row], pred[t]), np.flatnonzero(revealed))
     return out
 
 
@@ -341,28 +534,69 @@ class Trace:
     keep_arrays: bool = False
 
 
+@dataclasses.dataclass
+class _Replay:
+    """The replay of one fine-tuning as it is drawn: per micro-batch, the upstream examples it adds."""
+
+    slots: list[list[int]]
+    """Per micro-batch: upstream indices."""
+    cut: dict[int, int] = dataclasses.field(default_factory=dict)
+    """Upstream index -> the target tokens it keeps (the budget's last example, cut to fit)."""
+    rows: int = 0
+    """Extra rows per micro-batch (the batch shape: B + rows)."""
+    draws: list[Any] = dataclasses.field(default_factory=list)
+    """The selection.Draw of each draw (online: the random first phase, then the predicted rest)."""
+
+    def place(self, ctx: Context, chosen: np.ndarray, keep: int, position: np.ndarray, first: int, last: int,
+              rows: int) -> None:
+        """Put the upstream examples ``chosen`` (the last one cut to ``keep`` target tokens, 0: whole) into
+        micro-batches [first, last), in the order of their common ``position`` keys, spread by tokens."""
+        if keep:
+            self.cut[int(chosen[-1])] = keep
+        chosen = chosen[np.argsort(position, kind="stable")]
+        if ctx.config.budget == "tokens":
+            lengths = np.asarray([self.cut.get(int(j), ctx.targets[j]) for j in chosen])
+            spots, rows = spread_tokens(lengths, last - first, rows)
+        else:
+            counts = spread(chosen.size, last - first)
+            ends = np.cumsum(counts)
+            spots = [list(range(e - c, e)) for c, e in zip(counts, ends)]
+            rows = max(rows, int(counts.max(initial=0)))
+        for m, items in enumerate(spots):
+            self.slots[first + m] = [int(chosen[i]) for i in items]
+        self.rows = max(self.rows, rows)
+
+    def examples(self, ctx: Context, m: int) -> list[Tokenized]:
+        return [cut_to_targets(ctx.setup.upstream_tok[j], self.cut[j]) if j in self.cut else ctx.setup.upstream_tok[j]
+                for j in self.slots[m]]
+
+
 def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline: dict | None = None,
               trace: Trace | None = None, progress=None) -> dict[str, np.ndarray]:
-    """Fine-tune task `row` with `strategy` (training seed `seed`) and measure every upstream example.
+    """Fine-tune task `row` with `strategy` (training seed `seed`) and measure the upstream examples.
     Returns the result fields (see the module docstring)."""
-    cfg, setup, engine = ctx.config, ctx.setup, ctx.engine
+    cfg, setup = ctx.config, ctx.setup
+    engine = ctx.weighted_engine if ctx.weighted_engine is not None and strategy.kind != "none" else ctx.engine
     t = ctx.collect_config.train
     name = setup.task_names[row]
     plan = engine.schedule(name, setup.task_train[name], task_seed(seed, row))  # the run's batches for seed
     n_steps, micro = plan.n_steps, list(plan.batches)
     n_task = sum(int((b.index >= 0).sum()) for b in micro)
+    task_tokens = int(sum(b.loss_mask[b.index >= 0].sum() for b in micro))
     pool = ctx.columns.candidates
-    rng = np.random.default_rng([seed, row, KINDS.index(strategy.kind), 7])
+    crn = streams(seed, row, pool.size)
     n_replay = 0 if strategy.kind == "none" else min(pool.size, int(round(n_task * cfg.ratio)))
     if strategy.kind != "none" and n_replay < round(n_task * cfg.ratio):
         log.warning("task %s: %d replayed examples asked for, only %d candidates: all are replayed once",
                     name, round(n_task * cfg.ratio), pool.size)
-    per_micro = spread(n_replay, len(micro))
-    extra_rows = int(math.ceil(t.batch_size * cfg.ratio)) if strategy.kind != "none" else 0
-    extra_rows = max(extra_rows, int(per_micro.max(initial=0)))
+    targets = ctx.targets[pool]
+    budget = int(round(n_replay * float(targets.mean()))) if cfg.budget == "tokens" else None
+    min_rows = int(math.ceil(t.batch_size * cfg.ratio)) if strategy.kind != "none" else 0
+    replay = _Replay([[] for _ in micro], rows=min_rows)
     switch = n_steps  # online: the step at which forgetting is measured and the rest is replayed by prediction
     extra_forward = 0
-    revealed_cols = np.zeros(0, np.int64)
+    revealed_cols = probe_cols = np.zeros(0, np.int64)
+    probe_z = math.nan
 
     scores = None
     if strategy.kind == "random":
@@ -377,22 +611,31 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
     elif strategy.kind == "online":
         switch = max(1, int(math.ceil(cfg.online_fraction * n_steps)))
         scores = np.zeros(pool.size)  # random until the switch (with @stratified: in the pool's domain mix)
-    n_first = int(per_micro[: switch * t.grad_accum].sum()) if strategy.kind == "online" else n_replay
-    order = np.zeros(0, np.int64) if scores is None else select(
-        strategy.rule, scores, n_first, temperature=cfg.temperature, rng=rng, strata=ctx.domains[pool])
-    chosen = list(rng.permutation(order))  # replayed in a random order, spread over the whole run
-    used, step_replayed = 0, []
+    first_micro = switch * t.grad_accum if strategy.kind == "online" else len(micro)
+    if scores is not None:
+        n_first = int(spread(n_replay, len(micro))[:first_micro].sum())
+        first_budget = None if budget is None else int(round(budget * first_micro / len(micro)))
+        d = draw(strategy.rule, scores, n_first, gumbel=crn["gumbel"], strata=ctx.domains[pool],
+                 **ctx.sharpness(strategy))
+        if budget is None:
+            chosen, keep = d.indices, 0
+        elif strategy.kind == "online":  # the first phase ends with the example that crosses its share, whole
+            chosen = take_budget(d.order, targets, n=0, tokens=first_budget)[0]
+            keep = 0
+        else:
+            chosen, keep = take_budget(d.order, targets, n=0, tokens=budget)
+        replay.draws.append(d)
+        replay.place(ctx, pool[chosen], keep, crn["position"][chosen], 0, first_micro, min_rows)
+    drawn = [j for slot in replay.slots for j in slot]
+    step_replayed: list[int] = []
 
     def with_replay() -> Iterator[Batch]:
         """The task's micro-batches, each with its share of the replayed examples as extra rows. Drawn
         lazily, one step at a time, so that the online choice made after a step feeds the next."""
-        nonlocal used
         for m, b in enumerate(micro):
-            take = [pool[i] for i in chosen[used:used + per_micro[m]]]
-            used += per_micro[m]
-            step_replayed.extend(take)
-            yield with_extra_rows(b, [setup.upstream_tok[j] for j in take], engine.pad_id,
-                                  t.batch_size + extra_rows, t.buckets) if extra_rows else b
+            step_replayed.extend(replay.slots[m])
+            yield with_extra_rows(b, replay.examples(ctx, m), engine.pad_id, t.batch_size + replay.rows,
+                                  t.buckets) if replay.rows else b
 
     state = engine.start([engine.initial_params(row, seed)])
     loop = TrainLoop(engine, [TaskSchedule(name, plan.seed, n_steps, with_replay())], state,
@@ -405,18 +648,21 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
                 trace.arrays.append(loop.arrays)
         step_replayed.clear()
         if strategy.kind == "online" and done == switch < n_steps:
-            rest, revealed_cols = _online_choice(ctx, loop.state, strategy, seed, rng, chosen, n_replay - len(chosen))
-            chosen += rest
-            extra_forward = revealed_cols.size
+            probe_cols, probe_z = _online_choice(ctx, loop.state, strategy, row, seed, crn, replay, drawn,
+                                                 n_replay, budget, first_micro)
+            revealed_cols = probe_cols
+            extra_forward = probe_cols.size
         if progress is not None:
             progress.update(1)
-    replayed_all = np.asarray([pool[i] for i in chosen[:used]], np.int64)
+    replayed_all = np.asarray([j for slot in replay.slots for j in slot], np.int64)
     if np.intersect1d(replayed_all, ctx.columns.heldout).size:  # cannot happen: the pool excludes them
         raise AssertionError("a held-out example was replayed")
-    measured = ctx.measured(replayed_all)
+    measured = ctx.measured(replayed_all, probe_cols)
     nll_after = ctx.measure(loop.state.params, measured)
     z = nll_after - ctx.nll_before
     failed = bool(loop.failed[0]) or not np.isfinite(nll_after[measured]).all()
+    replayed_tokens = int(sum(replay.cut.get(int(j), ctx.targets[j]) for j in replayed_all))
+    draws = replay.draws
     return dict(
         task=np.asarray(name), row=np.asarray(row), seed=np.asarray(seed), strategy=np.asarray(strategy.label),
         status=np.asarray("failed" if failed else "ok"), z=z.astype(np.float32),
@@ -426,34 +672,57 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
         replayed=replayed_all, revealed=np.asarray(revealed_cols, np.int64), steps=np.asarray(n_steps),
         task_examples=np.asarray(n_task), extra_forward=np.asarray(extra_forward),
         train_losses=np.asarray(loop.losses[0], np.float32), seconds=np.asarray(time.perf_counter() - t0),
-        task_seed=np.asarray(plan.seed),
-        **(dict(online_probe=np.asarray(ONLINE_PROBE)) if strategy.kind == "online" else {}))
+        task_seed=np.asarray(plan.seed), stream=np.asarray(f"{STREAM}:{seed},{row}"),
+        budget=np.asarray(cfg.budget), token_budget=np.asarray(-1 if budget is None else budget),
+        replayed_tokens=np.asarray(replayed_tokens), task_tokens=np.asarray(task_tokens),
+        replay_token_share=np.asarray(replayed_tokens / max(replayed_tokens + task_tokens, 1)),
+        replay_weight=np.asarray(np.nan if cfg.replay_weight is None or strategy.kind == "none" else cfg.replay_weight),
+        temperature=np.asarray(draws[-1].temperature if draws else np.nan),
+        ess=np.asarray(draws[-1].ess if draws else np.nan),
+        draw_temperatures=np.asarray([d.temperature for d in draws], np.float64),
+        draw_ess=np.asarray([d.ess for d in draws], np.float64),
+        cut_examples=np.asarray(len(replay.cut)), extra_rows=np.asarray(replay.rows),
+        **(dict(online_probe=np.asarray(ONLINE_PROBE), probe=np.asarray(probe_cols, np.int64),
+                probe_forgetting=np.asarray(probe_z),
+                probe_final_forgetting=np.asarray(np.mean(z[probe_cols]) if probe_cols.size else np.nan),
+                switch_step=np.asarray(switch)) if strategy.kind == "online" else {}))
 
 
-def _online_choice(ctx: Context, state, strategy: Strategy, seed: int, rng: np.random.Generator,
-                   chosen: list, n_rest: int) -> tuple[list, np.ndarray]:
-    """Measure k probe examples of the pool under the current weights, complete the row from the other
-    tasks' rows, and draw the rest of the replay from the pool examples not drawn yet, by the strategy's
-    rule. The probe, too, comes from the examples not drawn yet (``chosen``: every example replayed so
-    far): a replayed example's forgetting measures the replay, not the task. Returns the drawn pool
-    positions (in replay order) and the upstream indices of the probe examples (at most k: fewer when
-    fewer are left)."""
+def _online_choice(ctx: Context, state, strategy: Strategy, row: int, seed: int, crn: dict[str, np.ndarray],
+                   replay: _Replay, drawn: list[int], n_replay: int, budget: int | None,
+                   first_micro: int) -> tuple[np.ndarray, float]:
+    """Measure the probe (--probe-k pool examples not replayed so far: a replayed example's forgetting
+    measures the replay, not the task) under the current weights, complete the row from the training
+    rows, and draw the rest of the replay (micro-batches ``first_micro`` on) from the pool examples not
+    drawn yet, by the strategy's rule, with the common noise. Returns the probe's upstream indices and
+    their mean forgetting at the switch."""
     pool = ctx.columns.candidates
-    left = np.setdiff1d(np.arange(pool.size), np.asarray(chosen, np.int64))
-    probe = left[np.sort(rng.choice(left.size, min(ctx.config.k, left.size), replace=False))]
+    k = ctx.config.probe_k or ctx.config.k
+    in_pool = {int(j): i for i, j in enumerate(pool)}
+    left = np.setdiff1d(np.arange(pool.size), np.asarray([in_pool[j] for j in drawn], np.int64))
+    probe = np.sort(left[np.argsort(crn["probe"][left], kind="stable")[:k]])
     if probe.size == 0:  # the first phase replayed the whole pool
-        return [], np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), math.nan
     nll = ctx.engine.evaluator([ctx.setup.upstream_tok[j] for j in pool[probe]])(state.params)[0]
     z_probe = np.full(pool.size, np.nan, np.float32)
     z_probe[probe] = nll - ctx.nll_before[pool[probe]]
     revealed = np.zeros(pool.size, bool)
     revealed[probe] = True
-    pred = complete_rows(ctx.Z[np.ix_(ctx.train_rows, pool)], z_probe[None], revealed[None],
+    pred = complete_rows(ctx.Z[np.ix_(ctx.train_rows_for(row), pool)], z_probe[None], revealed[None],
                          method=strategy.method, seeds=seed)[0]
-    n_rest = min(n_rest, left.size)
-    draw = select(strategy.rule, pred[left], n_rest, temperature=ctx.config.temperature, rng=rng,
-                  strata=ctx.domains[pool[left]])
-    return list(rng.permutation(left[draw])), pool[probe]
+    targets = ctx.targets[pool[left]]
+    n_rest = min(n_replay - len(drawn), left.size)
+    spent = int(sum(ctx.targets[j] for j in drawn))
+    d = draw(strategy.rule, pred[left], max(n_rest, 0), gumbel=crn["gumbel"][left], strata=ctx.domains[pool[left]],
+             **ctx.sharpness(strategy))
+    if budget is None:
+        chosen, keep = d.indices, 0
+    else:
+        chosen, keep = take_budget(d.order, targets, n=0, tokens=budget - spent)
+    replay.draws.append(d)
+    replay.place(ctx, pool[left[chosen]], keep, crn["position"][left[chosen]], first_micro, len(replay.slots),
+                 replay.rows)
+    return pool[probe], float(np.mean(z_probe[probe]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -498,8 +767,8 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
             path = out / "results" / f"{name}.s{seed}.{s.file_label}.npz"
             progress.set_postfix(task=name, seed=seed, strategy=s.label)
             old = _load_result(path) if path.exists() else None
-            if old is not None and s.kind == "online" and old.get("online_probe") != ONLINE_PROBE:
-                echo(f"{path}: from a version whose online probe could measure replayed examples; recomputing")
+            if old is not None and not str(old.get("stream", "")).startswith(STREAM):
+                echo(f"{path}: from a version whose arms drew from separate random streams; recomputing")
                 old = None
             if old is not None:
                 results.append(old)

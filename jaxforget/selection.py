@@ -15,10 +15,24 @@ takes a seeded ``np.random.Generator`` and is deterministic for its state:
   to their sizes (:func:`allocate`: largest remainder, never more than a stratum has), and each
   stratum's draws follow the zsoftmax rule on the scores standardised within that stratum. It keeps
   random replay's domain mix and lets the score choose only *which* examples within a domain.
+
+**How sharp a draw is.** The effective sample size of a draw's weights w = softmax(u / τ) over the
+N candidates, ESS = (Σw)² / Σw² (:func:`ess_fraction` gives it as a fraction of N), is N for a
+uniform draw and 1 for a greedy one. The paper's τ = 0.1 gives very different ESS on rows of
+different scale; :func:`temperature_for_ess` finds the τ that gives a chosen ESS, so a draw can be
+specified by its sharpness instead (``draw(..., ess=F)``: scale-free, the same experiment on any
+row). u is what the rule applies the softmax to: the scores (softmax), the scores standardised over
+the candidates (zsoftmax) or within their stratum (stratified).
+
+**Common random numbers.** :func:`draw` takes the Gumbel noise as an argument: arms of an experiment
+that share one noise vector differ only in their scores (random replay is the top-n of the noise
+alone), which removes the draw's own randomness from their paired differences.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -126,3 +140,123 @@ def select(rule: str, scores: Any, n: int, *, temperature: float, rng: np.random
     if strata is None:
         raise ValueError("the stratified rule needs strata: one integer label (e.g. the domain) per score")
     return stratified_sample(scores, strata, n, temperature=temperature, rng=rng)
+
+
+def softmax_weights(u: Any, temperature: float) -> np.ndarray:
+    """softmax(u / temperature) over the entries of ``u: float[N]`` (float64; temperature may be ``inf``:
+    uniform)."""
+    u = np.asarray(u, np.float64)
+    if u.size == 0:
+        return u
+    if math.isinf(temperature):
+        return np.full(u.size, 1.0 / u.size)
+    x = (u - u.max()) / temperature
+    w = np.exp(x)
+    return w / w.sum()
+
+
+def ess_fraction(u: Any, temperature: float) -> float:
+    """The effective sample size (Σw)² / Σw² of w = softmax(u / temperature), as a fraction of the N
+    entries: 1 for a uniform draw, 1 / N for a greedy one. NaN for N = 0."""
+    w = softmax_weights(u, temperature)
+    return float(1.0 / np.sum(w * w) / w.size) if w.size else math.nan
+
+
+def temperature_for_ess(u: Any, fraction: float, *, rtol: float = 1e-6) -> float:
+    """The temperature τ at which softmax(u / τ) has an effective sample size of ``fraction`` × N
+    (0 < fraction <= 1; ESS grows with τ, so bisection on log τ finds it, to ``rtol`` in ESS).
+    ``inf`` when every entry is equal or fraction == 1 (any τ, or only the uniform draw, gives it);
+    when even the greedy limit is flatter than asked (ties at the maximum), the smallest τ tried."""
+    u = np.asarray(u, np.float64)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"ess must be in (0, 1] (a fraction of the candidates), got {fraction}")
+    spread = float(u.max() - u.min()) if u.size else 0.0
+    if fraction == 1 or spread == 0:
+        return math.inf
+    lo, hi = math.log(spread * 1e-6), math.log(spread * 1e6)  # ESS(τ_lo) ~ ties at the max, ESS(τ_hi) ~ N
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if ess_fraction(u, math.exp(mid)) < fraction:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < rtol:
+            break
+    return math.exp(hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """One draw of replayed examples: the chosen indices and how sharp the draw was."""
+
+    indices: np.ndarray
+    """int[n] distinct candidate indices; by rule as :func:`select` returns them (draw order for softmax
+    and zsoftmax, by stratum for stratified)."""
+    order: np.ndarray
+    """int[N] every candidate in key order (largest key first): ``indices`` is its first n for softmax and
+    zsoftmax; a budget in tokens takes a prefix of it (:mod:`jaxforget.replay`)."""
+    temperature: float
+    """The τ applied (``inf``: uniform)."""
+    ess: float
+    """The effective sample size of the draw's weights over the candidates, as a fraction of them."""
+
+
+def transformed(rule: str, scores: Any, strata: Any | None = None) -> np.ndarray:
+    """What ``rule`` applies the softmax to: the scores (softmax), standardised over the candidates
+    (zsoftmax) or within each stratum (stratified)."""
+    scores = _check_scores(scores)
+    if rule == "softmax":
+        return scores
+    if rule == "zsoftmax":
+        return standardize(scores)
+    if rule != "stratified":
+        raise ValueError(f"unknown selection rule {rule!r}; expected one of {', '.join(RULES)}")
+    if strata is None:
+        raise ValueError("the stratified rule needs strata: one integer label (e.g. the domain) per score")
+    strata = np.asarray(strata)
+    if strata.shape != scores.shape or not np.issubdtype(strata.dtype, np.integer):
+        raise ValueError(f"strata must be integer labels, one per score: got {strata.dtype} shape {strata.shape} "
+                         f"for scores of shape {scores.shape}")
+    z = np.zeros_like(scores)
+    for label in np.unique(strata):
+        idx = np.flatnonzero(strata == label)
+        z[idx] = standardize(scores[idx])
+    return z
+
+
+def draw(rule: str, scores: Any, n: int, *, gumbel: Any, temperature: float | None = None,
+         ess: float | None = None, strata: Any | None = None) -> Draw:
+    """:func:`select` with the Gumbel noise given (``gumbel: float[N]``, e.g. ``rng.gumbel(size=N)``: the
+    same noise for every arm of a paired experiment) and the sharpness given either as ``temperature``
+    or as a target ``ess`` (a fraction of the N candidates; τ found by :func:`temperature_for_ess` on
+    what the rule applies the softmax to). With the noise ``rng.gumbel(size=N)`` and a temperature the
+    draw equals ``select(rule, scores, n, temperature=..., rng=rng, strata=...)`` exactly."""
+    if (temperature is None) == (ess is None):
+        raise ValueError("give exactly one of temperature and ess")
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    u = transformed(rule, scores, strata)
+    g = np.asarray(gumbel, np.float64)
+    if g.shape != u.shape:
+        raise ValueError(f"gumbel noise has shape {g.shape}, the scores {u.shape}")
+    if not 0 <= n <= u.size:
+        raise ValueError(f"cannot draw {n} distinct items from {u.size}")
+    tau = temperature if temperature is not None else temperature_for_ess(u, ess)
+    keys = g if math.isinf(tau) else u / tau + g
+    order = np.argsort(-keys, kind="stable")
+    if rule == "stratified":
+        labels, inverse, sizes = np.unique(np.asarray(strata), return_inverse=True, return_counts=True)
+        quota = allocate(sizes, n)
+        members = [np.flatnonzero(inverse == s) for s in range(labels.size)]
+        ranked = [idx[np.argsort(-keys[idx], kind="stable")] for idx in members]
+        parts = [r[:q] for r, q in zip(ranked, quota)]
+        indices = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        # a nested order for budgets in tokens: each stratum's examples in key order at the evenly spaced
+        # positions (rank + 1/2) / size, merged, so every prefix keeps the pool's domain mix (to one example)
+        position = np.zeros(u.size)
+        for r in ranked:
+            position[r] = (np.arange(r.size) + 0.5) / r.size
+        order = np.lexsort((-keys, position))
+    else:
+        indices = order[:n]
+    return Draw(indices, order, float(tau), ess_fraction(u, tau))

@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxforget.models.logprobs import nll_sums, segment_nll_sums
+from jaxforget.models.logprobs import nll_sums, segment_nll_sums, target_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,14 +208,16 @@ def batch_loss(graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State, inp
     return loss, dict(nll_sum=sums_b, n_targets=counts_b)
 
 
-def _step_fn(split: SplitModel, tx: optax.GradientTransformation, schedule: optax.Schedule | None):
+def _step_fn(split: SplitModel, tx: optax.GradientTransformation, schedule: optax.Schedule | None, *,
+             task_rows: int | None = None, extra_weight: float = 1.0):
     """The pure single-task step `(state, frozen, input_ids, attention_mask, loss_mask) -> (state, metrics)`
-    that `make_train_step` jits and `make_stacked_train_step` vmaps (see `make_train_step` for the contract)."""
+    that `make_train_step` jits and `make_stacked_train_step` vmaps (see `make_train_step` for the contract).
+    `task_rows`: see `make_train_step`."""
     graphdef = split.graphdef
 
-    def summed_nll(params, frozen, ids, attn, loss_mask):
+    def summed_nll(params, frozen, ids, attn, loss_mask, row_weight=None):
         sums_b, counts_b = nll_sums(nnx.merge(graphdef, params, frozen), ids, attn, loss_mask)
-        return jnp.sum(sums_b), (sums_b, counts_b)
+        return jnp.sum(sums_b if row_weight is None else sums_b * row_weight), (sums_b, counts_b)
 
     grad_fn = jax.grad(summed_nll, has_aux=True)
 
@@ -223,14 +225,24 @@ def _step_fn(split: SplitModel, tx: optax.GradientTransformation, schedule: opta
         rows_shape = input_ids.shape[:-1]
         if input_ids.ndim == 2:
             input_ids, attention_mask, loss_mask = input_ids[None], attention_mask[None], loss_mask[None]
+        A, B = input_ids.shape[:2]
+        xs = (input_ids, attention_mask, loss_mask)
+        if task_rows is not None:  # rows >= task_rows are extra: task mean + extra_weight x extra mean
+            counts = jax.vmap(target_mask)(attention_mask, loss_mask).sum(-1)  # (A, B), from the masks alone
+            extra = jnp.arange(B) >= task_rows
+            n_task = jnp.maximum(jnp.sum(jnp.where(extra, 0, counts)), 1).astype(jnp.float32)
+            n_extra = jnp.maximum(jnp.sum(jnp.where(extra, counts, 0)), 1).astype(jnp.float32)
+            n_all = jnp.maximum(jnp.sum(counts), 1).astype(jnp.float32)
+            # scaled by the total count, which the common normalisation below divides out again
+            xs += (jnp.broadcast_to(jnp.where(extra, extra_weight / n_extra, 1 / n_task) * n_all, (A, B)),)
 
-        def micro(acc, xs):  # gradients of the NLL *sum*, normalised once by the total target count
+        def micro(acc, xs):  # gradients of the (weighted) NLL sum, normalised once by the total target count
             grads, aux = grad_fn(state.params, frozen, *xs)
             return jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, grads), aux
 
         # accumulated in float32 whatever the parameter dtype
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), state.params)
-        grad_sum, (sums, counts) = jax.lax.scan(micro, zeros, (input_ids, attention_mask, loss_mask))
+        grad_sum, (sums, counts) = jax.lax.scan(micro, zeros, xs)
         n = jnp.maximum(jnp.sum(counts), 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / n, grad_sum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -274,9 +286,16 @@ def _jit_state_step(step: Callable, split: SplitModel) -> Callable:
 
 
 def make_train_step(split: SplitModel, tx: optax.GradientTransformation, *,
-                    schedule: optax.Schedule | None = None
+                    schedule: optax.Schedule | None = None, task_rows: int | None = None,
+                    extra_weight: float = 1.0
                     ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]:
     """A jitted `step(state, input_ids, attention_mask, loss_mask) -> (state, metrics)`.
+
+    `task_rows` (None: every row alike): the first `task_rows` rows of each micro-batch are the task's
+    and the rest extra rows (replay's upstream examples); the gradient is then that of the mean NLL over
+    the task's targets plus `extra_weight` x the mean NLL over the extra rows' targets (over the step's
+    micro-batches; 0 when a step has none), so extra rows add to the task's loss instead of diluting it.
+    The reported loss stays the mean over all targets.
 
     Inputs are (B, T), or (A, B, T) for gradient accumulation over A micro-batches (one optimizer
     update; the gradient is that of the token-weighted mean NLL over all A * B rows, so accumulating
@@ -285,7 +304,7 @@ def make_train_step(split: SplitModel, tx: optax.GradientTransformation, *,
     per-example example_nll_sum / example_n_targets, shaped like the rows of the input, for
     per-group accounting. `state` is donated: do not reuse the one passed in.
     """
-    return _jit_state_step(_step_fn(split, tx, schedule), split)
+    return _jit_state_step(_step_fn(split, tx, schedule, task_rows=task_rows, extra_weight=extra_weight), split)
 
 
 def map_slots(f: Callable, xs: Any, per_pass: int | None = None) -> Any:

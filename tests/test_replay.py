@@ -13,6 +13,7 @@ import pytest
 from test_collect import TASKS, tiny
 from jaxforget.replay import (ColumnSplit, ReplayConfig, Strategy, Trace, cli, fine_tune, load_context, main,
                               spread)
+from jaxforget.data.batching import with_extra_rows
 from jaxforget.replay_report import report_markdown, summarize
 from jaxforget.selection import allocate, sample_without_replacement
 
@@ -87,8 +88,18 @@ def test_strategy_rules_parse_label_and_fail_clearly():
     # no suffix: the paper's softmax, and the labels (file names, report rows) of before
     assert Strategy.parse("offline:mf") == Strategy("offline", "mf", "softmax")
     assert Strategy.parse("offline:mf").file_label == "offline_mf"
+    # @ess=F: the draw's sharpness as an effective sample size, alone or with a rule
+    assert Strategy.parse("oracle@ess=0.05") == Strategy("oracle", None, "softmax", 0.05)
+    assert Strategy.parse("oracle@ess=0.05").label == "oracle@ess=0.05"
+    assert Strategy.parse("offline:mf@stratified,ess=0.2").label == "offline:mf@stratified,ess=0.2"
+    assert Strategy.parse("offline:mf@stratified,ess=0.2").file_label == "offline_mf@stratified_ess=0.2"
+    assert Strategy.parse("oracle@softmax").label == "oracle"
     for bad, msg in (("none@zsoftmax", "none replays nothing, so it takes no selection rule"),
-                     ("none@", "unknown selection rule ''"),
+                     ("none@", "nothing after @"),
+                     ("oracle@ess=0", "ess must be a fraction of the pool in (0, 1]"),
+                     ("oracle@ess=x", "ess must be a fraction of the pool in (0, 1], got 'x'"),
+                     ("random@ess=0.1", "random takes only @stratified"),
+                     ("oracle@softmax,zsoftmax", "unknown selection rule 'zsoftmax'"),
                      ("oracle@greedy", "unknown selection rule 'greedy'; expected one of softmax, zsoftmax, "
                                        "stratified"),
                      ("random@zsoftmax", "random takes only @stratified"),
@@ -171,18 +182,22 @@ def context(run_dir, out_dir):
     return load_context(_config(run_dir, out_dir), echo=lambda *_: None)
 
 
-def _replayed_rows(ctx, arrays, B: int) -> list[int]:
-    """Upstream indices found in the extra rows of the actual (1, B + R, T) input arrays."""
-    ids, attn = arrays[0][0], arrays[1][0]
+def _replayed_rows(ctx, arrays, B: int, targets: list | None = None) -> list[int]:
+    """Upstream indices found in the extra rows of the actual (1, B + R, T) input arrays (an example cut
+    by the token budget matches as a prefix); ``targets`` collects each row's target tokens."""
+    ids, attn, loss = arrays[0][0], arrays[1][0], arrays[2][0]
     found = []
     for r in range(B, ids.shape[0]):
         n = int(attn[r].sum())
         if n == 0:
             continue
         matches = [j for j, ex in enumerate(ctx.setup.upstream_tok)
-                   if len(ex.ids) == n and np.array_equal(ex.ids, ids[r, :n])]
+                   if len(ex.ids) >= n and np.array_equal(ex.ids[:n], ids[r, :n])
+                   and np.array_equal(ex.loss_mask[:n], loss[r, :n])]
         assert len(matches) >= 1, "an extra row is not an upstream example"
         found.append(matches[0])
+        if targets is not None:
+            targets.append(int(loss[r].sum()))
     return found
 
 
@@ -209,9 +224,92 @@ def test_heldout_examples_never_reach_a_batch_and_runs_are_deterministic(context
     assert not np.array_equal(other["replayed"], res[0]["replayed"])
 
 
+def test_arms_share_random_numbers_and_replay_the_same_tokens(context):
+    ctx, row = context, context.task_rows[0]
+    B = ctx.collect_config.train.batch_size
+    traces = {label: Trace(keep_arrays=True) for label in ("random", "oracle", "oracle@ess=1")}
+    res = {label: fine_tune(ctx, row, 0, Strategy.parse(label), trace=tr) for label, tr in traces.items()}
+    # common random numbers: at ESS = the whole pool the oracle's draw is uniform, i.e. random's, example
+    # for example and in the same order, so the two fine-tunings are one
+    np.testing.assert_array_equal(res["oracle@ess=1"]["replayed"], res["random"]["replayed"])
+    np.testing.assert_array_equal(res["oracle@ess=1"]["z"], res["random"]["z"])
+    assert res["oracle@ess=1"]["ess"] == pytest.approx(1.0) and np.isinf(res["oracle@ess=1"]["temperature"])
+    # budgets in tokens: every arm replays exactly the budget's loss tokens, counted in the batches trained on
+    budget = int(res["random"]["token_budget"])
+    pool_targets = np.array([ctx.setup.upstream_tok[j].n_targets for j in ctx.columns.candidates])
+    n_replay = round(int(res["random"]["task_examples"]) * ctx.config.ratio)
+    assert budget == round(n_replay * pool_targets.mean()) > 0
+    for label, tr in traces.items():
+        targets: list[int] = []
+        for arrays in tr.arrays:
+            _replayed_rows(ctx, arrays, B, targets)
+        assert sum(targets) == int(res[label]["replayed_tokens"]) == budget, label
+        assert res[label]["replay_token_share"] == pytest.approx(budget / (budget + res[label]["task_tokens"]))
+        assert res[label]["stream"] == f"crn-v1:0,{row}"
+    # the oracle's draw at --temperature 0.1 records its τ and the ESS that τ gives on this row
+    from jaxforget.selection import ess_fraction
+    assert res["oracle"]["temperature"] == 0.1
+    assert res["oracle"]["ess"] == pytest.approx(ess_fraction(ctx.Z[row, ctx.columns.candidates], 0.1))
+    # @ess=F finds the τ that gives it
+    sharp = fine_tune(ctx, row, 0, Strategy.parse("oracle@ess=0.1"))
+    assert sharp["ess"] == pytest.approx(0.1, rel=1e-4)
+    # budgets in examples: the same number of examples in every arm, so their tokens differ
+    ex = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, budget="examples"))
+    by_examples = [fine_tune(ex, row, 0, Strategy.parse(label)) for label in ("random", "oracle")]
+    assert [r["replayed"].size for r in by_examples] == [n_replay, n_replay]
+    assert [int(r["token_budget"]) for r in by_examples] == [-1, -1]
+    assert by_examples[0]["replayed_tokens"] == pool_targets[np.searchsorted(
+        ctx.columns.candidates, by_examples[0]["replayed"])].sum()
+
+
+def test_replay_weight_adds_the_replay_loss_to_the_tasks(context):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxforget.collect.engine import make_tx
+    from jaxforget.models.logprobs import nll_sums
+    from jaxforget.train import make_train_step, start_state
+    from flax import nnx
+
+    ctx, row = context, context.task_rows[0]
+    engine, t = ctx.engine, ctx.collect_config.train
+    B = t.batch_size
+    name = ctx.setup.task_names[row]
+    batch = next(iter(engine.schedule(name, ctx.setup.task_train[name], 0).batches))
+    extra = [ctx.setup.upstream_tok[j] for j in ctx.columns.candidates[:2]]
+    mixed = with_extra_rows(batch, extra, engine.pad_id, B + 2, t.buckets)
+    schedule = make_tx(t)[0].schedule()
+
+    def one_step(step, arrays):
+        state = start_state(engine.base_params, engine.tx)
+        new, metrics = step(state, *(jnp.asarray(a) for a in arrays))
+        return new.params, metrics
+
+    plain = (batch.input_ids, batch.attention_mask, batch.loss_mask)
+    both = (mixed.input_ids, mixed.attention_mask, mixed.loss_mask)
+    # weight 0: the extra rows change nothing; the step is the task's alone
+    p0, _ = one_step(make_train_step(engine.split, engine.tx, schedule=schedule, task_rows=B, extra_weight=0.0), both)
+    p1, _ = one_step(make_train_step(engine.split, engine.tx, schedule=schedule), plain)
+    for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    # weight w: the gradient is that of mean(task NLL) + w * mean(replay NLL), each over its own tokens
+    w = 0.5
+    _, m = one_step(make_train_step(engine.split, engine.tx, schedule=schedule, task_rows=B, extra_weight=w), both)
+
+    def loss(params):
+        sums, counts = nll_sums(nnx.merge(engine.split.graphdef, params, engine.split.frozen), *map(jnp.asarray, both))
+        return sums[:B].sum() / counts[:B].sum() + w * sums[B:].sum() / counts[B:].sum()
+
+    grads = jax.grad(loss)(engine.base_params)
+    norm = float(jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads))))
+    assert float(m["grad_norm"]) == pytest.approx(norm, rel=1e-4)
+
+
 def test_online_probe_measures_only_unreplayed_examples_and_stratified_keeps_the_domain_mix(context):
     # k = the whole pool: the probe takes every example not replayed before the switch, and only those
-    ctx = dataclasses.replace(context, config=dataclasses.replace(context.config, k=context.columns.candidates.size))
+    # (budgets in examples: each phase's draw is then exactly the proportional allocation of its count)
+    ctx = dataclasses.replace(context, config=dataclasses.replace(context.config, k=context.columns.candidates.size,
+                                                                  budget="examples"))
     trace = Trace()
     res = fine_tune(ctx, ctx.task_rows[0], 0, Strategy.parse("online:additive@stratified"), trace=trace)
     switch = max(1, math.ceil(ctx.config.online_fraction * len(trace.replayed)))
