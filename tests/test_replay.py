@@ -305,6 +305,36 @@ def test_replay_weight_adds_the_replay_loss_to_the_tasks(context):
     assert float(m["grad_norm"]) == pytest.approx(norm, rel=1e-4)
 
 
+def test_folds_cross_fit_every_task_independently_of_the_process_split(context):
+    from jaxforget.replay import offline_scores, replay_rows
+
+    names, Z = context.setup.task_names, context.Z
+    config = dataclasses.replace(context.config, folds=2, tasks=())
+    rows, folds = replay_rows(config, names, Z)
+    assert rows == list(range(len(names))) and sorted(set(folds.values())) == [0, 1]
+    # the folds are dealt over the run's rows, whichever tasks a process fine-tunes
+    assert replay_rows(dataclasses.replace(config, tasks=(names[2],)), names, Z) == ([2], folds)
+    ctx = dataclasses.replace(context, config=config, task_rows=rows, folds=folds)
+    for row in rows:
+        assert ctx.train_rows_for(row) == [i for i in rows if folds[i] != folds[row]]
+    s = Strategy.parse("offline:additive")
+    every = offline_scores(ctx, s, 0)
+    alone = offline_scores(dataclasses.replace(ctx, task_rows=[2]), s, 0)
+    assert list(alone) == [2]
+    np.testing.assert_array_equal(alone[2][0], every[2][0])
+    np.testing.assert_array_equal(alone[2][1], every[2][1])
+    # a task's prediction sees only the rows outside its fold
+    same = [i for i in rows if folds[i] == folds[2] and i != 2]
+    other = [i for i in rows if folds[i] != folds[2]]
+    for changed, moves in ((same, False), (other, True)):
+        if not changed:
+            continue
+        Z2 = Z.copy()
+        Z2[changed[0]] += 1.0
+        pred = offline_scores(dataclasses.replace(ctx, Z=Z2, task_rows=[2]), s, 0)[2][0]
+        assert (not np.array_equal(pred, every[2][0])) == moves
+
+
 def test_online_probe_measures_only_unreplayed_examples_and_stratified_keeps_the_domain_mix(context):
     # k = the whole pool: the probe takes every example not replayed before the switch, and only those
     # (budgets in examples: each phase's draw is then exactly the proportional allocation of its count)
