@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from jaxforget.collect.run import write_tasks_jsonl
 from jaxforget.collect.setup import task_train_examples, tasks_path
 from jaxforget.completion import BASELINES, Completer, Method, all_metrics, baseline_predictions
 from jaxforget.data import readers
-from jaxforget.selection import sample_without_replacement
+from jaxforget.replay import STREAM, choose, streams, token_budget
 from jaxforget.store import RunDir, RunError, atomic_write_json, atomic_write_jsonl, atomic_write_npz
 
 
@@ -80,9 +81,16 @@ class ForecastConfig:
     threshold: float = 0.0
     """Forgotten means z > threshold (ROC-AUC labels)."""
     ratio: float = 1 / 32
-    """Replay set size: this many upstream examples per training example of the task (the paper's 1/32)."""
+    """Replay set size: this many upstream examples per task example seen over the fine-tuning's steps (the
+    paper's 1/32), as python -m jaxforget.replay counts it."""
     temperature: float = 0.1
     """Replay set draw: probability softmax(prediction / temperature), without replacement."""
+    ess: float | None = None
+    """Instead of --temperature: the τ at which the draw's effective sample size is this fraction of the N
+    upstream examples (as python -m jaxforget.replay --ess)."""
+    budget: Literal["tokens", "examples"] = "tokens"
+    """The replay set's size in loss tokens (ratio x examples seen x the mean target tokens of an upstream
+    example; the last example cut to fit) or in examples, as python -m jaxforget.replay --budget."""
     replay_out: Path | None = None
     """Where to write the replay set (JSONL). Default: OUT/replay.jsonl."""
     out: Path | None = None
@@ -107,8 +115,10 @@ def check_config(config: ForecastConfig) -> list[Method]:
         raise ValueError(f"--top-n must be >= 1, got {config.top_n}")
     if not math.isfinite(config.threshold):
         raise ValueError(f"--threshold must be finite, got {config.threshold}")
-    if not 0 <= config.ratio <= 1 or not config.temperature > 0:
-        raise ValueError("--ratio must be in [0, 1] and --temperature > 0")
+    if not 0 <= config.ratio <= 1 or not 0 < config.temperature < math.inf:
+        raise ValueError("--ratio must be in [0, 1] and --temperature a finite number > 0")
+    if config.ess is not None and not 0 < config.ess <= 1:
+        raise ValueError(f"--ess must be a fraction of the upstream examples in (0, 1], got {config.ess}")
     if config.append and not config.measure_all:
         raise ValueError("--append adds the measured row to the run: add --measure-all")
     return methods
@@ -217,7 +227,9 @@ def main(config: ForecastConfig, echo=print) -> dict:
                    measured_at_step=switch, forward_passes=dict(per_seed=config.k, all_seeds=int(union.size),
                                                                 measure_all=N if config.measure_all else 0),
                    seconds=seconds, scores=scores)
-    _write_outputs(out_dir, config, summary, rows, revealed_all, z_true, setup, nll_before, len(examples))
+    # the replay set counts the task examples seen over every step, as replay does (not one epoch)
+    seen = sum(int((b.index >= 0).sum()) for b in engine.schedule(name, examples, plan.seed).batches)
+    _write_outputs(out_dir, config, summary, rows, revealed_all, z_true, setup, nll_before, seen, M)
     if config.append:
         n_train = [len(setup.task_train[n]) for n in setup.task_names] + [len(examples)]
         lock = run.lock_run()  # no collect (or other forecast) may work on the run while it grows
@@ -247,7 +259,7 @@ def _score(rows: dict, revealed: dict, z_true: np.ndarray, config: ForecastConfi
 
 
 def _write_outputs(out: Path, config: ForecastConfig, summary: dict, rows: dict, revealed: dict, z_true, setup,
-                   nll_before: np.ndarray, n_train: int) -> None:
+                   nll_before: np.ndarray, n_seen: int, row: int) -> None:
     first, s0 = summary["methods"][0], config.seeds[0]
     arrays = {f"pred/{label}/seed{s}": v for (label, s), v in rows.items()}
     arrays.update({f"revealed/seed{s}": np.flatnonzero(v) for s, v in revealed.items()})
@@ -265,14 +277,23 @@ def _write_outputs(out: Path, config: ForecastConfig, summary: dict, rows: dict,
            f"{' (measured)' if t['measured'] else ''} | "
            f"{' '.join(t['text'].split())[:80].replace('|', '/')} |" for t in top]
     (out / "top.md").write_text("\n".join(md) + "\n")
-    n_replay = min(len(pred), round(n_train * config.ratio))
-    draw = sample_without_replacement(pred, n_replay, temperature=config.temperature,
-                                      rng=np.random.default_rng([s0, 29]))
+    # drawn as python -m jaxforget.replay draws an offline arm for row M (the pool: every upstream example)
+    n_replay = min(len(pred), round(n_seen * config.ratio))
+    targets = np.asarray([ex.n_targets for ex in setup.upstream_tok], np.int64)
+    budget = token_budget(n_replay, targets) if config.budget == "tokens" else None
+    sharp = dict(ess=config.ess) if config.ess is not None else dict(temperature=config.temperature)
+    domains = np.unique([ex.source for ex in setup.upstream], return_inverse=True)[1].astype(np.int64)
+    chosen, keep, d = choose("softmax", pred, targets, n_replay, budget=budget, gumbel=streams(s0, row, len(pred))["gumbel"],
+                             strata=domains, **sharp)
     atomic_write_jsonl(config.replay_out or out / "replay.jsonl", [
         dict(id=setup.upstream[j].id, source=setup.upstream[j].source, predicted=float(pred[j]),
-             text=setup.upstream[j].text) for j in draw])
-    summary["replay_set"] = dict(n=int(n_replay), ratio=config.ratio, temperature=config.temperature,
-                                 path=str(config.replay_out or out / "replay.jsonl"))
+             target_tokens=int(keep if keep and i == len(chosen) - 1 else targets[j]),
+             cut=bool(keep and i == len(chosen) - 1), text=setup.upstream[j].text) for i, j in enumerate(chosen)])
+    summary["replay_set"] = dict(
+        n=int(len(chosen)), ratio=config.ratio, examples_seen=int(n_seen), budget=config.budget,
+        token_budget=budget, tokens=int(targets[chosen].sum() - (targets[chosen[-1]] - keep if keep else 0)),
+        temperature=d.temperature, ess=d.ess, stream=f"{STREAM}:{s0},{row}",
+        path=str(config.replay_out or out / "replay.jsonl"))
     atomic_write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report_markdown(summary))
 
@@ -284,7 +305,9 @@ def report_markdown(summary: dict) -> str:
              f"({'after step ' + str(summary['measured_at_step']) + ' of ' if summary['online'] else 'after '}"
              f"{summary['steps']} steps): {fp['per_seed']} forward passes instead of {summary['n_upstream']} "
              f"({fp['per_seed'] / summary['n_upstream']:.1%}); seeds {summary['seeds']}.",
-             f"Replay set: {summary['replay_set']['n']} examples in {summary['replay_set']['path']}.", ""]
+             f"Replay set: {summary['replay_set']['n']} examples ({summary['replay_set']['tokens']} loss tokens; "
+             f"τ {summary['replay_set']['temperature']:.3g}, ESS {summary['replay_set']['ess']:.1%} of the examples) "
+             f"in {summary['replay_set']['path']}.", ""]
     scores = summary["scores"]
     if scores is None:
         lines.append("Not scored (add --measure-all to measure the whole row and score the forecast).")

@@ -69,7 +69,7 @@ from jaxforget.completion import Method, complete_rows, evaluate, split_rows
 from jaxforget.data.batching import Batch, with_extra_rows
 from jaxforget.data.tokenize import Tokenized
 from jaxforget.replay_report import domain_counts, summarize, write_report
-from jaxforget.selection import RULES, draw
+from jaxforget.selection import RULES, Draw, draw
 from jaxforget.store import RunDir, RunError, atomic_write_npz, read_npz
 from jaxforget.train import make_train_step
 
@@ -341,6 +341,27 @@ def take_budget(order: np.ndarray, targets: np.ndarray, *, n: int, tokens: int |
     return order[: last + 1], (keep if keep < targets[order[last]] else 0)
 
 
+def choose(rule: str, scores: np.ndarray, targets: np.ndarray, n: int, *, budget: int | None, gumbel: np.ndarray,
+           strata: np.ndarray, temperature: float | None = None, ess: float | None = None
+           ) -> tuple[np.ndarray, int, Draw]:
+    """A whole replay draw over a pool: ``rule`` (:mod:`jaxforget.selection`) on ``scores`` [P] with the
+    common noise ``gumbel`` [P] and the sharpness (``temperature`` or ``ess``), then the budget: the first
+    ``n`` examples (``budget`` None) or examples in draw order until their ``targets`` [P] reach ``budget``
+    tokens. Returns (chosen pool positions, the target tokens the last one keeps (0: whole), the draw).
+    What replay draws for an offline, oracle or random arm, and forecast for its replay set."""
+    d = draw(rule, scores, n, gumbel=gumbel, strata=strata, temperature=temperature, ess=ess)
+    if budget is None:
+        return d.indices, 0, d
+    chosen, keep = take_budget(d.order, targets, n=0, tokens=budget)
+    return chosen, keep, d
+
+
+def token_budget(n: int, targets: np.ndarray) -> int:
+    """The loss tokens of a replay of ``n`` examples under a budget in tokens: n x the pool's mean target
+    tokens per example (what random replay of n examples spends on average)."""
+    return int(round(n * float(np.mean(targets)))) if n and len(targets) else 0
+
+
 @dataclasses.dataclass(frozen=True)
 class ColumnSplit:
     """The run's upstream examples (Z's columns): held out (measured, never replayed) or candidates."""
@@ -590,7 +611,7 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
         log.warning("task %s: %d replayed examples asked for, only %d candidates: all are replayed once",
                     name, round(n_task * cfg.ratio), pool.size)
     targets = ctx.targets[pool]
-    budget = int(round(n_replay * float(targets.mean()))) if cfg.budget == "tokens" else None
+    budget = token_budget(n_replay, targets) if cfg.budget == "tokens" else None
     min_rows = int(math.ceil(t.batch_size * cfg.ratio)) if strategy.kind != "none" else 0
     replay = _Replay([[] for _ in micro], rows=min_rows)
     switch = n_steps  # online: the step at which forgetting is measured and the rest is replayed by prediction
@@ -615,15 +636,11 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
     if scores is not None:
         n_first = int(spread(n_replay, len(micro))[:first_micro].sum())
         first_budget = None if budget is None else int(round(budget * first_micro / len(micro)))
-        d = draw(strategy.rule, scores, n_first, gumbel=crn["gumbel"], strata=ctx.domains[pool],
-                 **ctx.sharpness(strategy))
-        if budget is None:
-            chosen, keep = d.indices, 0
-        elif strategy.kind == "online":  # the first phase ends with the example that crosses its share, whole
-            chosen = take_budget(d.order, targets, n=0, tokens=first_budget)[0]
-            keep = 0
-        else:
-            chosen, keep = take_budget(d.order, targets, n=0, tokens=budget)
+        # online: the first phase ends with the example that crosses its share of the budget, whole
+        chosen, keep, d = choose(strategy.rule, scores, targets, n_first, gumbel=crn["gumbel"],
+                                 strata=ctx.domains[pool], budget=budget if strategy.kind != "online" else first_budget,
+                                 **ctx.sharpness(strategy))
+        keep = keep if strategy.kind != "online" else 0
         replay.draws.append(d)
         replay.place(ctx, pool[chosen], keep, crn["position"][chosen], 0, first_micro, min_rows)
     drawn = [j for slot in replay.slots for j in slot]
@@ -713,12 +730,9 @@ def _online_choice(ctx: Context, state, strategy: Strategy, row: int, seed: int,
     targets = ctx.targets[pool[left]]
     n_rest = min(n_replay - len(drawn), left.size)
     spent = int(sum(ctx.targets[j] for j in drawn))
-    d = draw(strategy.rule, pred[left], max(n_rest, 0), gumbel=crn["gumbel"][left], strata=ctx.domains[pool[left]],
-             **ctx.sharpness(strategy))
-    if budget is None:
-        chosen, keep = d.indices, 0
-    else:
-        chosen, keep = take_budget(d.order, targets, n=0, tokens=budget - spent)
+    chosen, keep, d = choose(strategy.rule, pred[left], targets, max(n_rest, 0), gumbel=crn["gumbel"][left],
+                             strata=ctx.domains[pool[left]], budget=None if budget is None else budget - spent,
+                             **ctx.sharpness(strategy))
     replay.draws.append(d)
     replay.place(ctx, pool[left[chosen]], keep, crn["position"][left[chosen]], first_micro, len(replay.slots),
                  replay.rows)
