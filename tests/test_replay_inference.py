@@ -284,3 +284,33 @@ def test_simulated_studies_hold_the_level_and_the_coverage_where_pair_level_test
     f, ref = _studies(R, T, S, 0.0, 15, spread=0.01)
     x, y = (cluster_means(g, np.ones(g.shape, bool), np.arange(T)) for g in (f, ref))
     assert np.mean(tost_relative(x, y, 0.03)["p"] < 0.05) > 0.9  # measured 0.997
+
+
+def test_write_report_records_the_settings_and_the_contrasts(tmp_path):
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from jaxforget.replay_report import FIELDS, write_report
+
+    tasks, seeds = ["a", "b", "c", "d", "e"], [0, 1]
+    f, ref = _studies(1, 5, 2, -0.3, seed=3)
+    out = summarize(_results(dict(none=ref[0], random=f[0]), tasks, seeds), ["none", "random"], tasks, seeds,
+                    margin=0.05, bootstrap_seed=9, bootstrap_resamples=500)
+    write_report(tmp_path, out, header="# h", task_names=tasks, seeds=seeds, config={})
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    inference = saved["inference"]
+    assert inference["unit"] == "task" and inference["margin"] == 0.05 and inference["alpha"] == 0.05
+    assert inference["bootstrap"] == dict(seed=9, resamples=500)
+    assert inference["holm_family"] == dict(difference=1, tost=2)
+    assert saved["fields"] == FIELDS and "power" not in saved and "intervals" not in saved
+    # every field of a contrast is described
+    described = {k.strip() for key in FIELDS for k in key.split(",")}
+    assert set(saved["summary"]["random"]["vs_none"]) <= described
+    v = out["random"]["vs_none"]
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0}).Reload()
+    assert acc.Scalars("change_vs_none/random")[0].value == pytest.approx(v["relative_change"], rel=1e-6)
+    assert acc.Scalars("p_holm_vs_none/random")[0].value == pytest.approx(v["p_holm"], rel=1e-6)
+    assert acc.Scalars("p_tost_holm_vs_none/random")[0].value == pytest.approx(v["p_tost_holm"], rel=1e-6)
+    report = (tmp_path / "report.md").read_text()
+    assert "equivalence within ±5% of F_ref" in report and "seed 9" in report and "500 resamples" in report
