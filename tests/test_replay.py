@@ -399,7 +399,8 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
     assert rand["over_pairs"]["n"] == 1
     report = (out / "report.md").read_text()
     assert "| offline:additive |" in report and "held-out forgetting" in report
-    assert "| domain | held-out examples |" in report and "pairs needed (80% power)" in report
+    assert "| domain | held-out examples |" in report and "MDE (80% power)" in report
+    assert rand["n"] == 1 and rand["verdict"] == "undecided" and rand["p"] is None  # one task: nothing to test
     # the per-domain means, weighted by the domains' held-out counts, are the held-out forgetting
     saved = json.loads((out / "summary.json").read_text())
     counts = saved["heldout_per_domain"]
@@ -417,6 +418,8 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
 
     acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0}).Reload()
     assert acc.Scalars("change_vs_none/offline_additive")[0].value == pytest.approx(change, rel=1e-6)
+    assert saved["inference"]["unit"] == "task" and saved["inference"]["margin"] == 0.03
+    assert "pairs_needed" not in json.dumps(saved) and "power" not in saved
     assert not [t for t in acc.Tags()["scalars"] if ":" in t]  # legal tags, no tensorboardX renaming
     files = sorted((out / "results").glob("*.npz"))
     assert len(files) == 5
@@ -455,30 +458,37 @@ def test_cli_errors_are_clear(run_dir, tmp_path, capsys):
 
 
 def test_combinations_are_paired_by_seed_and_task():
-    # the summary pairs each strategy's result with the reference's of the same (task, seed)
+    # the summary pairs each strategy's result with the reference's of the same (task, seed), averages the
+    # seeds within each task, and compares over the tasks
     strategies = ["none", "random"]
     results = [dict(task=t, seed=s, strategy=st, status="ok", heldout_forgetting=h, candidate_forgetting=h,
                     replayed_forgetting=np.nan, extra_forward=0)
                for (t, s), (st, h) in itertools.product(
                    [("a", 0), ("a", 1), ("b", 0), ("b", 1)], [("none", 1.0), ("random", 0.5)])]
     results[-1]["heldout_forgetting"] = 0.7  # (b, 1) random
+    results[2]["status"] = "failed"  # (a, 1) none: (a, 1) leaves the contrasts; task a keeps seed 0
     out = summarize(results, strategies, ["a", "b"], [0, 1])
-    assert out["random"]["vs_none"]["diff"] == pytest.approx(np.mean([-0.5, -0.5, -0.5, -0.3]))
-    # one sign everywhere: (F - F_ref) / F_ref, negative = less forgetting (README, report.md, summary.json, TB)
-    assert out["random"]["vs_none"]["relative_change"] == pytest.approx(-0.45)
-    assert out["none"]["vs_random"]["relative_change"] == pytest.approx(0.45 / 0.55)
+    v = out["random"]["vs_none"]
+    # task differences: a -0.5 (seed 0 only), b mean(-0.5, -0.3) = -0.4
+    assert v["diff"] == pytest.approx(-0.45) and v["n"] == 2 and v["clusters"] == ["a", "b"]
+    # one sign everywhere: mean F / mean F_ref - 1, negative = less forgetting (README, report.md, summary.json, TB)
+    assert v["relative_change"] == pytest.approx(0.55 / 1.0 - 1)
+    assert out["none"]["vs_random"]["relative_change"] == pytest.approx(1.0 / 0.55 - 1)
     report = report_markdown(out, header="# h")
     assert "| change vs none |" in report and "reduction" not in report
-    assert report.splitlines()[5].split(" | ")[4] == "-45.0%"  # the random row's change vs none
-    assert "(F - F_ref) / F_ref; negative = less forgetting than the reference" in report
+    lines = report.splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("| strategy | held-out forgetting |"))
+    row = lines[header + 3]  # the random row of the strategy table
+    assert row.startswith("| random |") and row.split(" | ")[4] == "-45.0%"
+    assert lines[2].startswith("| strategy | vs | clusters n |")  # the primary table comes first
+    assert "mean F / mean F_ref - 1 over the clusters; negative = less forgetting than the reference" in report
     assert out["random"]["per_task"] == {"a": 0.5, "b": pytest.approx(0.6)}
-    assert out["random"]["vs_none"]["over_tasks"]["n"] == 2 and out["random"]["vs_none"]["over_pairs"]["n"] == 4
+    assert v["over_clusters"]["n"] == 2 and v["over_pairs"]["n"] == 3
 
 
-def test_summary_has_intervals_pairs_needed_and_the_domain_tables():
+def test_summary_has_task_level_inference_a_secondary_pair_table_and_the_domain_tables():
     from scipy import stats
-
-    from jaxforget.analysis import paired_sample_size
+    from statsmodels.stats.power import TTestPower
 
     tasks, seeds = ["a", "b", "c"], [0, 1]
     domains = ["code", "code", "chat", "chat", "math", "math"]  # upstream columns 0..5
@@ -493,20 +503,36 @@ def test_summary_has_intervals_pairs_needed_and_the_domain_tables():
                                 heldout_forgetting=float(np.mean(z.astype(np.float32)[heldout])),
                                 candidate_forgetting=0.0, replayed_forgetting=np.nan, extra_forward=0,
                                 replayed=np.asarray(replayed, np.int64)))
+            if label == "random":
+                results[-1].update(ess=0.25 + 0.1 * s, temperature=0.1, replayed_tokens=1000 + 10 * s,
+                                   replay_token_share=0.2)
         diffs.append(results[-1]["heldout_forgetting"] - results[-2]["heldout_forgetting"])
     out = summarize(results, ["none", "random"], tasks, seeds, domains=domains, heldout=heldout)
     v = out["random"]["vs_none"]
-    d = np.asarray(diffs)
-    low, high = stats.t.interval(0.95, d.size - 1, loc=d.mean(), scale=stats.sem(d))
-    assert v["diff"] == pytest.approx(d.mean()) and v["ci"] == pytest.approx([low, high])
+    d = np.asarray(diffs)  # [6] pairs, task-major
     task_d = d.reshape(3, 2).mean(1)
-    assert v["ci_over_tasks"] == pytest.approx(list(stats.t.interval(0.95, 2, loc=task_d.mean(),
-                                                                      scale=stats.sem(task_d))))
+    x = np.array([[r["heldout_forgetting"] for r in results if r["task"] == t and r["strategy"] == "random"]
+                  for t in tasks]).mean(1)
+    y = x - task_d
+    # primary: over the 3 tasks
+    assert v["diff"] == pytest.approx(task_d.mean()) and v["n"] == 3
+    assert v["ci"] == pytest.approx(list(stats.t.interval(0.95, 2, loc=task_d.mean(), scale=stats.sem(task_d))))
+    assert v["p"] == pytest.approx(stats.ttest_1samp(task_d, 0).pvalue)
     ref = out["none"]["heldout_forgetting"]
-    assert v["relative_change"] == pytest.approx(d.mean() / ref)
-    assert v["relative_ci"] == pytest.approx([low / ref, high / ref])
-    assert v["pairs_needed"] == paired_sample_size(d.mean(), d.std(ddof=1)) >= 2
-    assert v["over_pairs"]["n"] == 6 and v["over_pairs"]["sd_diff"] == pytest.approx(d.std(ddof=1))
+    assert v["ref_mean"] == pytest.approx(ref) and v["relative_change"] == pytest.approx(task_d.mean() / ref)
+    assert v["relative_ci"][0] < v["relative_change"] < v["relative_ci"][1]
+    es = TTestPower().solve_power(effect_size=None, nobs=3, alpha=0.05, power=0.8)
+    assert v["mde"] == pytest.approx(es * task_d.std(ddof=1), rel=1e-6)
+    assert v["relative_change"] == pytest.approx(x.mean() / y.mean() - 1)
+    assert "pairs_needed" not in v and "ci_over_tasks" not in v
+    # secondary: over the 6 (task, seed) pairs, as before
+    low, high = stats.t.interval(0.95, d.size - 1, loc=d.mean(), scale=stats.sem(d))
+    pairs = v["over_pairs"]
+    assert pairs["n"] == 6 and pairs["sd_diff"] == pytest.approx(d.std(ddof=1))
+    assert [pairs["ci_low"], pairs["ci_high"]] == pytest.approx([low, high])
+    # the optional per-fine-tuning keys: means where present, None where absent
+    assert out["random"]["ess"] == pytest.approx(0.3) and out["random"]["replayed_tokens"] == pytest.approx(1005)
+    assert out["none"]["ess"] is None and out["none"]["temperature"] is None
     # per domain: the mean over the domain's held-out columns, then over task x seed
     z = {label: np.array([r["z"] for r in results if r["strategy"] == label], np.float64) for label in out}
     assert out["random"]["per_domain"] == pytest.approx(
@@ -514,14 +540,25 @@ def test_summary_has_intervals_pairs_needed_and_the_domain_tables():
     assert out["random"]["replayed_domains"] == pytest.approx({"code": 1 / 3, "chat": 1 / 3, "math": 1 / 3})
     report = report_markdown(out, header="# h", heldout_per_domain={"chat": 2, "code": 1, "math": 1})
     lines = report.splitlines()
-    row = next(ln for ln in lines if ln.startswith("| random | none |"))
-    assert f"[{low:+.4f}, {high:+.4f}]" in row and row.endswith(f"| 6 | {v['pairs_needed']:,} |")
-    assert "| chat | 2 | " in report and "A study with fewer pairs than needed cannot decide that difference" in report
-    assert next(ln for ln in lines if ln.startswith("| none | random |")).endswith(f"| {v['pairs_needed']:,} |")
-    # an identical strategy: nothing to detect
+    row = next(ln for ln in lines if ln.startswith("| random | none | 3 |"))
+    assert f"{v['diff']:+.4f} [{v['ci'][0]:+.4f}, {v['ci'][1]:+.4f}]" in row and row.endswith(
+        f"| {v['verdict']} | {v['mde']:.4f} ({v['mde_relative']:.1%}) |")
+    secondary = lines.index("Secondary: pairs are not independent (seeds of one task); not used for any conclusion.")
+    pair_row = next(ln for ln in lines[secondary:] if ln.startswith("| random | none |"))
+    assert pair_row.startswith(f"| random | none | 6 | {d.mean():+.4f} | [{low:+.4f}, {high:+.4f}] |")
+    assert secondary > lines.index(row)  # below the primary table
+    strategy_row = next(ln for ln in lines if ln.startswith("| random | 0."))
+    assert strategy_row.endswith("| 30.0% | 0.1 | 1,005 | 20.0% | 0 |")
+    assert next(ln for ln in lines if ln.startswith("| none | 0.")).endswith("| — | — | — | — | 0 |")
+    assert "| chat | 2 | " in report and "prospective" in report and "pairs needed" not in report.lower()
+    # an identical strategy: no difference, no spread, equivalent
     same = [dict(r, strategy="copy") for r in results if r["strategy"] == "none"]
     tie = summarize(results + same, ["none", "copy"], tasks, seeds)["copy"]["vs_none"]
-    assert tie["diff"] == 0 and tie["pairs_needed"] is None and tie["ci"] == [0.0, 0.0]
+    assert tie["diff"] == 0 and tie["ci"] == [0.0, 0.0] and tie["p"] == 1
+    # TOST: mean(F - 1.03 F_ref) = -0.03 mean(F_ref) < 0, with the SD of 0.03 F_ref over the tasks
+    assert tie["p_tost"] == pytest.approx(stats.ttest_1samp(-0.03 * y, 0, alternative="less").pvalue)
+    assert tie["p_tost"] < 0.05
+    assert tie["verdict"] == "equivalent within ±3%" and tie["mde"] == 0
     tie_row = next(ln for ln in report_markdown(summarize(results + same, ["none", "copy"], tasks, seeds),
                                                 header="# h").splitlines() if ln.startswith("| copy | none |"))
-    assert tie_row.startswith("| copy | none | +0.0000 | [+0.0000, +0.0000] |") and tie_row.endswith("| 6 | ∞ |")
+    assert tie_row.startswith("| copy | none | 3 | +0.0000 [+0.0000, +0.0000] |")

@@ -1,4 +1,4 @@
-"""Selection rules (jaxforget.selection) and the power calculation behind replay's pairs-needed column."""
+"""Selection rules (jaxforget.selection) and the paired power calculations (jaxforget.analysis)."""
 
 from __future__ import annotations
 
