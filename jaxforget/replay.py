@@ -15,11 +15,17 @@ to a score per pool example. The score:
 - ``random``: uniform;
 - ``oracle``: the task's true row of Z (measured by the run: a full fine-tuning and a pass over the pool);
 - ``offline:<method>``: the row predicted by matrix completion (``jaxforget.completion``, e.g. additive,
-  knn_baseline, mf) from the other tasks' rows plus ``k`` measured entries of this task's row;
+  knn_baseline, mf) from the other tasks' rows plus ``k`` measured entries of this task's row — measured,
+  like the oracle's row, after a full fine-tuning on the task (here: the run's own), so its ``k`` extra
+  forward passes come on top of that fine-tuning (``--folds F`` cross-fits: every task a replay task,
+  completed from the rows outside its fold);
 - ``online:<method>``: the first ``online_fraction`` of the steps replay at random; then the forgetting of
   ``k`` probe examples of the pool, drawn among those not replayed so far (a replayed example would
   measure the replay, not the task), is measured against the base model, the row completed from the
-  other tasks' rows, and the rest replayed by the prediction. Costs ``k`` forward passes.
+  other tasks' rows, and the rest replayed by the prediction. Costs ``--probe-k`` (default ``k``) forward
+  passes. Its result records the probe's mean forgetting at the switch and the same examples' at the end:
+  a probe that sees little of the final forgetting yields a flat prediction and a nearly uniform draw
+  (its ESS near 1), i.e. random replay by construction; the report says so.
 - ``none``: no replay (the run's own fine-tuning: with the run's seed it reproduces the run's row).
 
 The rule, ``<strategy>@<rule>``: ``softmax`` (no suffix; the paper's: softmax(score / temperature),
@@ -31,16 +37,27 @@ the random first phase and the predicted rest). The offline predictions of a met
 computed once and shared by its rules; the rules of one strategy draw from the same random stream for
 a (task, seed).
 
-Mixing: the task's batches are exactly the run's (same seeded order, same steps); ``ratio`` replayed
-examples per task example are added as extra rows, spread evenly over the micro-batches, trained with
-the plain LM loss on all their tokens (the training length grows by ``ratio``, as the paper's). A
-batch of B task examples gets R = ceil(B * ratio) extra rows (padding where no example falls), so
-the train step compiles once per (B + R, bucket) shape and is reused for every task and strategy.
+Mixing: the task's batches are exactly the run's (same seeded order, same steps); the replayed
+examples are added as extra rows, spread evenly (by tokens) over the micro-batches, trained with the
+plain LM loss on their tokens (the training length grows by ``ratio``, as the paper's). How much is
+replayed (``--budget``): by default the same number of loss tokens in every arm of a (task, seed) —
+ratio x the task examples seen x the pool's mean target tokens — each arm taking its draw in order
+until the budget is spent, the last example cut to fit (arms that prefer long examples would otherwise
+replay more); or the same number of examples. A batch of B task examples gets R = ceil(B * ratio)
+extra rows (more when an arm's examples are short), so the train step compiles once per
+(B + R, bucket) shape and is reused. ``--replay-weight w`` adds the replay loss (w x its mean) to
+the task's mean loss instead of averaging the two together.
+
+Common random numbers: every arm of a (task, seed) draws from the same streams (:func:`streams`: the
+Gumbel noise of the draw, the replay order, the online probe) and trains on the same batches, so arms
+differ only in their scores. Every result records its draw's τ and effective sample size (ESS, as a
+fraction of the pool), the replayed and task loss tokens, and its stream.
 
 Outputs (``--out``, default ``RUN/replay``): ``results/<task>.s<seed>.<strategy>.npz`` (one per
 fine-tuning, written atomically; a rerun skips them), and ``summary.json``, ``report.md`` and TensorBoard
-events under ``tb/`` (:mod:`jaxforget.replay_report`: effects with 95% intervals, the pairs needed for
-80% power, the per-domain tables).
+events under ``tb/`` (:mod:`jaxforget.replay_report`: inference at the task level — one paired t-test per
+contrast, Holm-adjusted, intervals, an equivalence test and the minimum detectable effect — and the
+per-task and per-domain tables).
 """
 
 from __future__ import annotations
@@ -48,6 +65,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
 import logging
 import math
 import re
@@ -65,6 +83,7 @@ from jaxforget.cli import run, to_jsonable
 from jaxforget.collect import (CollectConfig, Engine, Setup, TaskSchedule, TrainLoop, build_engine, collect,
                                resolve_buckets, setup_from_run, task_seed)
 from jaxforget.collect.engine import make_tx
+from jaxforget.collect.setup import tasks_path
 from jaxforget.completion import Method, complete_rows, evaluate, split_rows
 from jaxforget.data.batching import Batch, with_extra_rows
 from jaxforget.data.tokenize import Tokenized
@@ -743,6 +762,17 @@ def _online_choice(ctx: Context, state, strategy: Strategy, row: int, seed: int,
 # the command
 
 
+def families(ctx: Context) -> dict[str, str]:
+    """{task: its family} from the built-in world's ``world.json`` (a hand-written task is its own family's
+    first member); --cluster family needs it."""
+    path = tasks_path(ctx.collect_config).parent / "world.json"
+    if not path.is_file():
+        raise ValueError(f"--cluster family: the run's tasks have no families ({path} does not exist: only the "
+                         "built-in world records them); use --cluster task")
+    described = {t["name"]: t.get("family") or t["name"] for t in json.loads(path.read_text())["tasks"]}
+    return {name: described.get(name, name) for name in ctx.setup.task_names}
+
+
 def _load_result(path: Path) -> dict[str, Any]:
     fields = read_npz(path)
     return {k: (v.item() if v.ndim == 0 else v) for k, v in fields.items()}
@@ -799,10 +829,15 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
 
     domains = [ex.source for ex in ctx.setup.upstream]
     summary = summarize(results, [s.label for s in strategies], task_names, list(config.seeds), domains=domains,
-                        heldout=ctx.columns.heldout)
+                        heldout=ctx.columns.heldout, cluster=config.cluster, margin=config.equivalence_margin,
+                        clusters=families(ctx) if config.cluster == "family" else None)
+    sharp = f"ESS {config.ess:g} of the pool" if config.ess is not None else f"temperature {config.temperature:g}"
     header = (f"# Replay on {config.run}\n\n{len(task_names)} tasks x {len(config.seeds)} seeds "
-              f"({', '.join(map(str, config.seeds))}); ratio {config.ratio:g}, temperature {config.temperature:g}, "
-              f"k {config.k}; {ctx.columns.heldout.size} held-out / {ctx.columns.candidates.size} candidate examples.")
+              f"({', '.join(map(str, config.seeds))}); ratio {config.ratio:g}, {sharp} (unless a strategy's @ess), "
+              f"k {config.k}; budget in {config.budget}"
+              f"{'' if config.replay_weight is None else f', replay loss added with weight {config.replay_weight:g}'}"
+              f"{f'; {config.folds} cross-fitted folds' if config.folds else ''}; common random numbers across arms; "
+              f"{ctx.columns.heldout.size} held-out / {ctx.columns.candidates.size} candidate examples.")
     report = write_report(out, summary, header=header, task_names=task_names, seeds=list(config.seeds),
                           config=to_jsonable(dataclasses.asdict(config)),
                           heldout_per_domain=domain_counts(domains, ctx.columns.heldout),

@@ -426,17 +426,20 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
     stamps = [f.stat().st_mtime_ns for f in files]
     again = main(config, echo=lambda *_: None)  # everything is on disk: nothing is recomputed
     assert [f.stat().st_mtime_ns for f in files] == stamps and again == summary
-    # an online result from before the probe excluded replayed examples (no online_probe field) is redone
+    # a result from before the arms shared their random streams (no stream field) is redone
     online = out / "results" / f"{TASK}.s0.online_additive.npz"
     with np.load(online) as f:
         fields = {k: f[k] for k in f.files}
-    np.savez(online, **{k: v for k, v in fields.items() if k != "online_probe"})
+    np.savez(online, **{k: v for k, v in fields.items() if k != "stream"})
     said = []
     assert main(config, echo=said.append) == summary
-    assert any("recomputing" in line for line in said)
+    assert any("separate random streams; recomputing" in line for line in said)
     with np.load(online) as f:
-        assert str(f["online_probe"]) == "unreplayed"
+        assert str(f["stream"]).startswith("crn-v1:0,") and str(f["online_probe"]) == "unreplayed"
         np.testing.assert_array_equal(f["z"], fields["z"])  # the same fine-tuning, bit for bit
+        # the probe's signal: its forgetting at the switch and the same examples' at the end
+        assert f["probe"].size == 5 and np.isfinite(f["probe_forgetting"]) and np.isfinite(f["probe_final_forgetting"])
+        assert f["draw_ess"].shape == (2,) and f["draw_ess"][0] == pytest.approx(1.0)  # the random first phase
     assert [f.stat().st_mtime_ns for f in files if f != online] == [t for f, t in zip(files, stamps) if f != online]
     with pytest.raises(Exception, match="another configuration .*ratio"):
         main(dataclasses.replace(config, ratio=0.3), echo=lambda *_: None)
