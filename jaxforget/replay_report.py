@@ -44,6 +44,11 @@ RATIO_SCALE = "log"
 its simulated coverage was at least the linear one's in every setting tried (see its docstring)."""
 
 OPTIONAL = ("ess", "temperature", "replayed_tokens", "replay_token_share")
+
+FLAT_DRAW = 0.9
+"""An online arm whose predicted draw has an ESS of at least this share of the eligible pool draws nearly
+uniformly: random replay by construction (the probe saw too little forgetting to rank the pool)."""
+
 """Per-fine-tuning result keys that newer replay runs add; the strategy table shows their means, "—" when absent."""
 
 SECONDARY = "Secondary: pairs are not independent (seeds of one task); not used for any conclusion."
@@ -200,6 +205,13 @@ def summarize(results: list[dict[str, Any]], labels: Sequence[str], task_names: 
                 v = contrast(h, held[ref], groups, cluster_names, margin=margin, alpha=alpha,
                              bootstrap_seed=bootstrap_seed, bootstrap_resamples=bootstrap_resamples)
                 entry[f"vs_{ref}"] = dict(v, **settings)
+        probe = grid("probe_forgetting")[label]
+        if np.isfinite(probe).any():  # online: what the probe saw against what the same examples ended at
+            final, ess = grid("probe_final_forgetting")[label], optional["ess"][label]
+            share = _mean(probe) / _mean(final) if _mean(final) else None
+            entry["online_probe"] = dict(probe_forgetting=_mean(probe), final_forgetting=_mean(final), share=share,
+                                         predicted_ess=_mean(ess),
+                                         random_by_construction=bool(_mean(ess) is not None and _mean(ess) >= FLAT_DRAW))
         if per_domain is not None:
             entry["per_domain"] = per_domain.get(label, {})
             entry["replayed_domains"] = replayed_domains.get(label, {})
@@ -362,6 +374,21 @@ def report_markdown(summary: dict[str, Any], *, header: str, heldout_per_domain:
               "tokens (means over the fine-tunings; — where the results do not carry them). Extra forward "
               "passes: upstream examples measured to choose the replay (oracle: the whole pool after a full "
               "fine-tuning).", ""]
+
+    online = {label: e["online_probe"] for label, e in summary.items() if e.get("online_probe")}
+    if online:
+        lines += ["| online strategy | probe forgetting at the switch | the same examples at the end | share seen | "
+                  "ESS of the predicted draw | random by construction? |", "|---|---|---|---|---|---|"]
+        for label, o in online.items():
+            lines.append(f"| {label} | {f(o['probe_forgetting'], '{:+.4f}')} | {f(o['final_forgetting'], '{:+.4f}')} | "
+                         f"{f(o['share'], '{:.1%}')} | {f(o['predicted_ess'], '{:.1%}')} | "
+                         f"{'yes' if o['random_by_construction'] else 'no'} |")
+        lines += ["", "The online probe's signal (means over the fine-tunings): the forgetting of the probe examples "
+                  "when they were measured, against the same examples' after the whole fine-tuning. A probe that "
+                  "sees little of the final forgetting gives a flat predicted row and a draw close to uniform: "
+                  f"with its ESS at {FLAT_DRAW:.0%} of the pool or more the online arm is random replay by "
+                  "construction, and its comparison with random says nothing about prediction "
+                  "(--online-fraction later, --probe-k larger).", ""]
 
     if contrasts:
         lines += [SECONDARY, "",

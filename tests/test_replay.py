@@ -440,6 +440,11 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
         # the probe's signal: its forgetting at the switch and the same examples' at the end
         assert f["probe"].size == 5 and np.isfinite(f["probe_forgetting"]) and np.isfinite(f["probe_final_forgetting"])
         assert f["draw_ess"].shape == (2,) and f["draw_ess"][0] == pytest.approx(1.0)  # the random first phase
+    probe = summary["online:additive"]["online_probe"]
+    assert probe["probe_forgetting"] == pytest.approx(float(fields["probe_forgetting"]))
+    assert probe["predicted_ess"] == pytest.approx(float(fields["ess"]))
+    assert probe["random_by_construction"] == (float(fields["ess"]) >= 0.9)
+    assert "| online:additive | " in report and "random by construction?" in report
     assert [f.stat().st_mtime_ns for f in files if f != online] == [t for f, t in zip(files, stamps) if f != online]
     with pytest.raises(Exception, match="another configuration .*ratio"):
         main(dataclasses.replace(config, ratio=0.3), echo=lambda *_: None)
@@ -452,6 +457,15 @@ def test_cli_errors_are_clear(run_dir, tmp_path, capsys):
         ([str(run_dir), "--strategies", "greedy"], "unknown strategy 'greedy'"),
         ([str(run_dir), "--ratio", "2"], "--ratio must be in [0, 1]"),
         ([str(run_dir), "--k", "1000", "--tasks", TASK], "--k 1000: only 25 candidate examples"),
+        # refused before the run is loaded
+        ([str(run_dir), "--temperature", "nan"], "--temperature must be a finite number > 0, got nan"),
+        ([str(run_dir), "--temperature", "inf"], "--temperature must be a finite number > 0, got inf"),
+        ([str(run_dir), "--ess", "0"], "--ess must be a fraction of the pool in (0, 1], got 0.0"),
+        ([str(run_dir), "--folds", "1"], "--folds must be 0 (off) or >= 2, got 1"),
+        ([str(run_dir), "--replay-weight", "-1"], "--replay-weight must be a finite number >= 0"),
+        ([str(run_dir), "--test-fraction", "1.5"], "--test-fraction must be in (0, 1), got 1.5"),
+        ([str(run_dir), "--seeds", "-1"], "--seeds, --split-seed and --heldout-seed must be >= 0"),
+        ([str(run_dir), "--cluster", "family", "--equivalence-margin", "2"], "--equivalence-margin must be in (0, 1)"),
     ]
     for argv, msg in cases:
         with pytest.raises(SystemExit) as e:
