@@ -55,6 +55,23 @@ def test_forecast_measures_k_scores_against_the_row_and_appends_it_as_collect_wo
     assert len(top) == 5 and [t["predicted"] for t in top] == sorted((t["predicted"] for t in top), reverse=True)
     replay = [json.loads(x) for x in (out / "replay.jsonl").read_text().splitlines()]
     assert len({r["id"] for r in replay}) == len(replay) == summary["replay_set"]["n"] > 0
+    # drawn as replay draws an arm for row M = 2: ratio x the examples seen over every step, a budget in
+    # tokens, the paper's softmax with the common noise of (seed 0, row 2)
+    from jaxforget.collect import setup_from_run
+    from jaxforget.replay import choose, streams, token_budget
+
+    rs = summary["replay_set"]
+    _, setup, _ = setup_from_run(run, lambda *_: None)
+    targets = np.array([ex.n_targets for ex in setup.upstream_tok])
+    n = round(rs["examples_seen"] * rs["ratio"])
+    cc = RunDir(run).read_meta()["config"]["train"]
+    assert summary["steps"] <= rs["examples_seen"] <= summary["steps"] * cc["batch_size"] * cc["grad_accum"]
+    assert rs["token_budget"] == token_budget(n, targets)
+    chosen, keep, d = choose("softmax", f["pred/mf/seed0"], targets, n, budget=rs["token_budget"],
+                             gumbel=streams(0, 2, 50)["gumbel"], strata=np.zeros(50, np.int64), temperature=0.1)
+    assert [r["id"] for r in replay] == [setup.upstream[j].id for j in chosen]
+    assert sum(r["target_tokens"] for r in replay) == rs["tokens"] == rs["token_budget"]
+    assert rs["temperature"] == 0.1 and rs["ess"] == pytest.approx(d.ess) and rs["stream"] == "crn-v1:0,2"
     # --append, then collect --merge: the run now holds the three tasks, as if collected with all of them
     from jaxforget.collect import merge
 
