@@ -366,7 +366,7 @@ def report_markdown(summary: dict[str, Any], *, header: str, heldout_per_domain:
                      f"{f(e['replayed_forgetting'], '{:.4f}')} | {change[0]} | {change[1]} | "
                      f"{f(e.get('ess'), '{:.1%}')} | {f(e.get('temperature'), '{:.3g}')} | "
                      f"{f(e.get('replayed_tokens'), '{:,.0f}')} | {f(e.get('replay_token_share'), '{:.1%}')} | "
-                     f"{f(e['extra_forward'], '{:.0f}')} |")
+                     f"{f(e['extra_forward'], '{:,.0f}')} |")
     lines += ["", "Forgetting: mean NLL increase (log-perplexity) over the upstream examples that are never "
               f"replayed, mean ± std over task x seed. Change: the relative change of the primary table, "
               f"mean F / mean F_ref - 1 over the clusters; {SIGNS}. ESS: effective sample size of the replay draw "
