@@ -335,6 +335,13 @@ def test_folds_cross_fit_every_task_independently_of_the_process_split(context):
         assert (not np.array_equal(pred, every[2][0])) == moves
 
 
+def test_families_come_from_the_worlds_description(context):
+    from jaxforget.replay import families
+
+    fam = families(context)  # the tiny world's tasks are hand-written: each is its own family's first member
+    assert fam == {t: t for t in context.setup.task_names}
+
+
 def test_online_probe_measures_only_unreplayed_examples_and_stratified_keeps_the_domain_mix(context):
     # k = the whole pool: the probe takes every example not replayed before the switch, and only those
     # (budgets in examples: each phase's draw is then exactly the proportional allocation of its count)
