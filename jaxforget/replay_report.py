@@ -372,8 +372,9 @@ def report_markdown(summary: dict[str, Any], *, header: str, heldout_per_domain:
               f"mean F / mean F_ref - 1 over the clusters; {SIGNS}. ESS: effective sample size of the replay draw "
               "as a share of the pool; τ: the sampling temperature; replayed tokens and their share of the loss "
               "tokens (means over the fine-tunings; — where the results do not carry them). Extra forward "
-              "passes: upstream examples measured to choose the replay (oracle: the whole pool after a full "
-              "fine-tuning).", ""]
+              "passes: upstream examples measured to choose the replay — the oracle's whole pool and offline's "
+              "k both after a full fine-tuning on the task, which they cost on top; online's k during the "
+              "fine-tuning itself.", ""]
 
     online = {label: e["online_probe"] for label, e in summary.items() if e.get("online_probe")}
     if online:
