@@ -40,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
-from jaxforget.cli import out_dir_error
+from jaxforget.cli import Range, above, at_least, check_ranges, out_dir_error
 from jaxforget.store import MatrixData, atomic_write_json, load_matrix
 
 TASK_NUMERIC = ("train_loss_drop", "n_train_tokens", "base_loss", "n_train", "steps")
@@ -86,6 +86,7 @@ class AnalyzeConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the flag when a value is out of range."""
+        check_ranges(self, RANGES)
         checks = [
             (self.max_rank >= 1, f"--max-rank must be >= 1; got {self.max_rank}"),
             (self.residual_rank >= 1, f"--residual-rank must be >= 1; got {self.residual_rank}"),
@@ -113,6 +114,15 @@ class AnalyzeConfig:
         if self.path.is_dir():
             return self.path / "analysis"
         return self.path.with_name(f"analysis_{self.path.stem}")
+
+
+RANGES: dict[str, Range] = {
+    # every int/float flag (tests/test_robustness.py checks that none is missing)
+    **dict.fromkeys(("max_rank", "residual_rank", "block_permutations", "min_block_rows", "min_block_cols"),
+                    at_least(1)),
+    **dict.fromkeys(("max_blocks", "sample_cols", "seed", "top_examples"), at_least(0)),
+    "block_alpha": Range(0, 1, lo_open=True), "vmax": above(0), "vmax_quantile": Range(0, 1, lo_open=True),
+}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from jaxforget.cli import config_from_dict
+from jaxforget.cli import FINITE, Range, above, at_least, check_ranges, config_from_dict, out_dir_error
 from jaxforget.cli import run as run_cli
 from jaxforget.collect import CollectConfig, TrainLoop, build_engine, setup_from_run, task_seed
 from jaxforget.collect.config import task_field_map
@@ -99,7 +99,21 @@ class ForecastConfig:
     """No jaxforget INFO log lines."""
 
 
+RANGES: dict[str, Range] = {
+    # every int/float flag (tests/test_robustness.py checks that none is missing)
+    "k": at_least(1), "top_n": at_least(1), "seeds": at_least(0), "online_fraction": Range(0, 1, True, True),
+    "ratio": Range(0, 1), "temperature": above(0), "ess": Range(0, 1, lo_open=True),
+    "threshold": FINITE,
+}
+
+
 def check_config(config: ForecastConfig) -> list[Method]:
+    """Every flag checked before anything is read, each error naming the flag as typed."""
+    check_ranges(config, RANGES)
+    for flag, path in (("--out", config.out), ("--replay-out", config.replay_out and config.replay_out.parent)):
+        error = out_dir_error(path, flag) if path is not None else None
+        if error:
+            raise ValueError(error)
     methods = [Method.parse(m) for m in config.methods]
     if not methods:
         raise ValueError("--methods: give at least one completion method")
@@ -150,14 +164,19 @@ def probe_indices(n: int, k: int, seed: int) -> np.ndarray:
 def main(config: ForecastConfig, echo=print) -> dict:
     methods = check_config(config)
     run = RunDir(config.run)
-    if not run.meta_path.exists():
-        raise FileNotFoundError(f"{config.run}: not a run directory (no meta.json)")
-    if not run.forgetting_path.exists():
-        raise RunError(f"{run.forgetting_path}: the run is not complete (finish it, or merge its shards with "
-                       f"python -m jaxforget.collect --merge {run.root})")
-    # the task first, from the recorded configuration: a wrong --task fails before the model is loaded
-    recorded = run.read_meta()
-    run_config = config_from_dict(CollectConfig, recorded["config"])
+    # every file of the run read (and checked) first, then the task from the recorded configuration: a damaged
+    # run or a wrong --task fails before the model is loaded
+    recorded = run.read_run_meta()
+    Z = run.read_forgetting()["Z"].astype(np.float32)
+    base = run.read_base()
+    if base is None:
+        raise RunError(f"{run.base_path}: missing; the run's base-model NLL is needed (finish the run)")
+    nll_before = base["nll_before"]
+    if Z.shape != (len(recorded["task_names"]), len(recorded["example_ids"])) or nll_before.shape != Z.shape[1:]:
+        raise RunError(f"{run.root}: forgetting.npz ({Z.shape}), base.npz ({nll_before.shape}) and meta.json "
+                       f"({len(recorded['task_names'])} tasks x {len(recorded['example_ids'])} examples) disagree; "
+                       f"reassemble with python -m jaxforget.collect --merge {run.root}")
+    run_config = config_from_dict(CollectConfig, recorded["config"], f"{run.meta_path}: config")
     name, records, from_source = read_task(config, run_config)
     names = list(recorded["task_names"])
     if name in names:
@@ -171,14 +190,11 @@ def main(config: ForecastConfig, echo=print) -> dict:
         if run_config.eval.eval_every or "em" in run_config.eval.metrics:
             raise ValueError("--append: the run measures per-step or exact-match forgetting, which forecast does not")
     cc, setup, meta = setup_from_run(config.run, echo)
-    with np.load(run.forgetting_path) as f:
-        Z = f["Z"].astype(np.float32)
     M, N = Z.shape
     ok = np.isfinite(Z).any(axis=1)
     Z_run = Z[ok]
     probes = {s: probe_indices(N, config.k, s) for s in config.seeds}
     union = np.unique(np.concatenate(list(probes.values())))
-    nll_before = run.read_base()["nll_before"]
     out_dir = config.out or run.root / "forecast" / name
     when = f"after {config.online_fraction:g} of the steps" if config.online else "after training"
     echo(f"forecast {name}: fine-tune the run's base with its settings ({cc.train.mode}), measure {config.k} of "
@@ -338,7 +354,7 @@ def _append(run: RunDir, meta: dict, cc, name: str, loop: TrainLoop, plan, nll_a
 
 
 def cli(argv: list[str] | None = None) -> dict:
-    return run_cli(ForecastConfig, main, argv, errors=(ValueError, FileNotFoundError, RunError))
+    return run_cli(ForecastConfig, main, argv)
 
 
 if __name__ == "__main__":

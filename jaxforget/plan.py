@@ -22,6 +22,8 @@ import math
 import re
 from typing import Any
 
+from jaxforget.cli import Range, above, at_least, range_errors
+from jaxforget.collect.config import RANGES as COLLECT_RANGES
 from jaxforget.collect.config import CollectConfig, check_config
 
 # bfloat16 dense peak of one device, TFLOP/s, by jax device_kind (the spec sheets' figures).
@@ -52,6 +54,27 @@ class PlanCommand(CollectConfig):
     """Plan a collect run: memory per device, FLOPs per step and wall time, before any weight is loaded."""
 
     plan: PlanConfig = PlanConfig()
+
+
+RANGES: dict[str, Range] = {
+    # collect's flags as collect checks them, and --plan.* (tests/test_robustness.py checks that none is missing)
+    **COLLECT_RANGES, "plan.mfu": Range(0, 1, lo_open=True), "plan.peak_tflops": above(0), "plan.n_tasks": at_least(1),
+}
+
+
+def check_plan(config: PlanCommand) -> None:
+    """Every flag checked before config.json is read: collect's checks, --plan.* ranges (NaN / inf refused)
+    and --plan.device-memory (a size > 0), each error naming the flag as typed."""
+    errors = [e for e in range_errors(config, RANGES) if e.startswith("--plan.")]
+    if config.plan.device_memory is not None:
+        try:
+            if parse_bytes(config.plan.device_memory) <= 0:
+                errors.append(f"--plan.device-memory must be > 0; got {config.plan.device_memory!r}")
+        except ValueError as e:
+            errors.append(str(e))
+    if errors:
+        raise ValueError("; ".join(errors))
+    check_config(config)
 
 
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
@@ -349,7 +372,7 @@ def plan(config: PlanCommand, echo=print) -> Plan:
     """Plan the run, print the report, and (when it does not fit) the knobs that would make it fit."""
     import jax
 
-    check_config(config)
+    check_plan(config)
     result = plan_run(config)
     if result.fits is False and config.plan.suggest:
         for flags, changed in knob_changes(config, len(jax.devices())):

@@ -85,9 +85,9 @@ def heatmap_image(Z: np.ndarray) -> np.ndarray:
 def merge(path: Path, echo=print) -> dict[str, np.ndarray]:
     """Assemble forgetting.npz of a run directory from its rows (every task must be finished)."""
     run = RunDir(path)
-    meta = run.read_meta()
+    meta = run.read_run_meta()
     out = run.assemble(meta["task_names"], meta["example_ids"],
-                       em_base_correct_only=meta["config"]["eval"].get("em_base_correct_only", True))
+                       em_base_correct_only=meta["config"].get("eval", {}).get("em_base_correct_only", True) is not False)
     echo(summarize(out, meta["task_names"], meta["example_ids"]))
     echo(f"wrote {run.forgetting_path}")
     return out

@@ -124,10 +124,7 @@ def setup_from_run(path: str | Path, echo=print) -> tuple[CollectConfig, Setup, 
     still exists (else rebuilt from the configuration), NLL only, one task per step. The upstream ids
     and task names are checked against the run's."""
     run = RunDir(path)
-    if not run.meta_path.exists():
-        raise FileNotFoundError(f"{path}: not a run directory (no meta.json); "
-                                f"python -m jaxforget.collect --out {path} writes one")
-    meta = run.read_meta()
+    meta = run.read_run_meta()
     config = config_from_dict(CollectConfig, meta["config"], f"{run.meta_path}: config")
     # the token accounting the run used, pinned before model.path is set below (which would turn 'auto' into
     # 'paper'); a run from before the flag used 'builtin'

@@ -299,10 +299,12 @@ def read_arch(path: str | os.PathLike) -> ArchConfig:
     cfg_path = Path(path) / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: not found (is {path} a Hugging Face model directory?)")
+    from jaxforget.store import read_json_object
+
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+        cfg = read_json_object(cfg_path, "a Hugging Face config.json (a JSON object)")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
     return from_hf_config(cfg, source=str(cfg_path))
 
 
