@@ -41,7 +41,7 @@ import numpy as np
 import tyro
 
 from jaxforget.cli import Range, above, at_least, check_ranges, out_dir_error
-from jaxforget.store import MatrixData, atomic_write_json, load_matrix
+from jaxforget.store import MatrixData, atomic_write_json, load_matrix, read_json_object
 
 TASK_NUMERIC = ("train_loss_drop", "n_train_tokens", "base_loss", "n_train", "steps")
 EXAMPLE_NUMERIC = ("nll_before", "n_tokens")
@@ -145,17 +145,20 @@ class RunMetadata:
 
 def _read_jsonl(path: Path, key: str) -> list[dict[str, Any]]:
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or key not in record:
-                raise ValueError(f"{path}, line {lineno}: expected a JSON object with a {key!r} field")
-            records.append(record)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); expected JSON lines") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or key not in record:
+            raise ValueError(f"{path}, line {lineno}: expected a JSON object with a {key!r} field")
+        records.append(record)
     return records
 
 
@@ -231,10 +234,7 @@ def read_run_metadata(run_dir: Path, data: MatrixData) -> RunMetadata:
     meta_path = run_dir / "meta.json"
     if meta_path.exists():
         md.files.append(meta_path.name)
-        try:
-            md.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        md.meta = read_json_object(meta_path, "the meta.json of a jaxforget run")
     return md
 
 

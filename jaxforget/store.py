@@ -77,6 +77,7 @@ def _unreadable(path: Path, what: str, e: Exception) -> ValueError:
 
 def _load_npz(path: Path) -> MatrixData:
     try:
+        _check_zip_header(path)
         with np.load(path, allow_pickle=False) as f:
             keys = list(f.keys())
             if "Z" in f:
@@ -257,9 +258,8 @@ def read_npz(path: Path, required: tuple[str, ...] = (), *, hint: str = "delete 
     if not path.is_file():
         raise RunError(f"{path}: missing; {hint}")
     try:
+        _check_zip_header(path)
         with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):  # a bare .npy under an .npz name
-                raise ValueError("not an .npz archive")
             arrays = {k: f[k] for k in f.files}
     except Exception as e:  # zipfile/ValueError/OSError/EOFError: any of them means the file is damaged
         raise RunError(f"{path}: corrupted or unreadable ({type(e).__name__}: {_one_line(e)}); {hint}") from None
@@ -267,6 +267,15 @@ def read_npz(path: Path, required: tuple[str, ...] = (), *, hint: str = "delete 
     if missing:
         raise RunError(f"{path}: has no {', '.join(missing)} (keys: {sorted(arrays) or 'none'}); {hint}")
     return arrays
+
+
+def _check_zip_header(path: Path) -> None:
+    """An .npz is a zip archive: anything else (empty, text, a bare .npy) is refused before numpy, which would
+    call it "pickled data"."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise ValueError("empty file" if not head else f"not a zip archive (it starts with {head!r})")
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
@@ -481,7 +490,8 @@ class RunDir:
         M, N = len(task_names), len(example_ids)
         missing = sorted(set(range(M)) - set(self.finished()))
         if missing:
-            raise RunError(f"{self.rows_dir}: {len(missing)} of {M} task rows missing (tasks {missing[:10]})")
+            shown = ", ".join(self.row_path(i).name for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise RunError(f"{self.rows_dir}: {len(missing)} of {M} task rows missing ({shown})")
         rows = [self.read_row(i) for i in range(M)]
         for i, row in enumerate(rows):
             if str(row["name"]) != task_names[i]:

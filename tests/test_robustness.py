@@ -128,3 +128,112 @@ def test_the_issue_cases(tmp_path, capsys):
              (forecast.cli, [str(tmp_path), "--task", "t", "--seeds", "-1"], "--seeds must be >= 0")]
     for cli, argv, message in cases:
         assert message in _one_error_line(capsys, lambda: cli(argv)), argv
+
+
+# ------------------------------------------------------------------------------------------------
+# Every file of a run directory x every kind of damage x every command that reads it.
+
+DAMAGE = {
+    "missing": None,
+    "empty": b"",
+    "{}": b"{}",
+    "truncated": "half",
+    "garbage": b"\x89\xff\x00\x13 not what was written \xfe" * 8,
+}
+# file -> {command: whether the command needs the file (a missing optional file is not damage)}
+READERS = {
+    "meta.json": {"merge": True, "forecast": True, "replay": True, "analyze": False},
+    "forgetting.npz": {"forecast": True, "replay": True, "predict": True, "analyze": True},
+    "base.npz": {"merge": True, "forecast": True, "replay": True},
+    "rows/task_00000.npz": {"merge": True},
+    "tasks.jsonl": {"analyze": False},
+    "upstream.jsonl": {"analyze": False},
+}
+# {} is a valid meta.json for analyze, which only copies it into its report
+VALID = {("meta.json", "analyze", "{}")}
+
+
+def _argv(command: str, run: Path, out: Path) -> tuple:
+    return {
+        "merge": (_collect_cli, ["--merge", str(run)]),
+        "forecast": (forecast.cli, [str(run), "--task", "sort_words", "--out", str(out)]),
+        "replay": (replay.cli, [str(run), "--out", str(out)]),
+        "predict": (predict.cli, ["--matrix", str(run), "--out", str(out / "p.json")]),
+        "analyze": (analyze.cli, [str(run), "--out", str(out), "--tracker", "none"]),
+    }[command]
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and "locks" not in p.relative_to(root).parts}
+
+
+CASES = [(f, c, d) for f, readers in READERS.items() for c, needed in readers.items() for d in DAMAGE
+         if (needed or d != "missing") and (f, c, d) not in VALID]
+
+
+@pytest.fixture(scope="module")
+def clean_run(tiny_run, tmp_path_factory):
+    """The shared tiny run without its saved models and TensorBoard logs (no command here reads them)."""
+    out = tmp_path_factory.mktemp("clean") / "run"
+    shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("models", "tb", "checkpoints", "locks"))
+    return out
+
+
+def test_the_sweep_covers_every_file_and_command():
+    assert {f for f, _, _ in CASES} == set(READERS)
+    assert {c for _, c, _ in CASES} == {"merge", "forecast", "replay", "predict", "analyze"}
+    assert len(CASES) >= 60
+
+
+@pytest.mark.parametrize("name,command,damage", CASES, ids=["-".join(c) for c in CASES])
+def test_a_damaged_run_file_is_one_line_naming_it_and_the_run_is_untouched(name, command, damage, clean_run,
+                                                                           tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(clean_run, run)
+    path = run / name
+    assert path.is_file(), f"the tiny run has no {name}"
+    how = DAMAGE[damage]
+    if how is None:
+        path.unlink()
+    elif how == "half":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(how)
+    before = _snapshot(run)
+    cli, argv = _argv(command, run, tmp_path / "out")
+    line = _one_error_line(capsys, lambda: cli(argv))
+    assert Path(name).name in line, line
+    assert _snapshot(run) == before
+
+
+def test_a_damaged_parquet_file_is_one_line_naming_it(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from jaxforget.data.formats import iter_records
+
+    good = tmp_path / "up.parquet"
+    pq.write_table(pa.table({"text": [f"document {i}" for i in range(100)]}), good)
+    assert len(list(iter_records(good, required_columns=("text",)))) == 100
+    data = good.read_bytes()
+    for name, content in (("truncated", data[: len(data) // 2]), ("empty", b""), ("garbage", b"PAR1 not parquet"),
+                          ("json", b'{"text": "a jsonl record under a parquet name"}\n')):
+        bad = tmp_path / f"{name}.parquet"
+        bad.write_bytes(content)
+        with pytest.raises(ValueError) as e:
+            list(iter_records(bad, required_columns=("text",)))
+        assert str(e.value).startswith(f"{bad}: ") and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("content", [b"[1, 2, 3]", b"null", b'"llama"', b"", b"\xff\xfe"])
+def test_a_config_json_that_is_not_an_object_is_one_line(content, tmp_path, capsys):
+    """plan and collect --model.path: a config.json that is not a JSON object (issue 25: a traceback before)."""
+    (tmp_path / "config.json").write_bytes(content)
+    line = _one_error_line(capsys, lambda: plan.cli(["--model.path", str(tmp_path), "--out", str(tmp_path / "o")]))
+    assert f"{tmp_path / 'config.json'}:" in line, line
+    code = collect_main.cli(["--model.path", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"{tmp_path / 'config.json'}:" in err[0], err
+    assert not (tmp_path / "o").exists()
