@@ -46,6 +46,7 @@ from jaxforget.cli import FINITE, Range, above, at_least, check_ranges, config_f
 from jaxforget.cli import run as run_cli
 from jaxforget.collect import CollectConfig, TrainLoop, build_engine, setup_from_run, task_seed
 from jaxforget.collect.config import task_field_map
+from jaxforget.collect.loop import wrecked
 from jaxforget.collect.run import write_tasks_jsonl
 from jaxforget.collect.setup import task_train_examples, tasks_path
 from jaxforget.completion import BASELINES, Completer, Method, all_metrics, baseline_predictions
@@ -218,6 +219,11 @@ def main(config: ForecastConfig, echo=print) -> dict:
     if loop.failed[0]:
         raise RunError(f"task {name}: {loop.failed[0]}")
     nll_after = engine.evaluate(loop.state.params)[0] if config.measure_all else None
+    if nll_after is not None:  # as collect fails such a task (and --append must not add its row)
+        reason = ("non-finite upstream NLL after fine-tuning" if not np.all(np.isfinite(nll_after))
+                  else wrecked(loop.losses[0], nll_after, setup.model.arch.vocab_size))
+        if reason:
+            raise RunError(f"task {name}: {reason}")
     z_true = nll_after - nll_before if config.measure_all else None
     seconds = time.perf_counter() - t0
 

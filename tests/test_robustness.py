@@ -237,3 +237,59 @@ def test_a_config_json_that_is_not_an_object_is_one_line(content, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"{tmp_path / 'config.json'}:" in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# The wrecked-model rule (issue 25, cases 5 and 6)
+
+
+def test_wrecked_fails_a_model_at_or_beyond_chance_and_passes_a_trained_one():
+    from jaxforget.collect.loop import wrecked
+
+    V = 1024  # ln V = 6.93, the issue's model
+    nll = np.full(50, 0.9, np.float32)
+    assert wrecked([3.0, 1.0, 0.5], nll, V) is None
+    # case 5 (--train.lr 1): upstream NLL 0.72 -> 43 nats/token, far beyond chance
+    reason = wrecked([3.0, 2.0, 2.5], np.full(50, 43.0, np.float32), V)
+    assert reason.startswith("wrecked: mean upstream NLL after fine-tuning 43 nats/token") and "6.931" in reason
+    # case 6 (--train.lr 1e4): collapsed to the uniform distribution, loss and NLL = ln V everywhere
+    assert "6.931" in wrecked([math.log(V)] * 12, np.full(50, math.log(V), np.float32), V)
+    # a loss stuck at ln V fails the task even when the NLL happens to be below chance
+    assert "collapsed to the uniform" in wrecked([5.0] + [math.log(V) + 1e-4] * 10, nll, V)
+    assert wrecked([5.0] + [math.log(V)] * 9 + [math.log(V) - 0.1], nll, V) is None  # the last one moved
+    assert wrecked([1.0], np.full(50, math.log(V) * 0.99, np.float32), V) is None  # below chance by 1%
+
+
+def test_a_collapsed_model_is_recorded_as_failed_not_ok(cache, tmp_path):
+    """Case 6 end to end: --train.lr 1e4 on the tiny world collapses the model to the uniform output; with
+    the divergence rule off, the task still fails, with the reason."""
+    from test_collect import TASKS, tiny
+
+    from jaxforget.collect import DataConfig, TrainConfig, collect
+    from jaxforget.store import RunDir
+
+    out = tmp_path / "wrecked"
+    config = tiny(out, data=DataConfig(n_upstream=20, task_names=TASKS[:1]),
+                  train=TrainConfig(max_steps=6, batch_size=8, lr=1e4, warmup_steps=0, checkpoint_every=0,
+                                    divergence_factor=0))
+    assert collect(config, echo=lambda *_: None) == 1
+    row = RunDir(out).read_row(0)
+    assert str(row["status"]) == "failed" and str(row["reason"]).startswith("wrecked: ")
+    assert RunDir(out).read_meta()["failed_tasks"] == [TASKS[0]]
+    assert np.isnan(np.load(RunDir(out).forgetting_path)["Z"]).all()
+
+
+@pytest.mark.slow
+def test_a_model_pushed_beyond_chance_is_recorded_as_failed(cache, tmp_path):
+    """Case 5 end to end: --train.lr 1 sends the upstream NLL above ln V; the divergence rule off."""
+    from test_collect import TASKS, tiny
+
+    from jaxforget.collect import DataConfig, TrainConfig, collect
+    from jaxforget.store import RunDir
+
+    out = tmp_path / "beyond"
+    config = tiny(out, data=DataConfig(n_upstream=20, task_names=TASKS[:1]),
+                  train=TrainConfig(max_steps=12, batch_size=8, lr=1.0, warmup_steps=2, checkpoint_every=0,
+                                    divergence_factor=0))
+    assert collect(config, echo=lambda *_: None) == 1
+    assert "at or above the uniform distribution's ln V" in str(RunDir(out).read_row(0)["reason"])

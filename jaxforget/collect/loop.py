@@ -46,6 +46,25 @@ def diverged(losses: Sequence[float], factor: float, window: int = 10) -> str | 
     return None
 
 
+def wrecked(losses: Sequence[float], nll_after: np.ndarray, vocab_size: int, window: int = 10) -> str | None:
+    """Why a fine-tuned model is wrecked, or None: its mean upstream NLL is at or above ln V, the NLL of the
+    uniform distribution over the V tokens (it predicts the upstream text no better than chance), or every
+    one of its last `window` training losses is ln V (it collapsed to the uniform output). No tuning: ln V is
+    the model's own chance level; "at" allows 0.1% of it, the rounding of a collapsed softmax, far below the
+    distance of any trained model from chance. ``nll_after``: [N] nats/token."""
+    uniform = math.log(vocab_size)
+    near = 1e-3 * uniform
+    mean_nll = float(np.mean(nll_after))
+    if mean_nll >= uniform - near:
+        return (f"wrecked: mean upstream NLL after fine-tuning {mean_nll:.4g} nats/token is at or above the uniform "
+                f"distribution's ln V = {uniform:.4g} (V = {vocab_size}): the model predicts no better than chance")
+    last = [float(x) for x in losses[-window:]]
+    if last and all(abs(x - uniform) <= near for x in last):
+        return (f"wrecked: the last {len(last)} training losses are ln V = {uniform:.4g} (V = {vocab_size}): the "
+                "model collapsed to the uniform distribution")
+    return None
+
+
 class TrainLoop:
     """Fine-tunes the K slots of `engine` from `state`, slot k on ``schedules[k]`` (fewer schedules than
     K: the remaining slots are dummies, never active). Iterating runs it, one optimizer step per item:
@@ -215,6 +234,8 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
             failed[k] = diverged(losses[k], t.divergence_factor)
         if not failed[k] and not np.all(np.isfinite(nll_after[k])):
             failed[k] = "non-finite upstream NLL after fine-tuning"
+        if not failed[k]:
+            failed[k] = wrecked(losses[k], nll_after[k], setup.model.arch.vocab_size)
         if failed[k]:
             results.append(TaskFailed(failed[k]))
             continue
