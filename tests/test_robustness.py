@@ -293,3 +293,40 @@ def test_a_model_pushed_beyond_chance_is_recorded_as_failed(cache, tmp_path):
                                     divergence_factor=0))
     assert collect(config, echo=lambda *_: None) == 1
     assert "at or above the uniform distribution's ln V" in str(RunDir(out).read_row(0)["reason"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints bound to their run (issue 25, case 1)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_checkpoint_of_another_run_is_refused_in_one_line(cache, tmp_path, monkeypatch, capsys):
+    """Run A (--train.lr 1e-3) stops right after its checkpoint at step 5; its checkpoint, copied into run B
+    (same task, same step, --train.lr 2e-3), is refused with one line naming it instead of being resumed."""
+    from test_collect import TASKS, TRAIN, tiny  # TRAIN: its compiled step is shared with the collect tests
+
+    from jaxforget.collect import DataConfig, collect
+    from jaxforget.collect import loop as loop_module
+
+    def stop_at_first_checkpoint(where: str) -> None:
+        if where == "checkpoint:0:5":
+            raise _Stop(where)
+
+    monkeypatch.setattr(loop_module, "fault_point", stop_at_first_checkpoint)
+    data = DataConfig(n_upstream=20, task_names=TASKS[:1])
+    train = TRAIN  # lr 1e-3, a checkpoint every 5 steps
+    a = tiny(tmp_path / "a", data=data, train=train)
+    with pytest.raises(_Stop):
+        collect(a, echo=lambda *_: None)
+    ckpt = tmp_path / "a" / "checkpoints" / "task_00000"
+    assert (ckpt / "5").is_dir()
+    b = tiny(tmp_path / "b", data=data, train=dataclasses.replace(train, lr=2e-3))
+    shutil.copytree(ckpt, tmp_path / "b" / "checkpoints" / "task_00000")
+    assert collect_main.execute(b) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'b' / 'checkpoints' / 'task_00000'}: checkpoint at step 5 is a " \
+        "checkpoint of another run (configuration fingerprint" in err[0], err
+    assert not (tmp_path / "b" / "rows").exists()  # nothing resumed, no row written

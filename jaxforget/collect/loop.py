@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxforget import models
 from jaxforget.collect import checkpoints
-from jaxforget.collect.config import CollectConfig
+from jaxforget.collect.config import CollectConfig, config_dict
 from jaxforget.collect.distributed import is_primary
 from jaxforget.collect.engine import Engine, TaskSchedule, stack_slots, task_seed
 from jaxforget.collect.setup import Setup
@@ -191,8 +191,9 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
     ckpt_dir = run.checkpoints_dir / f"task_{indices[0]:05d}"
     manager = checkpoints.manager(ckpt_dir, keep=t.keep_checkpoints) if t.checkpoint_every > 0 else None
     first = 0
+    bound = checkpoints.binding(checkpoints.fingerprint(config_dict(config)), list(zip(indices, names)))
     if manager is not None:
-        restored, extra = checkpoints.restore(manager, state, ckpt_dir)
+        restored, extra = checkpoints.restore(manager, state, ckpt_dir, bound)
         if restored is not None:
             if list(extra["indices"]) != indices:
                 raise RunError(f"{ckpt_dir}: a checkpoint of tasks {extra['indices']}, now grouped as {indices}. "
@@ -221,7 +222,7 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
             loop.flush(done)
             checkpoints.save(manager, done, loop.state, dict(
                 indices=indices, losses=losses, failed=failed, eval_steps=eval_steps,
-                nll_steps=[[x.tolist() for x in xs] for xs in nll_steps]))
+                nll_steps=[[x.tolist() for x in xs] for xs in nll_steps]), bound)
             fault_point(f"checkpoint:{indices[0]}:{done}")
         progress.update(int(active.sum()))
         counted += int(active.sum())
