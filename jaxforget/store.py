@@ -458,13 +458,20 @@ class RunDir:
                            "delete it to recompute")
         return base
 
+    @staticmethod
+    def row_arrays(*, name: str, nll_after: np.ndarray, status: str = "ok", reason: str = "",
+                   **extra: np.ndarray) -> dict[str, np.ndarray]:
+        """The arrays of one task's row file (what :meth:`write_row` writes and :meth:`read_row` returns)."""
+        if status not in ("ok", "failed"):
+            raise ValueError(f"row status must be 'ok' or 'failed'; got {status!r}")
+        return dict(name=np.asarray(name), nll_after=np.asarray(nll_after, np.float32), status=np.asarray(status),
+                    reason=np.asarray(reason), **{k: np.asarray(v) for k, v in extra.items()})
+
     def write_row(self, index: int, *, name: str, nll_after: np.ndarray, status: str = "ok", reason: str = "",
                   **extra: np.ndarray) -> None:
         """One task's result: ``nll_after [N]`` (NaN when failed), status ``ok``/``failed`` and reason."""
-        if status not in ("ok", "failed"):
-            raise ValueError(f"row status must be 'ok' or 'failed'; got {status!r}")
-        atomic_write_npz(self.row_path(index), name=np.asarray(name), nll_after=np.asarray(nll_after, np.float32),
-                         status=np.asarray(status), reason=np.asarray(reason), **extra)
+        atomic_write_npz(self.row_path(index), **self.row_arrays(name=name, nll_after=nll_after, status=status,
+                                                                 reason=reason, **extra))
 
     def read_row(self, index: int) -> dict[str, Any]:
         return read_npz(self.row_path(index), ("name", "nll_after", "status"))
@@ -475,9 +482,10 @@ class RunDir:
             return []
         return sorted(int(p.stem.split("_")[1]) for p in self.rows_dir.glob("task_*.npz"))
 
-    def assemble(self, task_names: list[str], example_ids: list[str], *,
-                 em_base_correct_only: bool = True) -> dict[str, np.ndarray]:
-        """Build ``forgetting.npz`` from ``base.npz`` and every row; RunError naming what is missing.
+    def assemble(self, task_names: list[str], example_ids: list[str], *, em_base_correct_only: bool = True,
+                 rows: dict[int, dict[str, np.ndarray]] | None = None, write: bool = True) -> dict[str, np.ndarray]:
+        """Build ``forgetting.npz`` from ``base.npz`` and every row; RunError naming what is missing. `rows`:
+        rows not (yet) on disk, by index; ``write=False`` returns the assembly without writing it.
 
         With exact match (``em_before`` in base.npz, ``em_after`` in the rows) it also holds
         ``em_before [N_em]``, ``em_after [M, N_em]`` (NaN rows for failed tasks) and
@@ -488,11 +496,12 @@ class RunDir:
         if base is None:
             raise RunError(f"{self.base_path}: missing; the base model's NLL was never written")
         M, N = len(task_names), len(example_ids)
-        missing = sorted(set(range(M)) - set(self.finished()))
+        given = rows or {}
+        missing = sorted(set(range(M)) - set(self.finished()) - set(given))
         if missing:
             shown = ", ".join(self.row_path(i).name for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
             raise RunError(f"{self.rows_dir}: {len(missing)} of {M} task rows missing ({shown})")
-        rows = [self.read_row(i) for i in range(M)]
+        rows = [given[i] if i in given else self.read_row(i) for i in range(M)]
         for i, row in enumerate(rows):
             if str(row["name"]) != task_names[i]:
                 raise RunError(f"{self.row_path(i)}: holds task {str(row['name'])!r}, expected {task_names[i]!r}")
@@ -521,5 +530,6 @@ class RunDir:
             if em_base_correct_only:
                 Z_em[:, ~em_before] = np.nan
             out.update(em_before=em_before, em_after=em_after, Z_em=Z_em)
-        atomic_write_npz(self.forgetting_path, **out)
+        if write:
+            atomic_write_npz(self.forgetting_path, **out)
         return out

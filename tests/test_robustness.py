@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import typing
@@ -330,3 +331,98 @@ def test_a_checkpoint_of_another_run_is_refused_in_one_line(cache, tmp_path, mon
     assert len(err) == 1 and f"{tmp_path / 'b' / 'checkpoints' / 'task_00000'}: checkpoint at step 5 is a " \
         "checkpoint of another run (configuration fingerprint" in err[0], err
     assert not (tmp_path / "b" / "rows").exists()  # nothing resumed, no row written
+
+
+# ------------------------------------------------------------------------------------------------
+# forecast --append as a transaction (issue 25, case 2)
+
+
+def _append_fixture(clean_run, tmp_path):
+    from jaxforget.store import RunDir
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(clean_run, run.root)
+    # the new task's row: task 0's measured row under another name (what append_row writes does not depend on it)
+    old = run.read_row(0)
+    row = RunDir.row_arrays(name="sort_words", nll_after=old["nll_after"], train_losses=old["train_losses"],
+                            steps_run=old["steps_run"], train_tokens=old["train_tokens"], seconds=old["seconds"],
+                            seed=old["seed"])
+    n_train = [json.loads(line)["n_train"] for line in (run.root / "tasks.jsonl").read_text().splitlines()] + [7]
+    return run, row, n_train
+
+
+def test_append_row_writes_the_row_the_assembly_tasks_and_meta_together(clean_run, tmp_path):
+    from jaxforget.forecast import append_row, run_state
+
+    run, row, n_train = _append_fixture(clean_run, tmp_path)
+    before = np.load(run.forgetting_path)
+    append_row(run, row, n_train, run_state(run))
+    after, meta = np.load(run.forgetting_path), run.read_run_meta()
+    assert meta["task_names"][-1] == meta["config"]["data"]["task_names"][-1] == "sort_words"
+    assert after["Z"].shape == (before["Z"].shape[0] + 1, before["Z"].shape[1])
+    np.testing.assert_array_equal(after["Z"][:-1], before["Z"])
+    np.testing.assert_array_equal(after["Z"][-1], row["nll_after"] - before["nll_before"])
+    tasks = [json.loads(line) for line in (run.root / "tasks.jsonl").read_text().splitlines()]
+    assert [t["name"] for t in tasks] == meta["task_names"] and tasks[-1]["n_train"] == 7
+    assert str(run.read_row(len(tasks) - 1)["name"]) == "sort_words"
+
+
+@pytest.mark.parametrize("fail_at", ["atomic_write_jsonl", "atomic_write_json"])
+def test_an_append_that_fails_part_way_leaves_the_run_as_it_was(fail_at, clean_run, tmp_path, monkeypatch):
+    from jaxforget import forecast as forecast_module
+    from jaxforget.forecast import append_row, run_state
+    from jaxforget.store import RunError
+
+    run, row, n_train = _append_fixture(clean_run, tmp_path)
+    before = _snapshot(run.root)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(forecast_module, fail_at, disk_full)
+    with pytest.raises(RunError, match="could not append sort_words .*No space left on device.*the run is as it was"):
+        append_row(run, row, n_train, run_state(run))
+    assert _snapshot(run.root) == before
+
+
+@pytest.mark.parametrize("damage", ["a damaged row", "a run changed meanwhile"])
+def test_an_append_on_a_damaged_or_changed_run_writes_nothing(damage, clean_run, tmp_path):
+    from jaxforget.forecast import append_row, run_state
+    from jaxforget.store import RunError
+
+    run, row, n_train = _append_fixture(clean_run, tmp_path)
+    state = run_state(run)
+    if damage == "a damaged row":
+        run.row_path(1).write_bytes(b"PK\x03\x04 truncated")
+        state = run_state(run)
+        message = "task_00001.npz: corrupted or unreadable"
+    else:
+        (run.root / "tasks.jsonl").write_text((run.root / "tasks.jsonl").read_text() + "\n")
+        message = "tasks.jsonl changed while forecast was fine-tuning"
+    before = _snapshot(run.root)
+    with pytest.raises(RunError, match=message):
+        append_row(run, row, n_train, state)
+    assert _snapshot(run.root) == before
+
+
+def test_a_second_append_at_once_is_refused_before_it_fine_tunes(clean_run, tmp_path, capsys):
+    """The run lock is taken before the fine-tuning: while one append (here: its lock) works on the run, a
+    second is one line, at once, and writes nothing (before, both reported success and one row was lost)."""
+    from jaxforget.store import RunDir
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(clean_run, run.root)
+    before = _snapshot(run.root)
+    first = run.lock_run()
+    try:
+        line = _one_error_line(capsys, lambda: forecast.cli([str(run.root), "--task", "sort_words", "--measure-all",
+                                                             "--append", "--out", str(tmp_path / "out")]))
+    finally:
+        first.release()
+    assert "another collect process is working on this run directory" in line, line
+    assert _snapshot(run.root) == before and not (tmp_path / "out").exists()
+    # a damaged row is found before the fine-tuning too
+    run.row_path(2).write_bytes(b"garbage")
+    line = _one_error_line(capsys, lambda: forecast.cli([str(run.root), "--task", "sort_words", "--measure-all",
+                                                         "--append", "--out", str(tmp_path / "out")]))
+    assert "task_00002.npz: corrupted or unreadable" in line and not (tmp_path / "out").exists()

@@ -293,9 +293,15 @@ def _param_name(path) -> str:
 def write_tasks_jsonl(run: RunDir, task_names: list[str], n_train: list[int]) -> None:
     """tasks.jsonl from the run's rows: per task its status, training examples (`n_train`, in task order),
     tokens, steps, first and final training loss and wall time."""
+    atomic_write_jsonl(run.root / "tasks.jsonl", task_records(run, task_names, n_train))
+
+
+def task_records(run: RunDir, task_names: list[str], n_train: list[int],
+                 rows: dict[int, dict[str, np.ndarray]] | None = None) -> list[dict[str, Any]]:
+    """The records of tasks.jsonl (:func:`write_tasks_jsonl`); `rows`: rows not (yet) on disk, by index."""
     records = []
     for j, name in enumerate(task_names):
-        row = run.read_row(j)
+        row = (rows or {}).get(j) or run.read_row(j)
         losses = row.get("train_losses", np.zeros(0))
         records.append(dict(
             name=name, status=str(row["status"]), reason=str(row["reason"]), n_train=n_train[j],
@@ -304,7 +310,7 @@ def write_tasks_jsonl(run: RunDir, task_names: list[str], n_train: list[int]) ->
             train_loss_before=float(losses[0]) if losses.size else None,
             train_loss_after=float(np.mean(losses[-10:])) if losses.size else None,
             seconds=float(row["seconds"]) if "seconds" in row else None))
-    atomic_write_jsonl(run.root / "tasks.jsonl", records)
+    return records
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
