@@ -426,3 +426,30 @@ def test_a_second_append_at_once_is_refused_before_it_fine_tunes(clean_run, tmp_
     line = _one_error_line(capsys, lambda: forecast.cli([str(run.root), "--task", "sort_words", "--measure-all",
                                                          "--append", "--out", str(tmp_path / "out")]))
     assert "task_00002.npz: corrupted or unreadable" in line and not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_larger_than_the_model_is_named_not_an_overflow(cache, tmp_path, capsys):
+    """A model whose vocabulary (config.json) is smaller than its tokenizer's: one line saying so, naming the
+    directory, before the base model is evaluated (before: "the activations overflow")."""
+    from safetensors.numpy import load_file, save_file
+    from test_collect import flags, tiny
+
+    from jaxforget.pretrain import ensure_base_model
+
+    ref = tiny(tmp_path / "unused")
+    base = tmp_path / "small_vocab"
+    shutil.copytree(ensure_base_model(ref.world, ref.base, ref.pretrain, echo=lambda *_: None), base)
+    V = 300  # of the tokenizer's 384
+    tensors = load_file(base / "model.safetensors")
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        if key in tensors:
+            tensors[key] = np.ascontiguousarray(tensors[key][:V])
+    save_file(tensors, base / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**cfg, "vocab_size": V}))
+    out = tmp_path / "run"
+    line = _one_error_line(capsys, lambda: _collect_cli([*flags(out), "--model.path", str(base),
+                                                         "--data.n-upstream", "20"]))
+    assert line.startswith(f"error: {base}: the tokenizer (384 tokens) gives the upstream sample token id ")
+    assert "beyond the model's vocabulary of 300" in line and "overflow" not in line
+    assert not (out / "base.npz").exists()
