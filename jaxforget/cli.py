@@ -128,8 +128,13 @@ def config_from_dict(config_type: type[C], values: Any, where: str = "config") -
         if dataclasses.is_dataclass(tp):
             return config_from_dict(tp, value, name)
         if origin is tuple:
+            if not isinstance(value, list):
+                raise ValueError(f"{name}: expected a list, got {value!r}")
             inner = args[0] if args else Any
             return tuple(convert(inner, v, f"{name}[{i}]") for i, v in enumerate(value))
+        expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,), Path: (str,)}.get(tp)
+        if expected is not None and (not isinstance(value, expected) or (tp is not bool and isinstance(value, bool))):
+            raise ValueError(f"{name}: expected {'a path' if tp is Path else tp.__name__}, got {value!r}")
         if tp is Path:
             return Path(value)
         return value

@@ -453,3 +453,22 @@ def test_a_tokenizer_larger_than_the_model_is_named_not_an_overflow(cache, tmp_p
     assert line.startswith(f"error: {base}: the tokenizer (384 tokens) gives the upstream sample token id ")
     assert "beyond the model's vocabulary of 300" in line and "overflow" not in line
     assert not (out / "base.npz").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", "abc", "config.train.lr: expected float, got 'abc'"),
+    ("max_steps", 1.5, "config.train.max_steps: expected int, got 1.5"),
+    ("lora_targets", "q", "config.train.lora_targets: expected a list, got 'q'"),
+    ("lr", -1.0, "config out of range (--train.lr must be > 0; got -1.0)"),
+])
+def test_a_mistyped_recorded_config_is_one_line_naming_meta_json(field, value, message, clean_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(clean_run, run)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["config"]["train"][field] = value
+    (run / "meta.json").write_text(json.dumps(meta))
+    before = _snapshot(run)
+    for cli, argv in (_argv("forecast", run, tmp_path / "out"), _argv("replay", run, tmp_path / "out")):
+        line = _one_error_line(capsys, lambda: cli(argv))
+        assert f"{run / 'meta.json'}: " in line and message in line, line
+    assert _snapshot(run) == before

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxforget import models
-from jaxforget.cli import config_from_dict
-from jaxforget.collect.config import CollectConfig, task_field_map, upstream_field_map
+from jaxforget.cli import config_from_dict, range_errors
+from jaxforget.collect.config import RANGES, CollectConfig, task_field_map, upstream_field_map
 from jaxforget.collect.distributed import is_primary, on_primary
 from jaxforget.data import readers, tokenize
 from jaxforget.data.tokenize import Tokenized
@@ -139,6 +139,9 @@ def setup_from_run(path: str | Path, echo=print) -> tuple[CollectConfig, Setup, 
     run = RunDir(path)
     meta = run.read_run_meta()
     config = config_from_dict(CollectConfig, meta["config"], f"{run.meta_path}: config")
+    errors = range_errors(config, RANGES)  # a recorded value no flag could have given: an edited or damaged file
+    if errors:
+        raise RunError(f"{run.meta_path}: config out of range ({'; '.join(errors)})")
     # the token accounting the run used, pinned before model.path is set below (which would turn 'auto' into
     # 'paper'); a run from before the flag used 'builtin'
     used = meta.get("nll_tokens") or ("builtin" if "nll_tokens" not in meta["config"].get("data", {})
