@@ -30,6 +30,10 @@ def _collect(config):
     raise SystemExit(collect_main.execute(config))  # collect's cli returns its status instead of exiting
 
 
+def _collect_cli(argv):
+    raise SystemExit(collect_main.cli(argv))
+
+
 # command -> (cli, main as the cli calls it, range table, a valid configuration, its command line)
 def _commands(d: Path) -> dict:
     return {
@@ -48,10 +52,6 @@ def _commands(d: Path) -> dict:
     }
 
 
-def _collect_cli(argv):
-    raise SystemExit(collect_main.cli(argv))
-
-
 COMMANDS = sorted(_commands(Path(".")))
 VALUES = (-1, 0, math.nan, math.inf)
 
@@ -62,9 +62,9 @@ def _replace(config, path: str, value):
     if rest:
         return dataclasses.replace(config, **{head: _replace(getattr(config, head), rest, value)})
     kind = numeric_flags(type(config))[head]
-    is_tuple = typing.get_origin(typing.get_type_hints(type(config))[head]) is tuple or isinstance(
-        getattr(config, head), tuple)
-    value = kind(value) if math.isfinite(value) else value
+    hint = typing.get_type_hints(type(config))[head]
+    is_tuple = any(typing.get_origin(t) is tuple for t in (typing.get_args(hint) or (hint,)) + (hint,))
+    value = kind(value) if math.isfinite(value) else value  # nan / inf stay floats, as a caller could pass them
     return dataclasses.replace(config, **{head: (value,) if is_tuple else value})
 
 
