@@ -472,3 +472,22 @@ def test_a_mistyped_recorded_config_is_one_line_naming_meta_json(field, value, m
         line = _one_error_line(capsys, lambda: cli(argv))
         assert f"{run / 'meta.json'}: " in line and message in line, line
     assert _snapshot(run) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["meta.json", "base.npz", "rows/task_00000.npz"])
+@pytest.mark.parametrize("damage", ["empty", "{}", "truncated", "garbage"])
+def test_collect_resuming_a_damaged_run_is_one_line_and_leaves_it_untouched(name, damage, tiny_run, tmp_path,
+                                                                             capsys):
+    """Resume (collect with the run's own flags) builds the model before it reads the run: slower, so apart."""
+    from test_collect import flags
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("models", "tb", "checkpoints", "locks"))
+    path = run / name
+    how = DAMAGE[damage]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if how == "half" else how)
+    before = _snapshot(run)
+    line = _one_error_line(capsys, lambda: _collect_cli(flags(run) + ["--save-models"]))
+    assert Path(name).name in line, line
+    assert _snapshot(run) == before

@@ -133,7 +133,10 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
 
     def open_run() -> dict[str, Any]:
         resumed = run.start(meta, ignore=("out",), normalize=recorded_config)  # `out`: recorded by earlier versions
-        return dict(resumed=resumed, has_base=run.read_base() is not None, finished=run.finished())
+        finished = run.finished()
+        for i in finished:  # a damaged row is named now, before anything is trained or logged, not at the assembly
+            run.read_row(i)
+        return dict(resumed=resumed, has_base=run.read_base() is not None, finished=finished)
 
     # Process 0 reads (and creates) the run directory; every process acts on what it found.
     found = on_primary(open_run, f"open the run directory {run.root}")
