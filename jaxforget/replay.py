@@ -65,7 +65,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import logging
 import math
 import re
@@ -89,7 +88,7 @@ from jaxforget.data.batching import Batch, with_extra_rows
 from jaxforget.data.tokenize import Tokenized
 from jaxforget.replay_report import domain_counts, summarize, write_report
 from jaxforget.selection import RULES, Draw, draw
-from jaxforget.store import RunDir, RunError, atomic_write_npz, read_npz
+from jaxforget.store import RunDir, RunError, atomic_write_npz, read_json_object, read_npz
 from jaxforget.train import make_train_step
 
 log = logging.getLogger("jaxforget.replay")
@@ -788,7 +787,10 @@ def families(ctx: Context) -> dict[str, str]:
     if not path.is_file():
         raise ValueError(f"--cluster family: the run's tasks have no families ({path} does not exist: only the "
                          "built-in world records them); use --cluster task")
-    described = {t["name"]: t.get("family") or t["name"] for t in json.loads(path.read_text())["tasks"]}
+    tasks = read_json_object(path, "the built-in world's description").get("tasks")
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tasks):
+        raise RunError(f"{path}: no list of tasks with names; delete the cached world to rebuild it")
+    described = {t["name"]: t.get("family") or t["name"] for t in tasks}
     return {name: described.get(name, name) for name in ctx.setup.task_names}
 
 
