@@ -153,8 +153,12 @@ def _load_csv(path: Path) -> MatrixData:
 
 
 def _load_pickle(path: Path) -> MatrixData:
-    with open(path, "rb") as fh:
-        obj = pickle.load(fh)
+    try:
+        with open(path, "rb") as fh:
+            obj = pickle.load(fh)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, MemoryError) as e:  # what unpickling damaged bytes raises (a class of a missing module too)
+        raise _unreadable(path, "pickle", e) from None
     if not isinstance(obj, dict) or not {"train_mat", "test_mat"} <= set(obj):
         got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"{path}: expected a dict with 'train_mat' and 'test_mat' (the reference splits); got {got}")

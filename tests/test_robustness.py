@@ -491,3 +491,29 @@ def test_collect_resuming_a_damaged_run_is_one_line_and_leaves_it_untouched(name
     line = _one_error_line(capsys, lambda: _collect_cli(flags(run) + ["--save-models"]))
     assert Path(name).name in line, line
     assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv", ".pkl"])
+@pytest.mark.parametrize("damage", ["empty", "{}", "truncated", "garbage"])
+def test_a_damaged_matrix_file_is_one_line_naming_it(suffix, damage, tmp_path, capsys):
+    """predict --matrix and analyze on a matrix file of each format, damaged."""
+    import pickle
+
+    Z = np.random.default_rng(0).normal(size=(6, 9)).astype(np.float32)
+    path = tmp_path / f"z{suffix}"
+    if suffix == ".npy":
+        np.save(path, Z)
+    elif suffix == ".npz":
+        np.savez(path, Z=Z)
+    elif suffix == ".csv":
+        np.savetxt(path, Z, delimiter=",")
+    else:
+        path.write_bytes(pickle.dumps({"train_mat": Z[:4], "test_mat": Z[4:]}))
+    how = DAMAGE[damage]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if how == "half" else how)
+    if suffix == ".csv" and damage == "truncated":
+        return  # half the rows of a CSV are still a matrix: no damage to detect
+    for cli, argv in ((predict.cli, ["--matrix", str(path), "--out", str(tmp_path / "p.json")]),
+                      (analyze.cli, [str(path), "--out", str(tmp_path / "a"), "--tracker", "none"])):
+        line = _one_error_line(capsys, lambda: cli(argv))
+        assert str(path) in line, line
