@@ -214,6 +214,23 @@ def plan_mesh(shape: tuple[int, ...] | None):
     return models.make_mesh(shape, devices=devices[:n])
 
 
+def plan_arch(path) -> Any:
+    """The ArchConfig the run will build from `path`: config.json, and when the weights are there too, an output
+    head kept apart from a tied embedding as ``models.load`` keeps it (tie_word_embeddings with a distinct
+    head in the safetensors). Without weights, config.json alone."""
+    from pathlib import Path
+
+    from jaxforget import models
+    from jaxforget.models.hf import open_checkpoint, untied_if_distinct
+
+    arch = models.read_arch(path)
+    path = Path(path)
+    if arch.tie_embeddings and ((path / "model.safetensors").is_file()
+                                or (path / "model.safetensors.index.json").is_file()):
+        arch = untied_if_distinct(arch, open_checkpoint(path), source=str(path))
+    return arch
+
+
 def check_dtype(name: str, flag: str) -> Any:
     """The jnp dtype `name`, refused (naming `flag`) when the default backend cannot hold it."""
     import jax
@@ -269,7 +286,7 @@ def plan_run(config: PlanCommand) -> Plan:
 
     if config.model.path is None:
         raise ValueError("plan needs --model.path: a Hugging Face directory with a config.json (weights not needed)")
-    arch = models.read_arch(config.model.path)
+    arch = plan_arch(config.model.path)
     dtype = check_dtype(config.model.dtype, "--model.dtype")
     param_dtype = check_dtype(config.model.param_dtype, "--model.param-dtype")
     p = config.plan

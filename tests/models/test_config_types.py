@@ -78,3 +78,16 @@ def test_gpt2_n_ctx_is_typed_and_a_false_like_integer_is_no_boolean(tmp_path):
     _edit_config(tmp_path, n_ctx=64, add_cross_attention=0)  # 0 == False in Python, not in JSON
     with pytest.raises(models.UnsupportedConfigError, match="field 'add_cross_attention'=0 is not supported"):
         models.read_arch(tmp_path)
+
+
+def test_plan_counts_the_head_that_load_keeps_untied(tmp_path):
+    from jaxforget.plan import plan_arch
+
+    tiny_hf.save("llama", tmp_path / "w", tokenizer=False)  # its own lm_head.weight beside the embedding
+    untied = models.read_arch(tmp_path / "w")
+    _edit_config(tmp_path / "w", tie_word_embeddings=True)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "config.json").write_text((tmp_path / "w" / "config.json").read_text())  # config only
+    assert plan_arch(tmp_path / "w").n_params() == untied.n_params() == models.load(tmp_path / "w", tokenizer=False)[
+        0].arch.n_params()
+    assert plan_arch(tmp_path / "c").n_params() == untied.n_params() - untied.vocab_size * untied.d_model
