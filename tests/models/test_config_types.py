@@ -14,6 +14,23 @@ from tests.models import tiny_hf
 TOL = 1e-4
 
 
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """config.json of each tiny family, saved once by transformers (read_arch needs no weights)."""
+    out = {}
+    for case in ("llama", "gpt2"):
+        path = tmp_path_factory.mktemp(case)
+        tiny_hf.save(case, path, tokenizer=False)
+        out[case] = (path / "config.json").read_text()
+    return out
+
+
+def _config_only(saved, case, path):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(saved[case])
+    return path
+
+
 def _edit_config(path, **changes):
     cfg = json.loads((path / "config.json").read_text())
     cfg.update(changes)
@@ -54,8 +71,8 @@ def test_tied_config_with_a_head_equal_to_the_embedding_stays_tied(tmp_path):
     ("tie_word_embeddings", "false"), ("tie_word_embeddings", 0), ("tie_word_embeddings", None),
     ("attention_bias", "true"), ("mlp_bias", 1), ("use_cache", "false"),
 ])
-def test_a_boolean_field_that_is_not_true_or_false_is_refused(field, value, tmp_path):
-    tiny_hf.save("llama", tmp_path, tokenizer=False)
+def test_a_boolean_field_that_is_not_true_or_false_is_refused(field, value, saved, tmp_path):
+    _config_only(saved, "llama", tmp_path)
     _edit_config(tmp_path, **{field: value})
     with pytest.raises(models.UnsupportedConfigError, match=f"config.json: field '{field}' must be true or false"):
         models.read_arch(tmp_path)
@@ -63,15 +80,15 @@ def test_a_boolean_field_that_is_not_true_or_false_is_refused(field, value, tmp_
 
 @pytest.mark.parametrize("field, value", [("eos_token_id", "1"), ("eos_token_id", [1, "2"]), ("bos_token_id", -1),
                                           ("pad_token_id", 1.5), ("eos_token_id", True)])
-def test_a_token_id_that_is_not_an_integer_is_refused(field, value, tmp_path):
-    tiny_hf.save("llama", tmp_path, tokenizer=False)
+def test_a_token_id_that_is_not_an_integer_is_refused(field, value, saved, tmp_path):
+    _config_only(saved, "llama", tmp_path)
     _edit_config(tmp_path, **{field: value})
     with pytest.raises(models.UnsupportedConfigError, match=f"config.json: field '{field}' must be a token id"):
         models.read_arch(tmp_path)
 
 
-def test_gpt2_n_ctx_is_typed_and_a_false_like_integer_is_no_boolean(tmp_path):
-    tiny_hf.save("gpt2", tmp_path, tokenizer=False)
+def test_gpt2_n_ctx_is_typed_and_a_false_like_integer_is_no_boolean(saved, tmp_path):
+    _config_only(saved, "gpt2", tmp_path)
     _edit_config(tmp_path, n_ctx="64")
     with pytest.raises(models.UnsupportedConfigError, match="field 'n_ctx' must be an integer"):
         models.read_arch(tmp_path)
