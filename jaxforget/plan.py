@@ -86,7 +86,10 @@ def parse_bytes(text: str, flag: str = "--plan.device-memory") -> int:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"{flag} {text!r}: expected a size such as 80GB, 80GiB or 81920MiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not math.isfinite(size) or size >= 2**80:  # beyond any device, and beyond float's integers
+        raise ValueError(f"{flag} {text!r}: not a device memory size (expected e.g. 80GB)")
+    return int(size)
 
 
 def fmt_bytes(n: float) -> str:

@@ -98,7 +98,10 @@ def resolve_test_rows(spec: str | None, data: MatrixData, seed: int) -> list[int
     except ValueError:
         frac = None
     if frac is not None and "," not in spec and not spec.strip().isdigit():
-        return split_rows(M, frac, seed)[1]
+        try:
+            return split_rows(M, frac, seed)[1]
+        except ValueError as e:
+            raise ValueError(f"--split {spec}: {e}") from None
     index = {name: i for i, name in enumerate(data.row_names)}
     rows = []
     for item in (s.strip() for s in spec.split(",") if s.strip()):

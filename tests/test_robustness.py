@@ -126,7 +126,12 @@ def test_the_issue_cases(tmp_path, capsys):
              (plan.cli, ["--plan.peak-tflops", "0"], "--plan.peak-tflops must be > 0"),
              (predict.cli, ["--batch-size", "-1"], "--batch-size must be >= 1"),
              (predict.cli, ["--seeds", "0", "-1"], "--seeds must be >= 0"),
-             (forecast.cli, [str(tmp_path), "--task", "t", "--seeds", "-1"], "--seeds must be >= 0")]
+             (forecast.cli, [str(tmp_path), "--task", "t", "--seeds", "-1"], "--seeds must be >= 0"),
+             # found by the same search: an overflowing size, a fraction split out of range
+             (plan.cli, ["--plan.device-memory", "1e400"], "--plan.device-memory '1e400': not a device memory size"),
+             (predict.cli, ["--split", "1.5", "--synthetic-rows", "8", "--synthetic-cols", "20"],
+              "--split 1.5: test fraction must be in (0, 1)"),
+             (predict.cli, ["--split", "nan", "--synthetic-rows", "8", "--synthetic-cols", "20"], "--split nan: ")]
     for cli, argv, message in cases:
         assert message in _one_error_line(capsys, lambda: cli(argv)), argv
 
