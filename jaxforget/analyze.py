@@ -40,8 +40,8 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
-from jaxforget.cli import out_dir_error
-from jaxforget.store import MatrixData, atomic_write_json, load_matrix
+from jaxforget.cli import Range, above, at_least, check_ranges, out_dir_error
+from jaxforget.store import MatrixData, atomic_write_json, load_matrix, read_json_object
 
 TASK_NUMERIC = ("train_loss_drop", "n_train_tokens", "base_loss", "n_train", "steps")
 EXAMPLE_NUMERIC = ("nll_before", "n_tokens")
@@ -86,6 +86,7 @@ class AnalyzeConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the flag when a value is out of range."""
+        check_ranges(self, RANGES)
         checks = [
             (self.max_rank >= 1, f"--max-rank must be >= 1; got {self.max_rank}"),
             (self.residual_rank >= 1, f"--residual-rank must be >= 1; got {self.residual_rank}"),
@@ -115,6 +116,15 @@ class AnalyzeConfig:
         return self.path.with_name(f"analysis_{self.path.stem}")
 
 
+RANGES: dict[str, Range] = {
+    # every int/float flag (tests/test_robustness.py checks that none is missing)
+    **dict.fromkeys(("max_rank", "residual_rank", "block_permutations", "min_block_rows", "min_block_cols"),
+                    at_least(1)),
+    **dict.fromkeys(("max_blocks", "sample_cols", "seed", "top_examples"), at_least(0)),
+    "block_alpha": Range(0, 1, lo_open=True), "vmax": above(0), "vmax_quantile": Range(0, 1, lo_open=True),
+}
+
+
 # ----------------------------------------------------------------------------------------------
 # Run-directory side files
 
@@ -135,17 +145,20 @@ class RunMetadata:
 
 def _read_jsonl(path: Path, key: str) -> list[dict[str, Any]]:
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or key not in record:
-                raise ValueError(f"{path}, line {lineno}: expected a JSON object with a {key!r} field")
-            records.append(record)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); expected JSON lines") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or key not in record:
+            raise ValueError(f"{path}, line {lineno}: expected a JSON object with a {key!r} field")
+        records.append(record)
     return records
 
 
@@ -221,10 +234,7 @@ def read_run_metadata(run_dir: Path, data: MatrixData) -> RunMetadata:
     meta_path = run_dir / "meta.json"
     if meta_path.exists():
         md.files.append(meta_path.name)
-        try:
-            md.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        md.meta = read_json_object(meta_path, "the meta.json of a jaxforget run")
     return md
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import io
 import math
 import os
 import sys
@@ -16,6 +18,11 @@ from typing import Annotated, Any, TypeVar
 import tyro
 
 from jaxforget.logs import configure_logging
+from jaxforget.store import RunError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RunError)
+"""What a command reports as one ``error:`` line and exit status 2: bad flags, missing or damaged files
+(every loader names the file), a run directory that cannot be used as asked."""
 
 C = TypeVar("C")
 
@@ -46,10 +53,35 @@ def with_verbose(config_type: type[C]) -> type:
     return cls
 
 
+def parse_error_line(text: str) -> str:
+    """tyro's boxed parse error as one line: the box's first section (what is wrong, naming the flag),
+    without the frame, the help text of the argument and the pointer to --help."""
+    lines = []
+    for raw in text.splitlines()[1:]:  # the first line is the box's title bar
+        line = raw.strip().strip("│╭╮╰╯").strip()
+        if not line or set(line) <= set("─━═"):
+            if lines:
+                break
+            continue
+        lines.append(line)
+    return " ".join(lines) or " ".join(text.split())[:300] or "invalid command line"
+
+
 def parse(config_type: type[C], argv: list[str] | None, prog: str) -> tuple[C, bool]:
     """``(config, verbose)`` from the command line: ``config_type`` plus ``--verbose``, with ``prog``
     (``python -m jaxforget.<step>``) as the program name in usage lines and ``--help``."""
-    parsed = tyro.cli(with_verbose(config_type), args=argv, prog=prog)
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            parsed = tyro.cli(with_verbose(config_type), args=argv, prog=prog)
+    except SystemExit as e:
+        if e.code in (0, None):
+            sys.stderr.write(held.getvalue())
+            raise
+        print(f"error: {parse_error_line(held.getvalue())} (python -m {prog.removeprefix('python -m ')} --help "
+              "lists the flags)", file=sys.stderr)
+        raise SystemExit(2) from None
+    sys.stderr.write(held.getvalue())
     if type(parsed) is config_type:
         return parsed, bool(getattr(parsed, "verbose", False))
     fields = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(config_type) if f.init}
@@ -57,18 +89,25 @@ def parse(config_type: type[C], argv: list[str] | None, prog: str) -> tuple[C, b
 
 
 def run(config_type: type[C], main: Callable[[C], Any], argv: list[str] | None = None, *,
-        errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError), prog: str | None = None) -> Any:
+        errors: tuple[type[BaseException], ...] = USER_ERRORS, prog: str | None = None) -> Any:
     """Parse ``config_type`` (plus ``--verbose``) with tyro, set up logging
     (:func:`jaxforget.logs.configure_logging`, with the config's ``quiet`` where it has one) and call
     ``main(config)``. A user error (bad input, missing file) prints ``error: <message>`` to stderr and
     exits with status 2, without a traceback. ``prog`` is the program name of the usage line
     (default :func:`prog_name` of ``main``)."""
     config, verbose = parse(config_type, argv, prog or prog_name(main))
+    return execute(config, main, errors=errors, verbose=verbose)
+
+
+def execute(config: C, main: Callable[[C], Any], *, errors: tuple[type[BaseException], ...] = USER_ERRORS,
+            verbose: bool = False) -> Any:
+    """``main(config)`` as :func:`run` calls it once the flags are parsed: a user error is ``error: <message>``
+    on one line of stderr and exit status 2."""
     try:
         configure_logging(verbose, quiet=bool(getattr(config, "quiet", False)))
         return main(config)
     except errors as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message holds
         raise SystemExit(2) from None
 
 
@@ -89,8 +128,13 @@ def config_from_dict(config_type: type[C], values: Any, where: str = "config") -
         if dataclasses.is_dataclass(tp):
             return config_from_dict(tp, value, name)
         if origin is tuple:
+            if not isinstance(value, list):
+                raise ValueError(f"{name}: expected a list, got {value!r}")
             inner = args[0] if args else Any
             return tuple(convert(inner, v, f"{name}[{i}]") for i, v in enumerate(value))
+        expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,), Path: (str,)}.get(tp)
+        if expected is not None and (not isinstance(value, expected) or (tp is not bool and isinstance(value, bool))):
+            raise ValueError(f"{name}: expected {'a path' if tp is Path else tp.__name__}, got {value!r}")
         if tp is Path:
             return Path(value)
         return value
@@ -140,6 +184,8 @@ class Range:
         return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
 
     def __str__(self) -> str:
+        if self.lo is None and self.hi is None:
+            return ""  # any finite number
         if self.lo is not None and self.hi is not None:
             text = f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
         elif self.lo is not None:
@@ -147,6 +193,10 @@ class Range:
         else:
             text = f"{'<' if self.hi_open else '<='} {self.hi:g}"
         return text if self.off is None else f"{self.off:g} (off) or {text}"
+
+
+FINITE = Range()
+"""Any finite number (NaN and inf refused)."""
 
 
 def at_least(lo: float) -> Range:
@@ -188,13 +238,41 @@ def range_errors(config: Any, ranges: dict[str, Range]) -> list[str]:
         for v in (value if isinstance(value, tuple) else (value,)):
             rule = ranges.get(path)
             if isinstance(v, float) and not math.isfinite(v):
-                errors.append(f"{flag_name(path)} must be a finite number{f' {rule}' if rule else ''}; got {v}")
+                errors.append(f"{flag_name(path)} must be a finite number{f' {rule}' if str(rule or '') else ''}; "
+                              f"got {v}")
             elif rule is not None and not rule.accepts(v):
                 errors.append(f"{flag_name(path)} must be {rule}; got {value if isinstance(value, tuple) else v}")
             else:
                 continue
             break
     return errors
+
+
+def check_ranges(config: Any, ranges: dict[str, Range]) -> None:
+    """:func:`range_errors` of `config` as one ValueError (all of them, ``; ``-joined), or nothing: the first
+    check of every command, before anything is loaded."""
+    errors = range_errors(config, ranges)
+    if errors:
+        raise ValueError("; ".join(errors))
+
+
+def numeric_flags(config_type: type, prefix: str = "") -> dict[str, type]:
+    """Dotted path -> int or float of every numeric field of a (nested) config dataclass *type*, optional
+    ones (``int | None``) and tuples (``tuple[int, ...]``) included: every flag a range table must cover."""
+    out: dict[str, type] = {}
+    hints = typing.get_type_hints(config_type)
+    for f in dataclasses.fields(config_type):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(numeric_flags(tp, f"{prefix}{f.name}."))
+            continue
+        options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        for option in options:
+            if typing.get_origin(option) is tuple:
+                option = (typing.get_args(option) or (None,))[0]
+            if option in (int, float):
+                out[f"{prefix}{f.name}"] = option
+    return out
 
 
 def out_dir_error(path: Path, flag: str = "--out") -> str | None:

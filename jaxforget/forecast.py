@@ -34,6 +34,7 @@ had been run with the task listed last from the start (same seed rule, same batc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 from typing import Literal
@@ -42,16 +43,18 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from jaxforget.cli import config_from_dict
+from jaxforget.cli import FINITE, Range, above, at_least, check_ranges, config_from_dict, out_dir_error
 from jaxforget.cli import run as run_cli
 from jaxforget.collect import CollectConfig, TrainLoop, build_engine, setup_from_run, task_seed
 from jaxforget.collect.config import task_field_map
-from jaxforget.collect.run import write_tasks_jsonl
+from jaxforget.collect.loop import wrecked
+from jaxforget.collect.run import task_records
 from jaxforget.collect.setup import task_train_examples, tasks_path
 from jaxforget.completion import BASELINES, Completer, Method, all_metrics, baseline_predictions
 from jaxforget.data import readers
 from jaxforget.replay import STREAM, choose, streams, token_budget
-from jaxforget.store import RunDir, RunError, atomic_write_json, atomic_write_jsonl, atomic_write_npz
+from jaxforget.store import (RunDir, RunError, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,
+                             atomic_write_npz)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +102,21 @@ class ForecastConfig:
     """No jaxforget INFO log lines."""
 
 
+RANGES: dict[str, Range] = {
+    # every int/float flag (tests/test_robustness.py checks that none is missing)
+    "k": at_least(1), "top_n": at_least(1), "seeds": at_least(0), "online_fraction": Range(0, 1, True, True),
+    "ratio": Range(0, 1), "temperature": above(0), "ess": Range(0, 1, lo_open=True),
+    "threshold": FINITE,
+}
+
+
 def check_config(config: ForecastConfig) -> list[Method]:
+    """Every flag checked before anything is read, each error naming the flag as typed."""
+    check_ranges(config, RANGES)
+    for flag, path in (("--out", config.out), ("--replay-out", config.replay_out and config.replay_out.parent)):
+        error = out_dir_error(path, flag) if path is not None else None
+        if error:
+            raise ValueError(error)
     methods = [Method.parse(m) for m in config.methods]
     if not methods:
         raise ValueError("--methods: give at least one completion method")
@@ -150,14 +167,39 @@ def probe_indices(n: int, k: int, seed: int) -> np.ndarray:
 def main(config: ForecastConfig, echo=print) -> dict:
     methods = check_config(config)
     run = RunDir(config.run)
-    if not run.meta_path.exists():
-        raise FileNotFoundError(f"{config.run}: not a run directory (no meta.json)")
-    if not run.forgetting_path.exists():
-        raise RunError(f"{run.forgetting_path}: the run is not complete (finish it, or merge its shards with "
-                       f"python -m jaxforget.collect --merge {run.root})")
-    # the task first, from the recorded configuration: a wrong --task fails before the model is loaded
-    recorded = run.read_meta()
-    run_config = config_from_dict(CollectConfig, recorded["config"])
+    run.read_run_meta()  # a run directory (before --append creates its lock file in it)
+    # --append is one transaction: the run lock from before the fine-tuning to after the last write, so that no
+    # collect and no other append can change the run in between (a second append at once is refused here)
+    lock = run.lock_run() if config.append else None
+    try:
+        return _main(config, methods, run, echo)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _main(config: ForecastConfig, methods: list[Method], run: RunDir, echo) -> dict:
+    # every file of the run read (and checked) first, then the task from the recorded configuration: a damaged
+    # run or a wrong --task fails before the model is loaded
+    state = run_state(run)
+    recorded = run.read_run_meta()
+    Z = run.read_forgetting()["Z"].astype(np.float32)
+    base = run.read_base()
+    if base is None:
+        raise RunError(f"{run.base_path}: missing; the run's base-model NLL is needed (finish the run)")
+    nll_before = base["nll_before"]
+    if Z.shape != (len(recorded["task_names"]), len(recorded["example_ids"])) or nll_before.shape != Z.shape[1:]:
+        raise RunError(f"{run.root}: forgetting.npz ({Z.shape}), base.npz ({nll_before.shape}) and meta.json "
+                       f"({len(recorded['task_names'])} tasks x {len(recorded['example_ids'])} examples) disagree; "
+                       f"reassemble with python -m jaxforget.collect --merge {run.root}")
+    if config.append:
+        M = len(recorded["task_names"])
+        if run.row_path(M).exists():
+            raise RunError(f"{run.row_path(M)}: a row beyond the run's {M} tasks (left by an interrupted append?); "
+                           "move it away")
+        for i in range(M):  # every row readable: a damaged run fails before the fine-tuning
+            run.read_row(i)
+    run_config = config_from_dict(CollectConfig, recorded["config"], f"{run.meta_path}: config")
     name, records, from_source = read_task(config, run_config)
     names = list(recorded["task_names"])
     if name in names:
@@ -171,14 +213,11 @@ def main(config: ForecastConfig, echo=print) -> dict:
         if run_config.eval.eval_every or "em" in run_config.eval.metrics:
             raise ValueError("--append: the run measures per-step or exact-match forgetting, which forecast does not")
     cc, setup, meta = setup_from_run(config.run, echo)
-    with np.load(run.forgetting_path) as f:
-        Z = f["Z"].astype(np.float32)
     M, N = Z.shape
     ok = np.isfinite(Z).any(axis=1)
     Z_run = Z[ok]
     probes = {s: probe_indices(N, config.k, s) for s in config.seeds}
     union = np.unique(np.concatenate(list(probes.values())))
-    nll_before = run.read_base()["nll_before"]
     out_dir = config.out or run.root / "forecast" / name
     when = f"after {config.online_fraction:g} of the steps" if config.online else "after training"
     echo(f"forecast {name}: fine-tune the run's base with its settings ({cc.train.mode}), measure {config.k} of "
@@ -202,6 +241,11 @@ def main(config: ForecastConfig, echo=print) -> dict:
     if loop.failed[0]:
         raise RunError(f"task {name}: {loop.failed[0]}")
     nll_after = engine.evaluate(loop.state.params)[0] if config.measure_all else None
+    if nll_after is not None:  # as collect fails such a task (and --append must not add its row)
+        reason = ("non-finite upstream NLL after fine-tuning" if not np.all(np.isfinite(nll_after))
+                  else wrecked(loop.losses[0], nll_after, setup.model.arch.vocab_size))
+        if reason:
+            raise RunError(f"task {name}: {reason}")
     z_true = nll_after - nll_before if config.measure_all else None
     seconds = time.perf_counter() - t0
 
@@ -232,11 +276,10 @@ def main(config: ForecastConfig, echo=print) -> dict:
     _write_outputs(out_dir, config, summary, rows, revealed_all, z_true, setup, nll_before, seen, M)
     if config.append:
         n_train = [len(setup.task_train[n]) for n in setup.task_names] + [len(examples)]
-        lock = run.lock_run()  # no collect (or other forecast) may work on the run while it grows
-        try:
-            _append(run, meta, cc, name, loop, plan, nll_after, seconds, n_train)
-        finally:
-            lock.release()
+        row = RunDir.row_arrays(name=name, nll_after=nll_after, train_losses=np.asarray(loop.losses[0], np.float32),
+                                steps_run=np.asarray(plan.n_steps), train_tokens=np.asarray(loop.n_tokens[0]),
+                                seconds=np.asarray(seconds), seed=np.asarray(plan.seed))
+        append_row(run, row, n_train, state, em_base_correct_only=cc.eval.em_base_correct_only)
         echo(f"appended {name} to {run.root} as task {M} (Z is now {M + 1} x {N})")
     echo((out_dir / "report.md").read_text())
     return summary
@@ -322,23 +365,63 @@ def report_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _append(run: RunDir, meta: dict, cc, name: str, loop: TrainLoop, plan, nll_after: np.ndarray, seconds: float,
-            n_train: list[int]) -> None:
-    """The measured row as the run's task M, and every file that names the tasks updated to match."""
-    names = list(meta["task_names"])
+RUN_FILES = ("meta.json", "forgetting.npz", "base.npz", "tasks.jsonl")
+"""The files of a run that --append reads and rewrites (base.npz only read)."""
+
+
+def run_state(run: RunDir) -> dict[str, str | None]:
+    """sha256 of each of :data:`RUN_FILES` (None: absent) and the row files present: what --append re-checks
+    before it writes."""
+    state = {}
+    for name in RUN_FILES:
+        path = run.root / name
+        state[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    state["rows"] = ",".join(p.name for p in sorted(run.rows_dir.glob("task_*.npz"))) if run.rows_dir.is_dir() else ""
+    return state
+
+
+def append_row(run: RunDir, row: dict[str, np.ndarray], n_train: list[int], state: dict[str, str | None], *,
+               em_base_correct_only: bool = True) -> None:
+    """Add `row` (:meth:`RunDir.row_arrays`) to the run as task M, all or nothing: the run must still be as
+    `state` (:func:`run_state`) found it; the assembly, tasks.jsonl and meta.json (task names and
+    ``data.task_names``) are computed in memory first (every other row read and checked), then the row,
+    forgetting.npz, tasks.jsonl and meta.json are written; a failure part way restores the files as they were
+    and removes the row. A RunError (one line, naming the file) when the run changed or is damaged."""
+    changed = [name for name, digest in run_state(run).items() if state.get(name) != digest]
+    if changed:
+        raise RunError(f"{run.root}: {', '.join(changed)} changed while forecast was fine-tuning (a process that "
+                       "did not take the run lock?); nothing appended")
+    meta = run.read_run_meta()
+    names, name = list(meta["task_names"]), str(row["name"])
     M = len(names)
-    run.write_row(M, name=name, nll_after=nll_after, train_losses=np.asarray(loop.losses[0], np.float32),
-                  steps_run=np.asarray(plan.n_steps), train_tokens=np.asarray(loop.n_tokens[0]),
-                  seconds=np.asarray(seconds), seed=np.asarray(plan.seed))
     config = dict(meta["config"])
-    config["data"] = {**config["data"], "task_names": names + [name]}
-    run.update_meta(task_names=names + [name], config=config)
-    run.assemble(names + [name], list(meta["example_ids"]), em_base_correct_only=cc.eval.em_base_correct_only)
-    write_tasks_jsonl(run, names + [name], n_train)
+    config["data"] = {**config.get("data", {}), "task_names": names + [name]}
+    new_meta = {**meta, "task_names": names + [name], "config": config}
+    out = run.assemble(names + [name], list(meta["example_ids"]), em_base_correct_only=em_base_correct_only,
+                       rows={M: row}, write=False)
+    records = task_records(run, names + [name], n_train, rows={M: row})
+    tasks_jsonl = run.root / "tasks.jsonl"
+    before = {p: (p.read_bytes() if p.is_file() else None) for p in (run.forgetting_path, tasks_jsonl, run.meta_path)}
+    try:
+        with run.files_lock():
+            atomic_write_npz(run.row_path(M), **row)
+            atomic_write_npz(run.forgetting_path, **out)
+            atomic_write_jsonl(tasks_jsonl, records)
+            atomic_write_json(run.meta_path, new_meta)  # last: the run has M + 1 tasks once this is written
+    except BaseException as e:
+        for path, data in before.items():
+            if data is None:
+                path.unlink(missing_ok=True)
+            elif not path.is_file() or path.read_bytes() != data:
+                atomic_write_bytes(path, data)
+        run.row_path(M).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise RunError(f"{run.root}: could not append {name} ({e}); the run is as it was") from None
+        raise
 
 
 def cli(argv: list[str] | None = None) -> dict:
-    return run_cli(ForecastConfig, main, argv, errors=(ValueError, FileNotFoundError, RunError))
+    return run_cli(ForecastConfig, main, argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import math
 import re
 from typing import Any
 
+from jaxforget.cli import Range, above, at_least, range_errors
+from jaxforget.collect.config import RANGES as COLLECT_RANGES
 from jaxforget.collect.config import CollectConfig, check_config
 
 # bfloat16 dense peak of one device, TFLOP/s, by jax device_kind (the spec sheets' figures).
@@ -54,6 +56,27 @@ class PlanCommand(CollectConfig):
     plan: PlanConfig = PlanConfig()
 
 
+RANGES: dict[str, Range] = {
+    # collect's flags as collect checks them, and --plan.* (tests/test_robustness.py checks that none is missing)
+    **COLLECT_RANGES, "plan.mfu": Range(0, 1, lo_open=True), "plan.peak_tflops": above(0), "plan.n_tasks": at_least(1),
+}
+
+
+def check_plan(config: PlanCommand) -> None:
+    """Every flag checked before config.json is read: collect's checks, --plan.* ranges (NaN / inf refused)
+    and --plan.device-memory (a size > 0), each error naming the flag as typed."""
+    errors = [e for e in range_errors(config, RANGES) if e.startswith("--plan.")]
+    if config.plan.device_memory is not None:
+        try:
+            if parse_bytes(config.plan.device_memory) <= 0:
+                errors.append(f"--plan.device-memory must be > 0; got {config.plan.device_memory!r}")
+        except ValueError as e:
+            errors.append(str(e))
+    if errors:
+        raise ValueError("; ".join(errors))
+    check_config(config)
+
+
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "tib": 2**40, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
@@ -63,7 +86,10 @@ def parse_bytes(text: str, flag: str = "--plan.device-memory") -> int:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"{flag} {text!r}: expected a size such as 80GB, 80GiB or 81920MiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not math.isfinite(size) or size >= 2**80:  # beyond any device, and beyond float's integers
+        raise ValueError(f"{flag} {text!r}: not a device memory size (expected e.g. 80GB)")
+    return int(size)
 
 
 def fmt_bytes(n: float) -> str:
@@ -191,6 +217,23 @@ def plan_mesh(shape: tuple[int, ...] | None):
     return models.make_mesh(shape, devices=devices[:n])
 
 
+def plan_arch(path) -> Any:
+    """The ArchConfig the run will build from `path`: config.json, and when the weights are there too, an output
+    head kept apart from a tied embedding as ``models.load`` keeps it (tie_word_embeddings with a distinct
+    head in the safetensors). Without weights, config.json alone."""
+    from pathlib import Path
+
+    from jaxforget import models
+    from jaxforget.models.hf import open_checkpoint, untied_if_distinct
+
+    arch = models.read_arch(path)
+    path = Path(path)
+    if arch.tie_embeddings and ((path / "model.safetensors").is_file()
+                                or (path / "model.safetensors.index.json").is_file()):
+        arch = untied_if_distinct(arch, open_checkpoint(path), source=str(path))
+    return arch
+
+
 def check_dtype(name: str, flag: str) -> Any:
     """The jnp dtype `name`, refused (naming `flag`) when the default backend cannot hold it."""
     import jax
@@ -246,7 +289,7 @@ def plan_run(config: PlanCommand) -> Plan:
 
     if config.model.path is None:
         raise ValueError("plan needs --model.path: a Hugging Face directory with a config.json (weights not needed)")
-    arch = models.read_arch(config.model.path)
+    arch = plan_arch(config.model.path)
     dtype = check_dtype(config.model.dtype, "--model.dtype")
     param_dtype = check_dtype(config.model.param_dtype, "--model.param-dtype")
     p = config.plan
@@ -349,7 +392,7 @@ def plan(config: PlanCommand, echo=print) -> Plan:
     """Plan the run, print the report, and (when it does not fit) the knobs that would make it fit."""
     import jax
 
-    check_config(config)
+    check_plan(config)
     result = plan_run(config)
     if result.fits is False and config.plan.suggest:
         for flags, changed in knob_changes(config, len(jax.devices())):

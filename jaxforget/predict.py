@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from jaxforget.cli import out_dir_error
+from jaxforget.cli import FINITE, Range, at_least, check_ranges, out_dir_error
 from jaxforget.store import MatrixData, atomic_write_json, atomic_write_npz, load_matrix
 
 
@@ -98,7 +98,10 @@ def resolve_test_rows(spec: str | None, data: MatrixData, seed: int) -> list[int
     except ValueError:
         frac = None
     if frac is not None and "," not in spec and not spec.strip().isdigit():
-        return split_rows(M, frac, seed)[1]
+        try:
+            return split_rows(M, frac, seed)[1]
+        except ValueError as e:
+            raise ValueError(f"--split {spec}: {e}") from None
     index = {name: i for i, name in enumerate(data.row_names)}
     rows = []
     for item in (s.strip() for s in spec.split(",") if s.strip()):
@@ -227,8 +230,18 @@ def _names_text(names: list[str], shown: int = 8) -> str:
     return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
+RANGES: dict[str, Range] = {
+    # every int/float flag (tests/test_robustness.py checks that none is missing)
+    **dict.fromkeys(("split_seed", "seeds", "synthetic_seed"), at_least(0)),
+    **dict.fromkeys(("k", "top_n", "batch_size", "synthetic_cols"), at_least(1)),
+    "synthetic_rows": at_least(2),  # train rows and test rows
+    "threshold": FINITE,
+}
+
+
 def check_flags(config: PredictConfig) -> None:
-    """Numeric flags a run would otherwise fail on late (or silently misuse), each error naming its flag."""
+    """Every flag checked before anything is read: numeric ranges (NaN / inf refused), then the rest, each
+    error naming its flag as typed."""
     if config.k < 1:
         raise ValueError(f"--k {config.k}: at least one entry per test task must be revealed")
     if config.top_n < 1:
@@ -237,6 +250,7 @@ def check_flags(config: PredictConfig) -> None:
         raise ValueError(f"--threshold {config.threshold}: must be a finite number")
     if not config.seeds:
         raise ValueError("--seeds: give at least one seed")
+    check_ranges(config, RANGES)  # every other numeric flag: NaN / inf and its range
     if config.save_predictions is not None and config.save_predictions.suffix != ".npz":
         raise ValueError(f"--save-predictions {config.save_predictions}: the file is an npz archive; name it *.npz")
     for flag, path in (("--out", config.out), ("--save-predictions", config.save_predictions)):
@@ -249,10 +263,8 @@ def check_flags(config: PredictConfig) -> None:
 
 def cli(argv: list[str] | None = None) -> dict:
     from jaxforget.cli import run
-    from jaxforget.store import RunError
 
-    # a damaged or incomplete run directory is bad input too (RunError names the file)
-    return run(PredictConfig, main, argv, errors=(ValueError, FileNotFoundError, RunError))
+    return run(PredictConfig, main, argv)  # a damaged run directory (RunError, naming the file) is bad input too
 
 
 if __name__ == "__main__":

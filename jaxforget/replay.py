@@ -65,7 +65,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import logging
 import math
 import re
@@ -79,7 +78,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from jaxforget.cli import run, to_jsonable
+from jaxforget.cli import Range, above, at_least, check_ranges, run, to_jsonable
 from jaxforget.collect import (CollectConfig, Engine, Setup, TaskSchedule, TrainLoop, build_engine, collect,
                                resolve_buckets, setup_from_run, task_seed)
 from jaxforget.collect.engine import make_tx
@@ -89,7 +88,7 @@ from jaxforget.data.batching import Batch, with_extra_rows
 from jaxforget.data.tokenize import Tokenized
 from jaxforget.replay_report import domain_counts, summarize, write_report
 from jaxforget.selection import RULES, Draw, draw
-from jaxforget.store import RunDir, RunError, atomic_write_npz, read_npz
+from jaxforget.store import RunDir, RunError, atomic_write_npz, read_json_object, read_npz
 from jaxforget.train import make_train_step
 
 log = logging.getLogger("jaxforget.replay")
@@ -258,6 +257,18 @@ class ReplayConfig:
 _NOT_COMPARED = ("out", "quiet", "strategies", "tasks", "seeds", "cluster", "equivalence_margin")
 
 
+RANGES: dict[str, Range] = {
+    # every int/float flag (tests/test_robustness.py checks that none is missing); the finer checks follow in
+    # check_config
+    **dict.fromkeys(("seeds", "split_seed", "heldout_seed"), at_least(0)),
+    **dict.fromkeys(("k", "probe_k"), at_least(1)),
+    **dict.fromkeys(("test_fraction", "heldout_fraction", "online_fraction", "equivalence_margin"),
+                    Range(0, 1, True, True)),
+    "ratio": Range(0, 1), "temperature": above(0), "ess": Range(0, 1, lo_open=True),
+    "replay_weight": at_least(0), "folds": Range(lo=2, off=0),
+}
+
+
 def check_config(config: ReplayConfig) -> list[Strategy]:
     strategies = [Strategy.parse(s) for s in config.strategies]
     if not strategies:
@@ -284,7 +295,9 @@ def check_config(config: ReplayConfig) -> list[Strategy]:
     if not config.tasks and not 0 < config.test_fraction < 1 and not config.folds:
         raise ValueError(f"--test-fraction must be in (0, 1), got {config.test_fraction}")
     if any(s < 0 for s in config.seeds) or config.split_seed < 0 or config.heldout_seed < 0:
-        raise ValueError("--seeds, --split-seed and --heldout-seed must be >= 0")
+        raise ValueError(f"--seeds, --split-seed and --heldout-seed must be >= 0; got --seeds "
+                         f"{' '.join(map(str, config.seeds))} --split-seed {config.split_seed} --heldout-seed "
+                         f"{config.heldout_seed}")
     if not 0 < config.heldout_fraction < 1:
         raise ValueError(f"--heldout-fraction must be in (0, 1), got {config.heldout_fraction}")
     if not 0 < config.online_fraction < 1:
@@ -293,6 +306,7 @@ def check_config(config: ReplayConfig) -> list[Strategy]:
         raise ValueError(f"--k must be >= 1, got {config.k}")
     if not config.seeds:
         raise ValueError("--seeds: give at least one")
+    check_ranges(config, RANGES)  # every other numeric flag: NaN / inf and its range
     return strategies
 
 
@@ -473,15 +487,19 @@ class Context:
 
 
 def load_context(config: ReplayConfig, echo=print) -> Context:
+    run = RunDir(config.run)
+    run.read_run_meta()  # the run's files checked (one line naming a damaged one) before anything is built
+    forgetting = run.read_forgetting()
+    Z, task_names = forgetting["Z"].astype(np.float32), [str(x) for x in forgetting["task_names"]]
+    base = run.read_base()
+    if base is None:
+        raise RunError(f"{run.base_path}: missing; the run's base-model NLL is needed (finish the run)")
+    if base["nll_before"].shape != Z.shape[1:]:
+        raise RunError(f"{run.root}: base.npz has {base['nll_before'].shape[0]} examples, forgetting.npz "
+                       f"{Z.shape[1]}; reassemble with python -m jaxforget.collect --merge {run.root}")
     cc, setup, _ = setup_from_run(config.run, echo)
     train, eval_ = resolve_buckets(setup, cc.train, cc.eval)  # the replayed rows need the run's real buckets
     cc = dataclasses.replace(cc, train=train, eval=eval_)
-    run = RunDir(config.run)
-    if not run.forgetting_path.exists():
-        raise RunError(f"{run.forgetting_path}: the run is not complete (finish it, or merge its shards with "
-                       f"python -m jaxforget.collect --merge {run.root})")
-    with np.load(run.forgetting_path) as f:
-        Z, task_names = f["Z"].astype(np.float32), [str(x) for x in f["task_names"]]
     too_long = max(len(t.ids) for t in setup.upstream_tok)
     if too_long > max(cc.train.buckets):
         raise ValueError(f"{run.meta_path}: upstream examples have up to {too_long} tokens, more than the run's "
@@ -496,7 +514,7 @@ def load_context(config: ReplayConfig, echo=print) -> Context:
 
     engine = build_engine(setup, cc)
     nll_before = engine.evaluate(engine.base_params)[0]
-    stored = run.read_base()["nll_before"]
+    stored = base["nll_before"]
     gap = float(np.nanmax(np.abs(nll_before - stored)))
     if gap > 1e-3:
         raise RunError(f"{run.base_path}: the base model's NLL now differs from the run's by up to {gap:.3g}: the "
@@ -769,7 +787,10 @@ def families(ctx: Context) -> dict[str, str]:
     if not path.is_file():
         raise ValueError(f"--cluster family: the run's tasks have no families ({path} does not exist: only the "
                          "built-in world records them); use --cluster task")
-    described = {t["name"]: t.get("family") or t["name"] for t in json.loads(path.read_text())["tasks"]}
+    tasks = read_json_object(path, "the built-in world's description").get("tasks")
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tasks):
+        raise RunError(f"{path}: no list of tasks with names; delete the cached world to rebuild it")
+    described = {t["name"]: t.get("family") or t["name"] for t in tasks}
     return {name: described.get(name, name) for name in ctx.setup.task_names}
 
 
@@ -848,7 +869,7 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    return run(ReplayConfig, main, argv, errors=(ValueError, FileNotFoundError, RunError))
+    return run(ReplayConfig, main, argv)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ def _unreadable(path: Path, what: str, e: Exception) -> ValueError:
 
 def _load_npz(path: Path) -> MatrixData:
     try:
+        _check_zip_header(path)
         with np.load(path, allow_pickle=False) as f:
             keys = list(f.keys())
             if "Z" in f:
@@ -152,8 +153,12 @@ def _load_csv(path: Path) -> MatrixData:
 
 
 def _load_pickle(path: Path) -> MatrixData:
-    with open(path, "rb") as fh:
-        obj = pickle.load(fh)
+    try:
+        with open(path, "rb") as fh:
+            obj = pickle.load(fh)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, MemoryError) as e:  # what unpickling damaged bytes raises (a class of a missing module too)
+        raise _unreadable(path, "pickle", e) from None
     if not isinstance(obj, dict) or not {"train_mat", "test_mat"} <= set(obj):
         got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"{path}: expected a dict with 'train_mat' and 'test_mat' (the reference splits); got {got}")
@@ -249,13 +254,60 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1] or 'value'}: {a!r} != {b!r}"]
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz file the run directory wrote; a damaged file is a RunError naming it."""
+def read_npz(path: Path, required: tuple[str, ...] = (), *, hint: str = "delete it to recompute"
+             ) -> dict[str, np.ndarray]:
+    """Every array of an .npz file the run directory wrote, with the `required` keys present; a missing,
+    damaged or incomplete file is one RunError line naming it (`hint` says what to do)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: missing; {hint}")
     try:
+        _check_zip_header(path)
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except Exception as e:  # zipfile/ValueError/OSError: any of them means the file is damaged
-        raise RunError(f"{path}: corrupted or unreadable ({type(e).__name__}: {e}); delete it to recompute") from None
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:  # zipfile/ValueError/OSError/EOFError: any of them means the file is damaged
+        raise RunError(f"{path}: corrupted or unreadable ({type(e).__name__}: {_one_line(e)}); {hint}") from None
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise RunError(f"{path}: has no {', '.join(missing)} (keys: {sorted(arrays) or 'none'}); {hint}")
+    return arrays
+
+
+def _check_zip_header(path: Path) -> None:
+    """An .npz is a zip archive: anything else (empty, text, a bare .npy) is refused before numpy, which would
+    call it "pickled data"."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise ValueError("empty file" if not head else f"not a zip archive (it starts with {head!r})")
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def read_json_object(path: Path, what: str = "JSON file") -> dict[str, Any]:
+    """A JSON file that must hold an object: missing, unreadable, not UTF-8, not JSON or not an object is one
+    ValueError line naming the file (`what` says what it should be, e.g. "a Hugging Face config.json")."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found ({what})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); expected {what}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); expected {what}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: unreadable ({e.strerror or e}); expected {what}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__} ({what})")
+    return value
+
+
+def _string_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 class RunDir:
@@ -345,13 +397,47 @@ class RunDir:
             return False
 
     def read_meta(self) -> dict[str, Any]:
+        """meta.json as a dict; any damage (missing, empty, not JSON, not an object) is one RunError line."""
         try:
-            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
-            raise RunError(f"{self.meta_path}: unreadable ({e})") from None
-        if not isinstance(meta, dict):
-            raise RunError(f"{self.meta_path}: expected a JSON object, found {type(meta).__name__}")
+            return read_json_object(self.meta_path, "the meta.json of a jaxforget run")
+        except (OSError, ValueError) as e:
+            raise RunError(str(e)) from None
+
+    def read_run_meta(self) -> dict[str, Any]:
+        """The meta.json of a collect run, checked: ``config`` (an object with a ``data`` and an ``eval``
+        object), ``task_names`` and ``example_ids`` (lists of strings). A field missing or mistyped is one
+        RunError line naming the file and the field, never a KeyError later."""
+        if not self.meta_path.exists():
+            raise FileNotFoundError(f"{self.root}: not a run directory (no meta.json); "
+                                    f"python -m jaxforget.collect --out {self.root} writes one")
+        meta = self.read_meta()
+        config = meta.get("config")
+        problems = []
+        if not isinstance(config, dict):
+            problems.append("config (an object)")
+        else:
+            problems += [f"config.{k} (an object)" for k in ("data", "eval") if not isinstance(config.get(k, {}), dict)]
+        problems += [f"{k} (a list of strings)" for k in ("task_names", "example_ids") if not _string_list(meta.get(k))]
+        if problems:
+            raise RunError(f"{self.meta_path}: no valid {', '.join(problems)}, so it is not the meta.json of a "
+                           "collect run (damaged, or written by something else); restore it from the run's copy")
         return meta
+
+    def read_forgetting(self) -> dict[str, np.ndarray]:
+        """forgetting.npz of a finished run: ``Z`` a 2-D float matrix with ``task_names`` / ``example_ids``
+        of its shape. Missing (the run is not assembled) or damaged is one RunError line naming it."""
+        if not self.forgetting_path.exists():
+            raise RunError(f"{self.forgetting_path}: the run is not complete (finish it, or merge its shards with "
+                           f"python -m jaxforget.collect --merge {self.root})")
+        hint = f"reassemble it with python -m jaxforget.collect --merge {self.root}"
+        f = read_npz(self.forgetting_path, ("Z", "task_names", "example_ids"), hint=hint)
+        Z = f["Z"]
+        if Z.ndim != 2 or not np.issubdtype(Z.dtype, np.floating):
+            raise RunError(f"{self.forgetting_path}: Z is {Z.dtype} of shape {Z.shape}, not a float matrix; {hint}")
+        if f["task_names"].shape != Z.shape[:1] or f["example_ids"].shape != Z.shape[1:]:
+            raise RunError(f"{self.forgetting_path}: task_names {f['task_names'].shape} / example_ids "
+                           f"{f['example_ids'].shape} do not match Z {Z.shape}; {hint}")
+        return f
 
     def update_meta(self, **fields: Any) -> None:
         with self.files_lock():  # read-modify-write: jobs of one run must not lose each other's fields
@@ -367,22 +453,32 @@ class RunDir:
             return True
 
     def read_base(self) -> dict[str, np.ndarray] | None:
-        return read_npz(self.base_path) if self.base_path.exists() else None
+        """base.npz (with ``nll_before``, a vector) or None when it was not written yet."""
+        if not self.base_path.exists():
+            return None
+        base = read_npz(self.base_path, ("nll_before",))
+        if base["nll_before"].ndim != 1:
+            raise RunError(f"{self.base_path}: nll_before has shape {base['nll_before'].shape}, not a vector; "
+                           "delete it to recompute")
+        return base
+
+    @staticmethod
+    def row_arrays(*, name: str, nll_after: np.ndarray, status: str = "ok", reason: str = "",
+                   **extra: np.ndarray) -> dict[str, np.ndarray]:
+        """The arrays of one task's row file (what :meth:`write_row` writes and :meth:`read_row` returns)."""
+        if status not in ("ok", "failed"):
+            raise ValueError(f"row status must be 'ok' or 'failed'; got {status!r}")
+        return dict(name=np.asarray(name), nll_after=np.asarray(nll_after, np.float32), status=np.asarray(status),
+                    reason=np.asarray(reason), **{k: np.asarray(v) for k, v in extra.items()})
 
     def write_row(self, index: int, *, name: str, nll_after: np.ndarray, status: str = "ok", reason: str = "",
                   **extra: np.ndarray) -> None:
         """One task's result: ``nll_after [N]`` (NaN when failed), status ``ok``/``failed`` and reason."""
-        if status not in ("ok", "failed"):
-            raise ValueError(f"row status must be 'ok' or 'failed'; got {status!r}")
-        atomic_write_npz(self.row_path(index), name=np.asarray(name), nll_after=np.asarray(nll_after, np.float32),
-                         status=np.asarray(status), reason=np.asarray(reason), **extra)
+        atomic_write_npz(self.row_path(index), **self.row_arrays(name=name, nll_after=nll_after, status=status,
+                                                                 reason=reason, **extra))
 
     def read_row(self, index: int) -> dict[str, Any]:
-        row = read_npz(self.row_path(index))
-        missing = {"name", "nll_after", "status"} - set(row)
-        if missing:
-            raise RunError(f"{self.row_path(index)}: missing fields {sorted(missing)}; delete it to recompute")
-        return row
+        return read_npz(self.row_path(index), ("name", "nll_after", "status"))
 
     def finished(self) -> list[int]:
         """Indices of tasks with a row file (ok or failed), without reading them."""
@@ -390,9 +486,10 @@ class RunDir:
             return []
         return sorted(int(p.stem.split("_")[1]) for p in self.rows_dir.glob("task_*.npz"))
 
-    def assemble(self, task_names: list[str], example_ids: list[str], *,
-                 em_base_correct_only: bool = True) -> dict[str, np.ndarray]:
-        """Build ``forgetting.npz`` from ``base.npz`` and every row; RunError naming what is missing.
+    def assemble(self, task_names: list[str], example_ids: list[str], *, em_base_correct_only: bool = True,
+                 rows: dict[int, dict[str, np.ndarray]] | None = None, write: bool = True) -> dict[str, np.ndarray]:
+        """Build ``forgetting.npz`` from ``base.npz`` and every row; RunError naming what is missing. `rows`:
+        rows not (yet) on disk, by index; ``write=False`` returns the assembly without writing it.
 
         With exact match (``em_before`` in base.npz, ``em_after`` in the rows) it also holds
         ``em_before [N_em]``, ``em_after [M, N_em]`` (NaN rows for failed tasks) and
@@ -403,10 +500,12 @@ class RunDir:
         if base is None:
             raise RunError(f"{self.base_path}: missing; the base model's NLL was never written")
         M, N = len(task_names), len(example_ids)
-        missing = sorted(set(range(M)) - set(self.finished()))
+        given = rows or {}
+        missing = sorted(set(range(M)) - set(self.finished()) - set(given))
         if missing:
-            raise RunError(f"{self.rows_dir}: {len(missing)} of {M} task rows missing (tasks {missing[:10]})")
-        rows = [self.read_row(i) for i in range(M)]
+            shown = ", ".join(self.row_path(i).name for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise RunError(f"{self.rows_dir}: {len(missing)} of {M} task rows missing ({shown})")
+        rows = [given[i] if i in given else self.read_row(i) for i in range(M)]
         for i, row in enumerate(rows):
             if str(row["name"]) != task_names[i]:
                 raise RunError(f"{self.row_path(i)}: holds task {str(row['name'])!r}, expected {task_names[i]!r}")
@@ -435,5 +534,6 @@ class RunDir:
             if em_base_correct_only:
                 Z_em[:, ~em_before] = np.nan
             out.update(em_before=em_before, em_after=em_after, Z_em=Z_em)
-        atomic_write_npz(self.forgetting_path, **out)
+        if write:
+            atomic_write_npz(self.forgetting_path, **out)
         return out

@@ -49,7 +49,7 @@ def test_resume_checks_the_config(tmp_path):
 def test_missing_and_corrupted_rows_are_reported(tmp_path):
     run = _run(tmp_path)
     run.write_row(0, name="a", nll_after=np.ones(5))
-    with pytest.raises(RunError, match=r"2 of 3 task rows missing \(tasks \[1, 2\]\)"):
+    with pytest.raises(RunError, match=r"2 of 3 task rows missing \(task_00001.npz, task_00002.npz\)"):
         run.assemble(["a", "b", "c"], [str(j) for j in range(5)])
     run.row_path(1).write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(RunError, match=r"task_00001.npz: corrupted or unreadable"):

@@ -14,11 +14,16 @@ from jaxforget.store import RunError
 def cli(argv: list[str] | None = None) -> int:
     """The command: returns the exit status (2 for a user error, printed as one line; 1 when a task failed)."""
     config, verbose = parse(CollectConfig, argv, prog="python -m jaxforget.collect")
+    return execute(config, verbose)
+
+
+def execute(config: CollectConfig, verbose: bool = False) -> int:
+    """Collect with parsed flags: the exit status (2 for a user error, printed as one line)."""
     try:
         configure_logging(verbose, quiet=config.quiet)
         return package.collect(config)  # loads jax and the engine: after the flags are parsed
     except (ValueError, FileNotFoundError, RunError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 

@@ -3,7 +3,8 @@
 Each checkpoint holds the TrainState (``state``) and a JSON record (``extra``: step, task indices, the
 losses so far, ...) with a ``digest`` of both: a checksum of every array's bits, computed on the
 devices (:func:`state_checksums`: exact integer sums, so independent of sharding and reduction
-order), hashed with the record's JSON. :func:`restore` recomputes it and cross-checks the step the
+order), hashed with the record's JSON. The record binds the checkpoint to its run (:func:`binding`: the
+fingerprint of the run's configuration and the tasks' indices and names). :func:`restore` recomputes it and cross-checks the step the
 record holds against the step orbax found; any difference (a flipped bit in an array, an edited
 record, a file from another run) is a :class:`~jaxforget.store.RunError` naming the directory, never
 a resume from a state that is not the one saved.
@@ -81,17 +82,33 @@ def digest(state: Any, record: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state: Any, record: dict[str, Any]) -> None:
-    """Checkpoint `state` at `step` with `record` (JSON; ``step`` and ``digest`` are added)."""
-    record = dict(record, step=step)
+def binding(config_fingerprint: str, tasks: list[tuple[int, str]]) -> dict[str, Any]:
+    """What binds a checkpoint to its run: the fingerprint of the run's configuration (every flag that changes
+    results) and the identity of the tasks it trains, as (index, name). Saved in the record, so the digest
+    covers it; :func:`restore` refuses a checkpoint whose binding is not the one expected."""
+    return dict(run=config_fingerprint, tasks=[[int(i), str(n)] for i, n in tasks])
+
+
+def fingerprint(config_json: Any) -> str:
+    """sha256 (16 hex digits) of a JSON-able configuration, key order aside."""
+    return hashlib.sha256(json.dumps(config_json, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: Any, record: dict[str, Any],
+         bound: dict[str, Any] | None = None) -> None:
+    """Checkpoint `state` at `step` with `record` (JSON; ``step``, the `bound` :func:`binding` and ``digest``
+    are added)."""
+    record = dict(record, step=step, **({"binding": bound} if bound is not None else {}))
     record["digest"] = digest(state, record)
     mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(record)))
 
 
-def restore(mgr: ocp.CheckpointManager, state: Any, path: Path) -> tuple[Any, dict[str, Any]] | tuple[None, None]:
+def restore(mgr: ocp.CheckpointManager, state: Any, path: Path, bound: dict[str, Any] | None = None
+            ) -> tuple[Any, dict[str, Any]] | tuple[None, None]:
     """The latest checkpoint as (state laid out like `state`, record), verified; (None, None) when there
-    is none. An unreadable or unverifiable checkpoint is a RunError naming `path`; orbax's own messages
-    about it (tracebacks of its I/O threads) are held back unless --verbose."""
+    is none. An unreadable or unverifiable checkpoint, or (with `bound`) one whose :func:`binding` is not
+    `bound` (a checkpoint of another run or of other tasks, copied in), is a RunError naming `path`; orbax's
+    own messages about it (tracebacks of its I/O threads) are held back unless --verbose."""
     verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
     if not verbose:  # after a failed read, orbax's I/O threads still finishing print tracebacks, even later
         drop_closed_loop_noise()
@@ -120,4 +137,13 @@ def restore(mgr: ocp.CheckpointManager, state: Any, path: Path) -> tuple[Any, di
     if digest(restored["state"], record) != record["digest"]:
         raise RunError(f"{path}: checkpoint at step {step} does not match the digest saved with it (its arrays or its "
                        f"record changed since they were written: a damaged disk, or an edited file). {_HINT}")
+    if bound is not None and record.get("binding") != bound:
+        got = record.get("binding")
+        if not isinstance(got, dict):
+            raise RunError(f"{path}: checkpoint at step {step} is bound to no run (written by an older jaxforget), so "
+                           f"it cannot be matched to this one. {_HINT}")
+        what = ("of another run (configuration fingerprint " f"{got.get('run')!r}, this run's {bound['run']!r})"
+                if got.get("run") != bound["run"] else f"of tasks {got.get('tasks')!r}, not {bound['tasks']!r}")
+        raise RunError(f"{path}: checkpoint at step {step} is a checkpoint {what}; it was copied or left here from "
+                       f"elsewhere and is not resumed. {_HINT}")
     return restored["state"], record

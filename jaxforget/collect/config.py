@@ -293,6 +293,10 @@ def check_config(config: CollectConfig) -> None:
                        ("--data.em-upstream", d.em_upstream), ("--merge", config.merge)):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{name} {path}: no such file or directory")
+    if config.model.path is not None and config.merge is None:
+        from jaxforget.models.hf import read_arch
+
+        read_arch(config.model.path)  # config.json read (and refused, naming the field) before anything is written
 
 
 def upstream_field_map(d: DataConfig) -> FieldMap:

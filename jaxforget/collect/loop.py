@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxforget import models
 from jaxforget.collect import checkpoints
-from jaxforget.collect.config import CollectConfig
+from jaxforget.collect.config import CollectConfig, config_dict
 from jaxforget.collect.distributed import is_primary
 from jaxforget.collect.engine import Engine, TaskSchedule, stack_slots, task_seed
 from jaxforget.collect.setup import Setup
@@ -43,6 +43,25 @@ def diverged(losses: Sequence[float], factor: float, window: int = 10) -> str | 
         n = min(window, len(losses))
         return (f"diverged: mean training loss of the last {n} steps {last:.4g} > {factor:g} x the first step's "
                 f"{first:.4g} (--train.divergence-factor)")
+    return None
+
+
+def wrecked(losses: Sequence[float], nll_after: np.ndarray, vocab_size: int, window: int = 10) -> str | None:
+    """Why a fine-tuned model is wrecked, or None: its mean upstream NLL is at or above ln V, the NLL of the
+    uniform distribution over the V tokens (it predicts the upstream text no better than chance), or every
+    one of its last `window` training losses is ln V (it collapsed to the uniform output). No tuning: ln V is
+    the model's own chance level; "at" allows 0.1% of it, the rounding of a collapsed softmax, far below the
+    distance of any trained model from chance. ``nll_after``: [N] nats/token."""
+    uniform = math.log(vocab_size)
+    near = 1e-3 * uniform
+    mean_nll = float(np.mean(nll_after))
+    if mean_nll >= uniform - near:
+        return (f"wrecked: mean upstream NLL after fine-tuning {mean_nll:.4g} nats/token is at or above the uniform "
+                f"distribution's ln V = {uniform:.4g} (V = {vocab_size}): the model predicts no better than chance")
+    last = [float(x) for x in losses[-window:]]
+    if last and all(abs(x - uniform) <= near for x in last):
+        return (f"wrecked: the last {len(last)} training losses are ln V = {uniform:.4g} (V = {vocab_size}): the "
+                "model collapsed to the uniform distribution")
     return None
 
 
@@ -172,8 +191,9 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
     ckpt_dir = run.checkpoints_dir / f"task_{indices[0]:05d}"
     manager = checkpoints.manager(ckpt_dir, keep=t.keep_checkpoints) if t.checkpoint_every > 0 else None
     first = 0
+    bound = checkpoints.binding(checkpoints.fingerprint(config_dict(config)), list(zip(indices, names)))
     if manager is not None:
-        restored, extra = checkpoints.restore(manager, state, ckpt_dir)
+        restored, extra = checkpoints.restore(manager, state, ckpt_dir, bound)
         if restored is not None:
             if list(extra["indices"]) != indices:
                 raise RunError(f"{ckpt_dir}: a checkpoint of tasks {extra['indices']}, now grouped as {indices}. "
@@ -202,7 +222,7 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
             loop.flush(done)
             checkpoints.save(manager, done, loop.state, dict(
                 indices=indices, losses=losses, failed=failed, eval_steps=eval_steps,
-                nll_steps=[[x.tolist() for x in xs] for xs in nll_steps]))
+                nll_steps=[[x.tolist() for x in xs] for xs in nll_steps]), bound)
             fault_point(f"checkpoint:{indices[0]}:{done}")
         progress.update(int(active.sum()))
         counted += int(active.sum())
@@ -215,6 +235,8 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
             failed[k] = diverged(losses[k], t.divergence_factor)
         if not failed[k] and not np.all(np.isfinite(nll_after[k])):
             failed[k] = "non-finite upstream NLL after fine-tuning"
+        if not failed[k]:
+            failed[k] = wrecked(losses[k], nll_after[k], setup.model.arch.vocab_size)
         if failed[k]:
             results.append(TaskFailed(failed[k]))
             continue

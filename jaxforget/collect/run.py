@@ -85,9 +85,9 @@ def heatmap_image(Z: np.ndarray) -> np.ndarray:
 def merge(path: Path, echo=print) -> dict[str, np.ndarray]:
     """Assemble forgetting.npz of a run directory from its rows (every task must be finished)."""
     run = RunDir(path)
-    meta = run.read_meta()
+    meta = run.read_run_meta()
     out = run.assemble(meta["task_names"], meta["example_ids"],
-                       em_base_correct_only=meta["config"]["eval"].get("em_base_correct_only", True))
+                       em_base_correct_only=meta["config"].get("eval", {}).get("em_base_correct_only", True) is not False)
     echo(summarize(out, meta["task_names"], meta["example_ids"]))
     echo(f"wrote {run.forgetting_path}")
     return out
@@ -133,7 +133,10 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
 
     def open_run() -> dict[str, Any]:
         resumed = run.start(meta, ignore=("out",), normalize=recorded_config)  # `out`: recorded by earlier versions
-        return dict(resumed=resumed, has_base=run.read_base() is not None, finished=run.finished())
+        finished = run.finished()
+        for i in finished:  # a damaged row is named now, before anything is trained or logged, not at the assembly
+            run.read_row(i)
+        return dict(resumed=resumed, has_base=run.read_base() is not None, finished=finished)
 
     # Process 0 reads (and creates) the run directory; every process acts on what it found.
     found = on_primary(open_run, f"open the run directory {run.root}")
@@ -293,9 +296,15 @@ def _param_name(path) -> str:
 def write_tasks_jsonl(run: RunDir, task_names: list[str], n_train: list[int]) -> None:
     """tasks.jsonl from the run's rows: per task its status, training examples (`n_train`, in task order),
     tokens, steps, first and final training loss and wall time."""
+    atomic_write_jsonl(run.root / "tasks.jsonl", task_records(run, task_names, n_train))
+
+
+def task_records(run: RunDir, task_names: list[str], n_train: list[int],
+                 rows: dict[int, dict[str, np.ndarray]] | None = None) -> list[dict[str, Any]]:
+    """The records of tasks.jsonl (:func:`write_tasks_jsonl`); `rows`: rows not (yet) on disk, by index."""
     records = []
     for j, name in enumerate(task_names):
-        row = run.read_row(j)
+        row = (rows or {}).get(j) or run.read_row(j)
         losses = row.get("train_losses", np.zeros(0))
         records.append(dict(
             name=name, status=str(row["status"]), reason=str(row["reason"]), n_train=n_train[j],
@@ -304,7 +313,7 @@ def write_tasks_jsonl(run: RunDir, task_names: list[str], n_train: list[int]) ->
             train_loss_before=float(losses[0]) if losses.size else None,
             train_loss_after=float(np.mean(losses[-10:])) if losses.size else None,
             seconds=float(row["seconds"]) if "seconds" in row else None))
-    atomic_write_jsonl(run.root / "tasks.jsonl", records)
+    return records
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

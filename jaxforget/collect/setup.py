@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxforget import models
-from jaxforget.cli import config_from_dict
-from jaxforget.collect.config import CollectConfig, task_field_map, upstream_field_map
+from jaxforget.cli import config_from_dict, range_errors
+from jaxforget.collect.config import RANGES, CollectConfig, task_field_map, upstream_field_map
 from jaxforget.collect.distributed import is_primary, on_primary
 from jaxforget.data import readers, tokenize
 from jaxforget.data.tokenize import Tokenized
@@ -67,6 +67,17 @@ def task_train_examples(records: list[readers.TaskExample], tokenizer, config: C
     return tokenize.tokenize_tasks(train, tokenizer, tokenize.TokenizeConfig(max_len=d.task_max_len))
 
 
+def check_token_ids(vocab_size: int, model_dir: Path, tokenizer, *parts: tuple[str, list[Tokenized]]) -> None:
+    """Every token id below the model's vocabulary size; else a ValueError naming the model directory: its
+    tokenizer is not the model's (an id beyond the embedding table would read no row of it)."""
+    for what, examples in parts:
+        top = max((int(np.max(ex.ids)) for ex in examples if len(ex.ids)), default=-1)
+        if top >= vocab_size:
+            raise ValueError(f"{model_dir}: the tokenizer ({len(tokenizer)} tokens) gives {what} token id {top}, beyond "
+                             f"the model's vocabulary of {vocab_size} (config.json vocab_size): the tokenizer does not "
+                             "belong to this model")
+
+
 def build_setup(config: CollectConfig, echo=print) -> Setup:
     """Model (on the mesh), tokenizer, upstream sample and tasks. In a multi-process run (after
     `init_distributed`) every process calls it; process 0 builds the built-in world and base model
@@ -107,6 +118,8 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     if unknown:
         raise ValueError(f"--data.task-names: unknown task(s) {unknown}; available: {sorted(tasks)}")
     task_train = {n: task_train_examples(tasks[n], tokenizer, config) for n in names}
+    check_token_ids(model.arch.vocab_size, model_dir, tokenizer,
+                    ("the upstream sample", upstream_tok), *((f"task {n}", task_train[n]) for n in names))
     em_set = None
     if "em" in config.eval.metrics:
         records = readers.read_task_file(d.em_upstream, "em_upstream", check_task_field=False)
@@ -124,11 +137,11 @@ def setup_from_run(path: str | Path, echo=print) -> tuple[CollectConfig, Setup, 
     still exists (else rebuilt from the configuration), NLL only, one task per step. The upstream ids
     and task names are checked against the run's."""
     run = RunDir(path)
-    if not run.meta_path.exists():
-        raise FileNotFoundError(f"{path}: not a run directory (no meta.json); "
-                                f"python -m jaxforget.collect --out {path} writes one")
-    meta = run.read_meta()
+    meta = run.read_run_meta()
     config = config_from_dict(CollectConfig, meta["config"], f"{run.meta_path}: config")
+    errors = range_errors(config, RANGES)  # a recorded value no flag could have given: an edited or damaged file
+    if errors:
+        raise RunError(f"{run.meta_path}: config out of range ({'; '.join(errors)})")
     # the token accounting the run used, pinned before model.path is set below (which would turn 'auto' into
     # 'paper'); a run from before the flag used 'builtin'
     used = meta.get("nll_tokens") or ("builtin" if "nll_tokens" not in meta["config"].get("data", {})

@@ -22,6 +22,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from jaxforget.store import read_json_object
+
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
 RECORD_SUFFIXES = JSONL_SUFFIXES + (".parquet",)
 _BATCH = 1024
@@ -121,9 +123,21 @@ def iter_records(path: Path, *, required_columns: Sequence[str] = ()) -> Iterato
         return
     s = suffix(path)
     if s == ".parquet":
-        pq = _pyarrow().parquet
-        f = pq.ParquetFile(path)
-        yield from _rows(str(path), f.iter_batches(batch_size=_BATCH), required_columns, f.schema_arrow.names)
+        pa = _pyarrow()
+        try:
+            f = pa.parquet.ParquetFile(path)
+            names = f.schema_arrow.names
+        except (OSError, pa.ArrowException) as e:  # not Parquet, truncated, an unreadable footer
+            raise ValueError(f"{path}: not a readable Parquet file ({type(e).__name__}: {' '.join(str(e).split())})"
+                             ) from None
+        batches = f.iter_batches(batch_size=_BATCH)
+        try:
+            yield from _rows(str(path), batches, required_columns, names)
+        except (OSError, pa.ArrowException) as e:  # a damaged row group, found while reading
+            if isinstance(e, ValueError) and str(e).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}: a damaged row group ({type(e).__name__}: {' '.join(str(e).split())})"
+                             ) from None
         return
     if s not in JSONL_SUFFIXES:
         raise ValueError(f"{path}: unknown record format (expected one of {RECORD_SUFFIXES} or a save_to_disk "
@@ -154,13 +168,19 @@ def _iter_dataset_dir(path: Path, required: Sequence[str], rows: list[int] | Non
     """Rows are numbered across the data files (and splits) of the dataset, so `dir:row k` is unique."""
     rows = [0] if rows is None else rows
     if (path / "dataset_dict.json").is_file():
-        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        splits = read_json_object(path / "dataset_dict.json", "a datasets DatasetDict index").get("splits")
+        if not isinstance(splits, list):
+            raise ValueError(f"{path / 'dataset_dict.json'}: no list of splits")
         for split in splits:
             yield from _iter_dataset_dir(path / split, required, rows)
         return
     pa = _pyarrow()
-    state = json.loads((path / "state.json").read_text())
-    files = [path / f["filename"] for f in state.get("_data_files", [])]
+    state = read_json_object(path / "state.json", "a datasets save_to_disk state")
+    entries = state.get("_data_files", [])
+    if not isinstance(entries, list) or not all(isinstance(f, dict) and isinstance(f.get("filename"), str)
+                                                for f in entries):
+        raise ValueError(f"{path}/state.json: _data_files must be a list of {{\"filename\": ...}} objects")
+    files = [path / f["filename"] for f in entries]
     if not files:
         raise ValueError(f"{path}/state.json: lists no data files (_data_files)")
     for file in files:

@@ -8,6 +8,7 @@ the default, instead of silently producing a model that differs from transformer
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping
 
@@ -187,14 +188,19 @@ _IGNORED = frozenset(
 )
 
 
-def _hf_default(model_type: str, name: str) -> Any:
-    """The default transformers gives a config field (used only for fields jaxforget does not handle)."""
+@functools.lru_cache(maxsize=None)
+def _hf_default_config(model_type: str) -> Any:
     try:
         import transformers
 
-        return getattr(transformers.AutoConfig.for_model(model_type), name, _MISSING)
+        return transformers.AutoConfig.for_model(model_type)
     except Exception:  # noqa: BLE001 - no transformers or unknown model: nothing to compare against
-        return _MISSING
+        return None
+
+
+def _hf_default(model_type: str, name: str) -> Any:
+    """The default transformers gives a config field (used only for fields jaxforget does not handle)."""
+    return getattr(_hf_default_config(model_type), name, _MISSING)
 
 
 _MISSING = object()
@@ -234,15 +240,40 @@ class _Reader:
                                          f"{' > 0' if positive else ''}, got {value!r}")
         return value
 
+    def boolean(self, name: str, default: bool) -> bool:
+        """A true/false field; anything else (the string "false", 0, null) is refused, as transformers refuses it."""
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            raise UnsupportedConfigError(f"{self.source}: field {name!r} must be true or false, got {value!r} "
+                                         f"({type(value).__name__})")
+        return value
+
+    def token_id(self, name: str) -> Any:
+        """A token id (an integer >= 0), a list of them (eos), or null."""
+        value = self.get(name, None)
+        ids = value if isinstance(value, list) else [value]
+        if value is not None and (not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids)):
+            raise UnsupportedConfigError(f"{self.source}: field {name!r} must be a token id (an integer >= 0)"
+                                         f"{', or a list of them' if name == 'eos_token_id' else ''}, or null; "
+                                         f"got {value!r}")
+        return value
+
     def require(self, name: str, allowed: tuple, default: Any) -> Any:
         value = self.get(name, default)
-        if value not in allowed:
+        # `0 in (False,)` holds in Python: compare types too, so no 0/1 passes for a boolean
+        if not any(value == a and type(value) is type(a) for a in allowed):
             raise UnsupportedConfigError(
                 f"{self.source}: field {name!r}={value!r} is not supported by jaxforget (supported: {allowed})"
             )
         return value
 
     def refuse_unhandled(self, model_type: str) -> None:
+        for name in sorted(set(self.cfg) & _IGNORED - {"model_type"}):
+            # fields that do not change the model are still typed: transformers refuses "false" for a boolean
+            value, default = self.cfg[name], _hf_default(model_type, name)
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise UnsupportedConfigError(f"{self.source}: field {name!r} must be true or false, got {value!r} "
+                                             f"({type(value).__name__})")
         for name in sorted(set(self.cfg) - self.used - _IGNORED):
             value, default = self.cfg[name], _hf_default(model_type, name)
             if default is _MISSING or value != default:
@@ -332,11 +363,11 @@ def _rope(r: _Reader, default_pct: float) -> tuple[float, float, tuple[tuple[str
 
 
 def _token_ids(r: _Reader) -> dict:
-    eos = r.get("eos_token_id", None)
+    eos = r.token_id("eos_token_id")
     return dict(
-        bos_token_id=r.get("bos_token_id", None),
+        bos_token_id=r.token_id("bos_token_id"),
         eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
-        pad_token_id=r.get("pad_token_id", None),
+        pad_token_id=r.token_id("pad_token_id"),
     )
 
 
@@ -348,7 +379,7 @@ def from_hf_config(cfg: Mapping[str, Any], *, source: str = "config.json") -> Ar
         d, h = r.integer("n_embd"), r.integer("n_head")
         r.require("add_cross_attention", (False,), False)
         r.require("scale_attn_by_inverse_layer_idx", (False,), False)
-        r.get("n_ctx", None)  # legacy duplicate of n_positions, unused by transformers
+        r.integer("n_ctx", None)  # legacy duplicate of n_positions, unused by transformers
         arch = ArchConfig(
             family="gpt2", vocab_size=r.integer("vocab_size"), d_model=d, n_layers=r.integer("n_layer"),
             n_heads=h, n_kv_heads=h, head_dim=_head_dim(r, d, h), d_ff=r.integer("n_inner", None) or 4 * d,
@@ -356,21 +387,21 @@ def from_hf_config(cfg: Mapping[str, Any], *, source: str = "config.json") -> Ar
             norm_eps=r.number("layer_norm_epsilon", 1e-5), mlp="plain",
             activation=r.require("activation_function", ACTIVATIONS, "gelu_new"),
             qkv_bias=True, out_bias=True, mlp_bias=True,
-            tie_embeddings=r.get("tie_word_embeddings", True),
-            attn_scale=None if r.get("scale_attn_weights", True) else 1.0, **_token_ids(r),
+            tie_embeddings=r.boolean("tie_word_embeddings", True),
+            attn_scale=None if r.boolean("scale_attn_weights", True) else 1.0, **_token_ids(r),
         )
     elif model_type == "gpt_neox":
         d, h = r.integer("hidden_size"), r.integer("num_attention_heads")
         theta, pct, scaling = _rope(r, default_pct=0.25)
-        bias = r.get("attention_bias", True)
+        bias = r.boolean("attention_bias", True)
         arch = ArchConfig(
             family="gpt_neox", vocab_size=r.integer("vocab_size"), d_model=d, n_layers=r.integer("num_hidden_layers"),
             n_heads=h, n_kv_heads=h, head_dim=_head_dim(r, d, h), d_ff=r.integer("intermediate_size"),
             max_positions=r.integer("max_position_embeddings", 2048), rotary_pct=pct, rope_theta=theta,
             rope_scaling=scaling, norm="layernorm", norm_eps=r.number("layer_norm_eps", 1e-5),
-            parallel_residual=r.get("use_parallel_residual", True), mlp="plain",
+            parallel_residual=r.boolean("use_parallel_residual", True), mlp="plain",
             activation=r.require("hidden_act", ACTIVATIONS, "gelu"), qkv_bias=bias, out_bias=bias,
-            mlp_bias=True, tie_embeddings=r.get("tie_word_embeddings", False), **_token_ids(r),
+            mlp_bias=True, tie_embeddings=r.boolean("tie_word_embeddings", False), **_token_ids(r),
         )
     elif model_type in ("llama", "olmo", "olmo2"):
         d, h = r.integer("hidden_size"), r.integer("num_attention_heads")
@@ -378,19 +409,19 @@ def from_hf_config(cfg: Mapping[str, Any], *, source: str = "config.json") -> Ar
         theta, pct, scaling = _rope(r, default_pct=1.0)
         if pct != 1.0:
             raise UnsupportedConfigError(f"{source}: partial_rotary_factor={pct} is not supported for {model_type}")
-        bias = r.get("attention_bias", False)
+        bias = r.boolean("attention_bias", False)
         common = dict(
             vocab_size=r.integer("vocab_size"), d_model=d, n_layers=r.integer("num_hidden_layers"), n_heads=h,
             n_kv_heads=kv, head_dim=r.integer("head_dim", None) or _head_dim(r, d, h),
             d_ff=r.integer("intermediate_size"),
             max_positions=r.integer("max_position_embeddings", 2048), rope_theta=theta, rope_scaling=scaling,
             mlp="gated", activation=r.require("hidden_act", ACTIVATIONS, "silu"), qkv_bias=bias, out_bias=bias,
-            tie_embeddings=r.get("tie_word_embeddings", False), **_token_ids(r),
+            tie_embeddings=r.boolean("tie_word_embeddings", False), **_token_ids(r),
         )
         if model_type == "llama":
             arch = ArchConfig(
                 family="llama", norm="rmsnorm", norm_eps=r.number("rms_norm_eps", 1e-6),
-                mlp_bias=r.get("mlp_bias", False), **common,
+                mlp_bias=r.boolean("mlp_bias", False), **common,
             )
         elif model_type == "olmo":
             # OlmoLayerNorm has no parameters and a fixed eps of 1e-5.

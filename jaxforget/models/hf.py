@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import struct
@@ -27,6 +28,8 @@ from jaxforget.models.config import ArchConfig, from_hf_config, to_hf_config
 from jaxforget.models.decoder import Decoder, is_layer_param, n_in_axes, param_specs
 from jaxforget.models.lora import merged_weights
 from jaxforget.models.sharding import DEFAULT_RULES, named_sharding, to_host
+
+log = logging.getLogger("jaxforget.models.hf")
 
 
 class CheckpointError(ValueError):
@@ -299,11 +302,38 @@ def read_arch(path: str | os.PathLike) -> ArchConfig:
     cfg_path = Path(path) / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: not found (is {path} a Hugging Face model directory?)")
+    from jaxforget.store import read_json_object
+
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+        cfg = read_json_object(cfg_path, "a Hugging Face config.json (a JSON object)")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
     return from_hf_config(cfg, source=str(cfg_path))
+
+
+# The output head's and the embedding's tensor names, by family (the head's aliases as key_map reads them).
+_HEAD_KEYS = {"gpt2": ("lm_head.weight",), "gpt_neox": ("embed_out.weight", "lm_head.weight")}
+_EMBED_KEYS = {"gpt2": "transformer.wte.weight", "gpt_neox": "gpt_neox.embed_in.weight"}
+
+
+def untied_if_distinct(arch: ArchConfig, tensors: dict[str, SafetensorsFile], *, source: str) -> ArchConfig:
+    """`arch` untied when config.json says ``tie_word_embeddings: true`` but the checkpoint holds an output
+    head whose values differ from the embedding: transformers (5.x) then keeps the two apart ("both are
+    present in the checkpoints with different values, so we will NOT tie them"), and so does jaxforget, so
+    that the logits are the same. A head equal to the embedding stays tied (the same function)."""
+    if not arch.tie_embeddings:
+        return arch
+    embed_key = _EMBED_KEYS.get(arch.family, "model.embed_tokens.weight")
+    head_key = next((k for k in _HEAD_KEYS.get(arch.family, ("lm_head.weight",)) if k in tensors), None)
+    if head_key is None or embed_key not in tensors:
+        return arch
+    head, embed = tensors[head_key].get(head_key), tensors[embed_key].get(embed_key)
+    if head.shape == embed.shape and np.array_equal(head, embed):
+        return arch
+    log.warning("%s: config.json ties the output head to the embedding, but the checkpoint's %s differs from %s: "
+                "loaded untied, as transformers loads it (set tie_word_embeddings to false to silence this)",
+                source, head_key, embed_key)
+    return dataclasses.replace(arch, tie_embeddings=False)
 
 
 def _load_tokenizer(path: Path):
@@ -337,9 +367,10 @@ def load(path: str | os.PathLike, *, dtype: Any = jnp.float32, mesh: jax.shardin
     """
     path = Path(path)
     arch = read_arch(path)
+    tensors = open_checkpoint(path)
+    arch = untied_if_distinct(arch, tensors, source=str(path))
     model = nnx.eval_shape(lambda: Decoder(arch, dtype=dtype, rngs=nnx.Rngs(0), scan_unroll=scan_unroll,
                                            param_dtype=param_dtype, remat=remat))
-    tensors = open_checkpoint(path)
     load_weights(model, tensors, mesh=mesh, rules=rules, source=str(path))
     return model, (_load_tokenizer(path) if tokenizer else None)
 
