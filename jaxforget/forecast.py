@@ -37,8 +37,8 @@ import dataclasses
 import hashlib
 import math
 import time
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
