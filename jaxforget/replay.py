@@ -231,9 +231,9 @@ class ReplayConfig:
     """online: the pool examples whose forgetting the probe measures (default: --k)."""
     folds: int = 0
     """Cross-fitting: 0 = off (the completion is trained on the run's tasks that are not replay tasks). F >= 2:
-    the replay tasks (--tasks, or every task of the run when --tasks is not given) are split into F seeded
-    folds (--split-seed), and a task's offline and online predictions are trained on every row outside its
-    fold, so every task of a run can be a replay task."""
+    the run's measured tasks are dealt into F seeded folds (--split-seed), and a replay task's offline and
+    online predictions are trained on every row outside its fold, so every task of a run can be a replay task
+    (without --tasks, all of them are)."""
     seeds: tuple[int, ...] = (0, 1)
     """Training seeds (batch order, adapter init; the run's own seed reproduces its training), replay draws and
     revealed entries. Every strategy uses the same seeds: results are paired."""
