@@ -54,12 +54,9 @@ def _check_scores(scores: Any) -> np.ndarray:
 def sample_without_replacement(scores: Any, n: int, *, temperature: float, rng: np.random.Generator) -> np.ndarray:
     """``n`` distinct indices drawn one after another with probability softmax(scores / temperature)
     over the indices not drawn yet, in draw order (Gumbel-top-n: the n largest of scores / temperature
-    plus i.i.d. Gumbel noise). Non-finite scores are an error."""
-    scores = _check_scores(scores)
-    if not 0 <= n <= scores.size:
-        raise ValueError(f"cannot draw {n} distinct items from {scores.size}")
-    keys = scores / temperature + rng.gumbel(size=scores.size)
-    return np.argsort(-keys, kind="stable")[:n]
+    plus i.i.d. Gumbel noise, one ``rng.gumbel(size=N)`` call: :func:`draw`). Non-finite scores are an
+    error."""
+    return draw("softmax", scores, n, gumbel=rng.gumbel(size=np.size(scores)), temperature=temperature).indices
 
 
 def standardize(scores: Any) -> np.ndarray:
@@ -103,43 +100,25 @@ def stratified_sample(scores: Any, strata: Any, n: int, *, temperature: float,
                       rng: np.random.Generator) -> np.ndarray:
     """``n`` distinct indices: :func:`allocate` over the strata (integer labels, one per score), then within
     each stratum the Gumbel-top-q of its scores standardised within the stratum, divided by
-    ``temperature``. One Gumbel draw per candidate (a single ``rng.gumbel(size=N)`` call). Returned by
-    stratum (ascending label), each stratum's indices in draw order; the order across strata is not a
-    draw order (replay shuffles the chosen examples)."""
-    scores = _check_scores(scores)
-    strata = np.asarray(strata)
-    if strata.shape != scores.shape or not np.issubdtype(strata.dtype, np.integer):
-        raise ValueError(f"strata must be integer labels, one per score: got {strata.dtype} shape {strata.shape} "
-                         f"for scores of shape {scores.shape}")
-    if not 0 <= n <= scores.size:
-        raise ValueError(f"cannot draw {n} distinct items from {scores.size}")
-    labels, inverse, sizes = np.unique(strata, return_inverse=True, return_counts=True)
-    quota = allocate(sizes, n)
-    z = np.zeros_like(scores)
-    members = [np.flatnonzero(inverse == s) for s in range(labels.size)]
-    for idx in members:
-        z[idx] = standardize(scores[idx])
-    keys = z / temperature + rng.gumbel(size=scores.size)
-    out = [idx[np.argsort(-keys[idx], kind="stable")[:q]] for idx, q in zip(members, quota)]
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+    ``temperature``. One Gumbel draw per candidate (a single ``rng.gumbel(size=N)`` call: :func:`draw`).
+    Returned by stratum (ascending label), each stratum's indices in draw order; the order across strata is
+    not a draw order (replay shuffles the chosen examples)."""
+    return draw("stratified", scores, n, gumbel=rng.gumbel(size=np.size(scores)), temperature=temperature,
+                strata=strata).indices
 
 
 def select(rule: str, scores: Any, n: int, *, temperature: float, rng: np.random.Generator,
            strata: Any | None = None) -> np.ndarray:
     """``n`` distinct indices of ``scores: float[N]`` by ``rule`` (one of :data:`RULES`; see the module
-    docstring). ``strata: int[N]`` is required by ``stratified`` and ignored by the others. ``softmax``
-    is :func:`sample_without_replacement` itself: the same draws for the same generator state."""
+    docstring). ``strata: int[N]`` is required by ``stratified`` and ignored by the others. The noise is one
+    ``rng.gumbel(size=N)`` call (:func:`draw` with it): ``softmax`` is :func:`sample_without_replacement`
+    itself, the same draws for the same generator state."""
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; expected one of {', '.join(RULES)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if rule == "softmax":
-        return sample_without_replacement(scores, n, temperature=temperature, rng=rng)
-    if rule == "zsoftmax":
-        return sample_without_replacement(standardize(scores), n, temperature=temperature, rng=rng)
-    if strata is None:
-        raise ValueError("the stratified rule needs strata: one integer label (e.g. the domain) per score")
-    return stratified_sample(scores, strata, n, temperature=temperature, rng=rng)
+    return draw(rule, scores, n, gumbel=rng.gumbel(size=np.size(scores)), temperature=temperature,
+                strata=strata).indices
 
 
 def softmax_weights(u: Any, temperature: float) -> np.ndarray:
@@ -226,11 +205,11 @@ def transformed(rule: str, scores: Any, strata: Any | None = None) -> np.ndarray
 
 def draw(rule: str, scores: Any, n: int, *, gumbel: Any, temperature: float | None = None,
          ess: float | None = None, strata: Any | None = None) -> Draw:
-    """:func:`select` with the Gumbel noise given (``gumbel: float[N]``, e.g. ``rng.gumbel(size=N)``: the
-    same noise for every arm of a paired experiment) and the sharpness given either as ``temperature``
-    or as a target ``ess`` (a fraction of the N candidates; τ found by :func:`temperature_for_ess` on
-    what the rule applies the softmax to). With the noise ``rng.gumbel(size=N)`` and a temperature the
-    draw equals ``select(rule, scores, n, temperature=..., rng=rng, strata=...)`` exactly."""
+    """The one implementation of the rules: ``n`` distinct indices of ``scores: float[N]`` by ``rule`` with
+    the Gumbel noise given (``gumbel: float[N]``: the same noise for every arm of a paired experiment;
+    :func:`select` passes ``rng.gumbel(size=N)``) and the sharpness given either as ``temperature`` or as a
+    target ``ess`` (a fraction of the N candidates; τ found by :func:`temperature_for_ess` on what the rule
+    applies the softmax to)."""
     if (temperature is None) == (ess is None):
         raise ValueError("give exactly one of temperature and ess")
     if temperature is not None and not temperature > 0:
