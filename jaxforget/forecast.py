@@ -122,20 +122,8 @@ def check_config(config: ForecastConfig) -> list[Method]:
         raise ValueError("--methods: give at least one completion method")
     if any(m.link == "logit" for m in methods):
         raise ValueError("--methods: logistic methods are for binary matrices; forecast completes NLL increases")
-    if config.k < 1:
-        raise ValueError(f"--k must be >= 1, got {config.k}")
     if not config.seeds:
         raise ValueError("--seeds: give at least one")
-    if not 0 < config.online_fraction < 1:
-        raise ValueError(f"--online-fraction must be in (0, 1), got {config.online_fraction}")
-    if config.top_n < 1:
-        raise ValueError(f"--top-n must be >= 1, got {config.top_n}")
-    if not math.isfinite(config.threshold):
-        raise ValueError(f"--threshold must be finite, got {config.threshold}")
-    if not 0 <= config.ratio <= 1 or not 0 < config.temperature < math.inf:
-        raise ValueError("--ratio must be in [0, 1] and --temperature a finite number > 0")
-    if config.ess is not None and not 0 < config.ess <= 1:
-        raise ValueError(f"--ess must be a fraction of the upstream examples in (0, 1], got {config.ess}")
     if config.append and not config.measure_all:
         raise ValueError("--append adds the measured row to the run: add --measure-all")
     return methods
@@ -325,16 +313,18 @@ def _write_outputs(out: Path, config: ForecastConfig, summary: dict, rows: dict,
     targets = np.asarray([ex.n_targets for ex in setup.upstream_tok], np.int64)
     budget = token_budget(n_replay, targets) if config.budget == "tokens" else None
     sharp = dict(ess=config.ess) if config.ess is not None else dict(temperature=config.temperature)
-    domains = np.unique([ex.source for ex in setup.upstream], return_inverse=True)[1].astype(np.int64)
-    chosen, keep, d = choose("softmax", pred, targets, n_replay, budget=budget, gumbel=streams(s0, row, len(pred))["gumbel"],
-                             strata=domains, **sharp)
+    chosen, keep, d = choose("softmax", pred, targets, n_replay, budget=budget,
+                             gumbel=streams(s0, row, len(pred))["gumbel"], **sharp)
+    tokens = targets[chosen]
+    if keep:  # the budget's last example, cut to fit
+        tokens[-1] = keep
     atomic_write_jsonl(config.replay_out or out / "replay.jsonl", [
         dict(id=setup.upstream[j].id, source=setup.upstream[j].source, predicted=float(pred[j]),
-             target_tokens=int(keep if keep and i == len(chosen) - 1 else targets[j]),
-             cut=bool(keep and i == len(chosen) - 1), text=setup.upstream[j].text) for i, j in enumerate(chosen)])
+             target_tokens=int(kept), cut=bool(keep and i == len(chosen) - 1), text=setup.upstream[j].text)
+        for i, (j, kept) in enumerate(zip(chosen, tokens))])
     summary["replay_set"] = dict(
         n=int(len(chosen)), ratio=config.ratio, examples_seen=int(n_seen), budget=config.budget,
-        token_budget=budget, tokens=int(targets[chosen].sum() - (targets[chosen[-1]] - keep if keep else 0)),
+        token_budget=budget, tokens=int(tokens.sum()),
         temperature=d.temperature, ess=d.ess, stream=f"{STREAM}:{s0},{row}",
         path=str(config.replay_out or out / "replay.jsonl"))
     atomic_write_json(out / "summary.json", summary)

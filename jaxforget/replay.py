@@ -258,8 +258,7 @@ _NOT_COMPARED = ("out", "quiet", "strategies", "tasks", "seeds", "cluster", "equ
 
 
 RANGES: dict[str, Range] = {
-    # every int/float flag (tests/test_robustness.py checks that none is missing); the finer checks follow in
-    # check_config
+    # every int/float flag (tests/test_robustness.py checks that none is missing)
     **dict.fromkeys(("seeds", "split_seed", "heldout_seed"), at_least(0)),
     **dict.fromkeys(("k", "probe_k"), at_least(1)),
     **dict.fromkeys(("test_fraction", "heldout_fraction", "online_fraction", "equivalence_margin"),
@@ -270,43 +269,19 @@ RANGES: dict[str, Range] = {
 
 
 def check_config(config: ReplayConfig) -> list[Strategy]:
+    """Every flag checked before anything is read: the numeric ones by their ranges (:data:`RANGES`: NaN and
+    inf refused, the flag named as typed), then the strategies and the lists."""
+    check_ranges(config, RANGES)
     strategies = [Strategy.parse(s) for s in config.strategies]
     if not strategies:
         raise ValueError("--strategies: give at least one")
     labels = [s.label for s in strategies]
     if len(set(labels)) != len(labels):
         raise ValueError(f"--strategies: listed twice: {labels}")
-    if not 0 <= config.ratio <= 1:
-        raise ValueError(f"--ratio must be in [0, 1] (replayed examples per task example), got {config.ratio}")
-    if not 0 < config.temperature < math.inf:
-        raise ValueError(f"--temperature must be a finite number > 0, got {config.temperature}")
-    if config.ess is not None and not 0 < config.ess <= 1:
-        raise ValueError(f"--ess must be a fraction of the pool in (0, 1], got {config.ess}")
-    if config.replay_weight is not None and not 0 <= config.replay_weight < math.inf:
-        raise ValueError(f"--replay-weight must be a finite number >= 0, got {config.replay_weight}")
-    if config.probe_k is not None and config.probe_k < 1:
-        raise ValueError(f"--probe-k must be >= 1, got {config.probe_k}")
-    if config.folds == 1 or config.folds < 0:
-        raise ValueError(f"--folds must be 0 (off) or >= 2, got {config.folds}")
-    if not 0 < config.equivalence_margin < 1:
-        raise ValueError(f"--equivalence-margin must be in (0, 1) (relative), got {config.equivalence_margin}")
     if config.tasks and len(set(config.tasks)) != len(config.tasks):
         raise ValueError(f"--tasks: listed twice: {list(config.tasks)}")
-    if not config.tasks and not 0 < config.test_fraction < 1 and not config.folds:
-        raise ValueError(f"--test-fraction must be in (0, 1), got {config.test_fraction}")
-    if any(s < 0 for s in config.seeds) or config.split_seed < 0 or config.heldout_seed < 0:
-        raise ValueError(f"--seeds, --split-seed and --heldout-seed must be >= 0; got --seeds "
-                         f"{' '.join(map(str, config.seeds))} --split-seed {config.split_seed} --heldout-seed "
-                         f"{config.heldout_seed}")
-    if not 0 < config.heldout_fraction < 1:
-        raise ValueError(f"--heldout-fraction must be in (0, 1), got {config.heldout_fraction}")
-    if not 0 < config.online_fraction < 1:
-        raise ValueError(f"--online-fraction must be in (0, 1), got {config.online_fraction}")
-    if config.k < 1:
-        raise ValueError(f"--k must be >= 1, got {config.k}")
     if not config.seeds:
         raise ValueError("--seeds: give at least one")
-    check_ranges(config, RANGES)  # every other numeric flag: NaN / inf and its range
     return strategies
 
 
@@ -375,12 +350,12 @@ def take_budget(order: np.ndarray, targets: np.ndarray, *, n: int, tokens: int |
 
 
 def choose(rule: str, scores: np.ndarray, targets: np.ndarray, n: int, *, budget: int | None, gumbel: np.ndarray,
-           strata: np.ndarray, temperature: float | None = None, ess: float | None = None
+           strata: np.ndarray | None = None, temperature: float | None = None, ess: float | None = None
            ) -> tuple[np.ndarray, int, Draw]:
     """A whole replay draw over a pool: ``rule`` (:mod:`jaxforget.selection`) on ``scores`` [P] with the
     common noise ``gumbel`` [P] and the sharpness (``temperature`` or ``ess``), then the budget: the first
     ``n`` examples (``budget`` None) or examples in draw order until their ``targets`` [P] reach ``budget``
-    tokens. Returns (chosen pool positions, the target tokens the last one keeps (0: whole), the draw).
+    tokens; ``strata`` [P] for the stratified rule. Returns (chosen pool positions, the target tokens the last one keeps (0: whole), the draw).
     What replay draws for an offline, oracle or random arm, and forecast for its replay set."""
     d = draw(rule, scores, n, gumbel=gumbel, strata=strata, temperature=temperature, ess=ess)
     if budget is None:
@@ -460,7 +435,7 @@ class Context:
         if self.config.measure == "all":
             return np.arange(self.Z.shape[1])
         return np.union1d(np.union1d(self.columns.heldout, replayed), probe if probe is not None else [])
-    
+
     def measure(self, params, columns: np.ndarray) -> np.ndarray:
         """[N] NLL after fine-tuning of the upstream examples ``columns`` (:meth:`measured`), NaN elsewhere."""
         if columns.size == self.Z.shape[1]:
@@ -602,27 +577,30 @@ class _Replay:
     """Upstream index -> the target tokens it keeps (the budget's last example, cut to fit)."""
     rows: int = 0
     """Extra rows per micro-batch (the batch shape: B + rows)."""
-    draws: list[Any] = dataclasses.field(default_factory=list)
+    draws: list[Draw] = dataclasses.field(default_factory=list)
     """The selection.Draw of each draw (online: the random first phase, then the predicted rest)."""
 
-    def place(self, ctx: Context, chosen: np.ndarray, keep: int, position: np.ndarray, first: int, last: int,
-              rows: int) -> None:
+    def place(self, ctx: Context, chosen: np.ndarray, keep: int, position: np.ndarray, first: int, last: int
+              ) -> None:
         """Put the upstream examples ``chosen`` (the last one cut to ``keep`` target tokens, 0: whole) into
-        micro-batches [first, last), in the order of their common ``position`` keys, spread by tokens."""
+        micro-batches [first, last), in the order of their common ``position`` keys, spread by tokens; the
+        extra rows per micro-batch grow when they do not fit."""
         if keep:
             self.cut[int(chosen[-1])] = keep
         chosen = chosen[np.argsort(position, kind="stable")]
         if ctx.config.budget == "tokens":
-            lengths = np.asarray([self.cut.get(int(j), ctx.targets[j]) for j in chosen])
-            spots, rows = spread_tokens(lengths, last - first, rows)
+            spots, self.rows = spread_tokens(np.asarray([self.tokens(ctx, j) for j in chosen]), last - first, self.rows)
         else:
             counts = spread(chosen.size, last - first)
             ends = np.cumsum(counts)
             spots = [list(range(e - c, e)) for c, e in zip(counts, ends)]
-            rows = max(rows, int(counts.max(initial=0)))
+            self.rows = max(self.rows, int(counts.max(initial=0)))
         for m, items in enumerate(spots):
             self.slots[first + m] = [int(chosen[i]) for i in items]
-        self.rows = max(self.rows, rows)
+
+    def tokens(self, ctx: Context, j: int) -> int:
+        """The target tokens upstream example ``j`` is replayed with (fewer when the budget cut it)."""
+        return self.cut.get(int(j), int(ctx.targets[j]))
 
     def examples(self, ctx: Context, m: int) -> list[Tokenized]:
         return [cut_to_targets(ctx.setup.upstream_tok[j], self.cut[j]) if j in self.cut else ctx.setup.upstream_tok[j]
@@ -649,8 +627,8 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
                     name, round(n_task * cfg.ratio), pool.size)
     targets = ctx.targets[pool]
     budget = token_budget(n_replay, targets) if cfg.budget == "tokens" else None
-    min_rows = int(math.ceil(t.batch_size * cfg.ratio)) if strategy.kind != "none" else 0
-    replay = _Replay([[] for _ in micro], rows=min_rows)
+    # at least ceil(B x ratio) extra rows per micro-batch (more when an arm's examples are short)
+    replay = _Replay([[] for _ in micro], rows=int(math.ceil(t.batch_size * cfg.ratio)) if strategy.kind != "none" else 0)
     switch = n_steps  # online: the step at which forgetting is measured and the rest is replayed by prediction
     extra_forward = 0
     revealed_cols = probe_cols = np.zeros(0, np.int64)
@@ -669,18 +647,19 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
     elif strategy.kind == "online":
         switch = max(1, int(math.ceil(cfg.online_fraction * n_steps)))
         scores = np.zeros(pool.size)  # random until the switch (with @stratified: in the pool's domain mix)
-    first_micro = switch * t.grad_accum if strategy.kind == "online" else len(micro)
+    first_micro, phase_budget = len(micro), budget
+    if strategy.kind == "online":  # the random first phase: its share of the examples, or of the tokens
+        first_micro = switch * t.grad_accum
+        phase_budget = None if budget is None else int(round(budget * first_micro / len(micro)))
+    chosen = np.zeros(0, np.int64)  # pool positions drawn (online: in the first phase)
     if scores is not None:
         n_first = int(spread(n_replay, len(micro))[:first_micro].sum())
-        first_budget = None if budget is None else int(round(budget * first_micro / len(micro)))
-        # online: the first phase ends with the example that crosses its share of the budget, whole
         chosen, keep, d = choose(strategy.rule, scores, targets, n_first, gumbel=crn["gumbel"],
-                                 strata=ctx.domains[pool], budget=budget if strategy.kind != "online" else first_budget,
-                                 **ctx.sharpness(strategy))
-        keep = keep if strategy.kind != "online" else 0
+                                 strata=ctx.domains[pool], budget=phase_budget, **ctx.sharpness(strategy))
+        if strategy.kind == "online":
+            keep = 0  # the first phase ends with the example that crosses its share, whole
         replay.draws.append(d)
-        replay.place(ctx, pool[chosen], keep, crn["position"][chosen], 0, first_micro, min_rows)
-    drawn = [j for slot in replay.slots for j in slot]
+        replay.place(ctx, pool[chosen], keep, crn["position"][chosen], 0, first_micro)
     step_replayed: list[int] = []
 
     def with_replay() -> Iterator[Batch]:
@@ -702,7 +681,7 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
                 trace.arrays.append(loop.arrays)
         step_replayed.clear()
         if strategy.kind == "online" and done == switch < n_steps:
-            probe_cols, probe_z = _online_choice(ctx, loop.state, strategy, row, seed, crn, replay, drawn,
+            probe_cols, probe_z = _online_choice(ctx, loop.state, strategy, row, seed, crn, replay, chosen,
                                                  n_replay, budget, first_micro)
             revealed_cols = probe_cols
             extra_forward = probe_cols.size
@@ -715,7 +694,7 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
     nll_after = ctx.measure(loop.state.params, measured)
     z = nll_after - ctx.nll_before
     failed = bool(loop.failed[0]) or not np.isfinite(nll_after[measured]).all()
-    replayed_tokens = int(sum(replay.cut.get(int(j), ctx.targets[j]) for j in replayed_all))
+    replayed_tokens = sum(replay.tokens(ctx, j) for j in replayed_all)
     draws = replay.draws
     return dict(
         task=np.asarray(name), row=np.asarray(row), seed=np.asarray(seed), strategy=np.asarray(strategy.label),
@@ -743,17 +722,16 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
 
 
 def _online_choice(ctx: Context, state, strategy: Strategy, row: int, seed: int, crn: dict[str, np.ndarray],
-                   replay: _Replay, drawn: list[int], n_replay: int, budget: int | None,
+                   replay: _Replay, drawn: np.ndarray, n_replay: int, budget: int | None,
                    first_micro: int) -> tuple[np.ndarray, float]:
     """Measure the probe (--probe-k pool examples not replayed so far: a replayed example's forgetting
     measures the replay, not the task) under the current weights, complete the row from the training
     rows, and draw the rest of the replay (micro-batches ``first_micro`` on) from the pool examples not
-    drawn yet, by the strategy's rule, with the common noise. Returns the probe's upstream indices and
+    ``drawn`` yet (pool positions), by the strategy's rule, with the common noise. Returns the probe's upstream indices and
     their mean forgetting at the switch."""
     pool = ctx.columns.candidates
     k = ctx.config.probe_k or ctx.config.k
-    in_pool = {int(j): i for i, j in enumerate(pool)}
-    left = np.setdiff1d(np.arange(pool.size), np.asarray([in_pool[j] for j in drawn], np.int64))
+    left = np.setdiff1d(np.arange(pool.size), drawn)
     probe = np.sort(left[np.argsort(crn["probe"][left], kind="stable")[:k]])
     if probe.size == 0:  # the first phase replayed the whole pool
         return np.zeros(0, np.int64), math.nan
@@ -765,14 +743,13 @@ def _online_choice(ctx: Context, state, strategy: Strategy, row: int, seed: int,
     pred = complete_rows(ctx.Z[np.ix_(ctx.train_rows_for(row), pool)], z_probe[None], revealed[None],
                          method=strategy.method, seeds=seed)[0]
     targets = ctx.targets[pool[left]]
-    n_rest = min(n_replay - len(drawn), left.size)
-    spent = int(sum(ctx.targets[j] for j in drawn))
+    n_rest = min(n_replay - drawn.size, left.size)
+    spent = int(ctx.targets[pool[drawn]].sum())  # the first phase's examples are whole
     chosen, keep, d = choose(strategy.rule, pred[left], targets, max(n_rest, 0), gumbel=crn["gumbel"][left],
                              strata=ctx.domains[pool[left]], budget=None if budget is None else budget - spent,
                              **ctx.sharpness(strategy))
     replay.draws.append(d)
-    replay.place(ctx, pool[left[chosen]], keep, crn["position"][left[chosen]], first_micro, len(replay.slots),
-                 replay.rows)
+    replay.place(ctx, pool[left[chosen]], keep, crn["position"][left[chosen]], first_micro, len(replay.slots))
     return pool[probe], float(np.mean(z_probe[probe]))
 
 

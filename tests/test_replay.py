@@ -458,13 +458,13 @@ def test_cli_errors_are_clear(run_dir, tmp_path, capsys):
         ([str(run_dir), "--ratio", "2"], "--ratio must be in [0, 1]"),
         ([str(run_dir), "--k", "1000", "--tasks", TASK], "--k 1000: only 25 candidate examples"),
         # refused before the run is loaded
-        ([str(run_dir), "--temperature", "nan"], "--temperature must be a finite number > 0, got nan"),
-        ([str(run_dir), "--temperature", "inf"], "--temperature must be a finite number > 0, got inf"),
-        ([str(run_dir), "--ess", "0"], "--ess must be a fraction of the pool in (0, 1], got 0.0"),
-        ([str(run_dir), "--folds", "1"], "--folds must be 0 (off) or >= 2, got 1"),
-        ([str(run_dir), "--replay-weight", "-1"], "--replay-weight must be a finite number >= 0"),
-        ([str(run_dir), "--test-fraction", "1.5"], "--test-fraction must be in (0, 1), got 1.5"),
-        ([str(run_dir), "--seeds", "-1"], "--seeds, --split-seed and --heldout-seed must be >= 0"),
+        ([str(run_dir), "--temperature", "nan"], "--temperature must be a finite number > 0; got nan"),
+        ([str(run_dir), "--temperature", "inf"], "--temperature must be a finite number > 0; got inf"),
+        ([str(run_dir), "--ess", "0"], "--ess must be in (0, 1]; got 0.0"),
+        ([str(run_dir), "--folds", "1"], "--folds must be 0 (off) or >= 2; got 1"),
+        ([str(run_dir), "--replay-weight", "-1"], "--replay-weight must be >= 0; got -1.0"),
+        ([str(run_dir), "--test-fraction", "1.5"], "--test-fraction must be in (0, 1); got 1.5"),
+        ([str(run_dir), "--seeds", "-1"], "--seeds must be >= 0; got (-1,)"),
         ([str(run_dir), "--cluster", "family", "--equivalence-margin", "2"], "--equivalence-margin must be in (0, 1)"),
     ]
     for argv, msg in cases:
