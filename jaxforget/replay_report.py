@@ -187,6 +187,7 @@ def summarize(results: list[dict[str, Any]], labels: Sequence[str], task_names: 
     held, cand, repl = grid("heldout_forgetting"), grid("candidate_forgetting"), grid("replayed_forgetting")
     extra = grid("extra_forward")
     optional = {key: grid(key) for key in OPTIONAL}
+    probe, probe_final = grid("probe_forgetting"), grid("probe_final_forgetting")  # online arms only
     per_domain = replayed_domains = None
     if domains is not None and heldout is not None:
         _, per_domain, replayed_domains = domain_rows(results, domains, heldout)
@@ -205,13 +206,11 @@ def summarize(results: list[dict[str, Any]], labels: Sequence[str], task_names: 
                 v = contrast(h, held[ref], groups, cluster_names, margin=margin, alpha=alpha,
                              bootstrap_seed=bootstrap_seed, bootstrap_resamples=bootstrap_resamples)
                 entry[f"vs_{ref}"] = dict(v, **settings)
-        probe = grid("probe_forgetting")[label]
-        if np.isfinite(probe).any():  # online: what the probe saw against what the same examples ended at
-            final, ess = grid("probe_final_forgetting")[label], optional["ess"][label]
-            share = _mean(probe) / _mean(final) if _mean(final) else None
-            entry["online_probe"] = dict(probe_forgetting=_mean(probe), final_forgetting=_mean(final), share=share,
-                                         predicted_ess=_mean(ess),
-                                         random_by_construction=bool(_mean(ess) is not None and _mean(ess) >= FLAT_DRAW))
+        seen, final, ess = _mean(probe[label]), _mean(probe_final[label]), entry["ess"]
+        if seen is not None:  # online: what the probe saw against what the same examples ended at
+            entry["online_probe"] = dict(probe_forgetting=seen, final_forgetting=final,
+                                         share=seen / final if final else None, predicted_ess=ess,
+                                         random_by_construction=ess is not None and ess >= FLAT_DRAW)
         if per_domain is not None:
             entry["per_domain"] = per_domain.get(label, {})
             entry["replayed_domains"] = replayed_domains.get(label, {})
