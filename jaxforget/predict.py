@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from jaxforget.cli import FINITE, Range, at_least, check_ranges, out_dir_error
+from jaxforget.cli import FINITE, Range, above, at_least, check_ranges, out_dir_error
 from jaxforget.store import MatrixData, atomic_write_json, atomic_write_npz, load_matrix
 
 
@@ -68,8 +68,15 @@ class PredictConfig:
     """n of precision@n (top-n predicted vs top-n true hidden entries of each test task)."""
     clip: bool = False
     """Clip predictions to the range of the train entries (as scikit-surprise clips to its rating scale)."""
+    solver: Literal["auto", "train_block", "joint"] = "auto"
+    """train_block: solve each (seed, task) problem through its revealed entries against the train rows, prepared
+    once (additive, knn, knn_baseline and ALS mf with fully measured train rows; the same estimator as joint,
+    which refits the train rows + the test row per problem). auto: train_block where it applies, else joint."""
+    memory: float | None = None
+    """GiB a method's compiled program may use: its problems are batched to fit, by XLA's memory analysis.
+    Default: half the memory available (the accelerator's, or on CPU the host's)."""
     batch_size: int | None = None
-    """Solve at most this many (seed, task) problems at once (bounds memory); default: all together."""
+    """Solve this many (seed, task) problems at a time instead of sizing batches from --memory."""
     out: Path | None = None
     """JSON output. Default: RUN/predict.json for a run directory, predict_<name>.json beside a file, or
     ./predict_synthetic.json."""
@@ -186,8 +193,15 @@ def main(config: PredictConfig) -> dict:
     result = completion.evaluate(
         data.Z, test_rows=test_rows, methods=methods, k=config.k, seeds=config.seeds, reveal=config.reveal,
         mode=config.mode, binary=binary, threshold=config.threshold, top_n=config.top_n, clip=config.clip,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size, solver=config.solver,
+        memory=None if config.memory is None else int(config.memory * 2**30),
     )
+    from jaxforget.completion.batching import Batching
+
+    for label, how in result.settings["solvers"].items():
+        plan = how.get("batching")
+        batching = f": {Batching(**plan).describe()}" if plan else ""
+        print(f"{label}: {how['solver']} solver{batching}; {result.seconds[label]:.1f} s", flush=True)
     if rep:
         from jaxforget import rep_dot
 
@@ -236,6 +250,7 @@ RANGES: dict[str, Range] = {
     **dict.fromkeys(("k", "top_n", "batch_size", "synthetic_cols"), at_least(1)),
     "synthetic_rows": at_least(2),  # train rows and test rows
     "threshold": FINITE,
+    "memory": above(0),
 }
 
 

@@ -53,25 +53,85 @@ def roc_auc(scores: Array, labels: Array, mask: Array) -> Array:
     """ROC-AUC of ``scores`` for boolean ``labels`` over masked entries (Mann-Whitney U with
     mid-ranks for ties). NaN when the masked entries hold only one class.
 
+    One sort of the scores carrying the labels (:func:`labels_in_score_order`); a tie group's mid-rank
+    is the mean of its first and last sorted positions, found by cumulative max/min over the group
+    boundaries.
+
     Counts are floats and U is accumulated as the mean over positives of
     ``(midrank - (n_pos + 1) / 2) / n_neg`` (each term in [0, 1]): no integer product of counts (an
     int32 ``n_pos * n_neg`` overflows beyond ~46k entries per class) and no float32 cancellation of
     two sums of order ``n_pos * n``. Mid-ranks are exact in float32 up to 2^23 entries (masked or not).
     """
     scores = jnp.asarray(scores)
-    s = jnp.where(mask, scores, jnp.inf).ravel()
     lab = (mask & labels).ravel()
     m = mask.ravel()
-    ordered = jnp.sort(s)  # excluded entries sort last as +inf and never tie with a finite score
-    lo = jnp.searchsorted(ordered, s, side="left")
-    hi = jnp.searchsorted(ordered, s, side="right")
+    keys, lab_s = labels_in_score_order(scores.ravel(), lab, m)  # excluded entries sort last, apart
+    n = keys.shape[0]
+    pos = jnp.arange(n, dtype=jnp.int32)
+    first = jnp.concatenate([jnp.ones(1, bool), keys[1:] != keys[:-1]])
+    last = jnp.concatenate([keys[1:] != keys[:-1], jnp.ones(1, bool)])
+    start = jax.lax.cummax(jnp.where(first, pos, 0))
+    end = jax.lax.cummin(jnp.where(last, pos, n), reverse=True)
     ftype = scores.dtype if jnp.issubdtype(scores.dtype, jnp.floating) else jnp.float32
-    midrank = (lo.astype(ftype) + hi.astype(ftype) + 1) / 2  # 1-based average rank among tied scores
+    midrank = (start.astype(ftype) + end.astype(ftype)) / 2 + 1  # 1-based average rank among tied scores
     n_pos = jnp.sum(lab, dtype=ftype)
     n_neg = jnp.sum(m, dtype=ftype) - n_pos
     term = (midrank - (n_pos + 1) / 2) / jnp.maximum(n_neg, 1)
-    auc = jnp.sum(jnp.where(lab, term, 0)) / jnp.maximum(n_pos, 1)
+    auc = jnp.sum(jnp.where(lab_s, term, 0)) / jnp.maximum(n_pos, 1)
     return jnp.where((n_pos > 0) & (n_neg > 0), auc, jnp.nan)
+
+
+_LAST = jnp.uint32(0xFFFFFFFF)
+
+
+def labels_in_score_order(scores: Array, labels: Array, valid: Array) -> tuple[Array, Array]:
+    """``(keys, labels)`` sorted by score, 1-D uint32 keys equal exactly where the scores are equal;
+    entries not ``valid`` last, with keys of their own.
+
+    XLA's CPU sort of one 32-bit integer array is ~5x faster than of a float array or of a (key, label)
+    pair (2.7M entries on a 2-core CPU: 0.13 vs 0.65-0.75 CPU-s), so the label rides in the lowest bit
+    of a uint32 key: the score's integer key (:func:`sort_keys`) less the smallest, shifted left. That
+    fits where the valid keys span fewer than 2^31 values -- scores within about (-2, 2), or of one
+    sign; otherwise the scores below zero and those from zero up (which always fit) are sorted apart
+    and joined."""
+    k = sort_keys(jnp.where(valid, scores, 0))
+    n = k.shape[0]
+
+    def packed_sort(sel):
+        """The ``sel`` entries, packed and sorted (the rest last); their count; shifted keys."""
+        lo = jnp.min(jnp.where(sel, k, jnp.iinfo(jnp.int32).max))
+        x = ((k.astype(jnp.uint32) - lo.astype(jnp.uint32)) << 1) | labels.astype(jnp.uint32)
+        return jnp.sort(jnp.where(sel, x, _LAST)), jnp.sum(sel)
+
+    def unpack(x):
+        return jnp.where(x == _LAST, _LAST, x >> 1), (x & 1).astype(bool) & (x != _LAST)
+
+    def one(_):
+        return unpack(packed_sort(valid)[0])
+
+    def by_sign(_):
+        neg, n_neg = packed_sort(valid & (k < 0))
+        pos, n_pos = packed_sort(valid & (k >= 0))
+        i = jnp.arange(n)
+        x = jnp.where(i < n_neg, neg, pos[jnp.clip(i - n_neg, 0, n - 1)])
+        keys, lab = unpack(x)
+        # a key from the upper part never equals one from the lower: mark it in the top bit
+        keys = jnp.where((i >= n_neg) & (i < n_neg + n_pos), keys | jnp.uint32(2**31), keys)
+        return keys, lab
+
+    lo = jnp.min(jnp.where(valid, k, jnp.iinfo(jnp.int32).max))
+    hi = jnp.max(jnp.where(valid, k, jnp.iinfo(jnp.int32).min))
+    span = hi.astype(jnp.uint32) - lo.astype(jnp.uint32)  # exact modulo 2^32: finite keys span < 2^32
+    fits = (span < jnp.uint32(2**31 - 1)) | ~jnp.any(valid)
+    return jax.lax.cond(fits, one, by_sign, None)
+
+
+def sort_keys(x: Array) -> Array:
+    """int32 keys in the order of the float32 values ``x`` (NaN excluded; -0 and +0 equal): the IEEE
+    bits, with the magnitude bits of negative values flipped so that larger magnitudes sort lower."""
+    x = jnp.where(x == 0, jnp.zeros((), x.dtype), x).astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+    return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
 
 
 def _inclusion(scores: Array, mask: Array, n_row: Array, n: int) -> Array:

@@ -35,7 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxforget.completion import train_block
 from jaxforget.completion._common import Array, check_choice, prepare
+from jaxforget.completion.batching import default_budget, plan_batch
 from jaxforget.completion.registry import METHODS, Method, parse_spec
 from jaxforget.completion.results import METRIC_ORDER, ProtocolResult, score
 
@@ -44,6 +46,7 @@ __all__ = ["METHODS", "METRIC_ORDER", "MODES", "Method", "ProtocolResult", "REVE
 
 REVEAL_SCHEMES = ("without_replacement", "reference")
 MODES = ("refit", "fold_in")
+SOLVERS = ("auto", "train_block", "joint")
 
 
 def reveal_mask(key: Array | int, observed: Any, k: int, scheme: str = "without_replacement") -> Array:
@@ -117,10 +120,11 @@ def _split_options(method: Method, opts: dict[str, Any]) -> tuple[tuple, dict[st
 
 
 @lru_cache(maxsize=None)
-def _refit_program(name: str, static: tuple, vmapped: bool, batch_size: int | None) -> Callable:
+def _refit_program(name: str, static: tuple, batch: int | None) -> Callable:
     """The jitted program that fits train rows + one revealed row per problem and predicts that row,
-    for every problem: ``run(Z_train, mask_train, floats, z [P, N], reveal [P, N], seeds [P]) -> [P, N]``.
-    Cached per (method, static options, batching); jax caches per shape below that."""
+    for every problem: ``run(Z_train, mask_train, floats, z [P, N], reveal [P, N], seeds [P]) -> [P, N]``,
+    ``batch`` problems at a time (``None``: all at once; sequential methods one at a time).
+    Cached per (method, static options, batch); jax caches per shape below that."""
     reg = METHODS[name]
     core, opts = reg.core, dict(static)
     with_seed = _accepts_seed(core)
@@ -131,11 +135,26 @@ def _refit_program(name: str, static: tuple, vmapped: bool, batch_size: int | No
         fit = core(Zp, Mp, **opts, **floats, **({"seed": s} if with_seed else {}))
         return fit.predict_row(Zp.shape[0] - 1)
 
-    if vmapped:
+    if batch is None and not reg.sequential:
         return jax.jit(jax.vmap(one, in_axes=(None, None, None, 0, 0, 0)))
 
     def run(Zt, Mt, floats, z, r, s):
-        return jax.lax.map(lambda a: one(Zt, Mt, floats, *a), (z, r, s), batch_size=batch_size)
+        return jax.lax.map(lambda a: one(Zt, Mt, floats, *a), (z, r, s), batch_size=batch)
+
+    return jax.jit(run)
+
+
+@lru_cache(maxsize=None)
+def _block_program(name: str, static: tuple, batch: int | None) -> Callable:
+    """The train-block solver's program (:mod:`.train_block`):
+    ``run(block, extras, floats, idx [P, K], w [P, K], zr [P, K], slot [P]) -> [P, N]``."""
+
+    def run(block, extras, floats, idx, w, zr, slot):
+        f = train_block.row_function(name, dict(static) | floats)
+        one = lambda a: f(block, extras, *a)  # noqa: E731
+        if batch is None:
+            return jax.vmap(one)((idx, w, zr, slot))
+        return jax.lax.map(one, (idx, w, zr, slot), batch_size=batch)
 
     return jax.jit(run)
 
@@ -163,32 +182,70 @@ def _fit(method: Method, Z0: Array, mask: Array, seed: int, init: Any | None = N
     return core(Z0, mask, **dict(static), **floats, **extra)
 
 
-def _solve(method: Method, Z_train, mask_train, z_test, reveal, seeds, mode: str, batch_size: int | None,
-           fitted: Any | None = None):
-    """Predicted rows ``[P, N]`` for ``P`` (test row, reveal, seed) problems, one compiled program."""
+def _solver_for(method: Method, mode: str, solver: str, mask_train: Array) -> str:
+    """``"fold_in"``, ``"train_block"`` or ``"joint"``: how a method's problems are solved."""
     if mode == "fold_in":
+        return "fold_in"
+    fits = train_block.supports(method.name, method.resolved)
+    if solver == "train_block" or (solver == "auto" and fits):
+        why = ("it has no train-block solver" if not fits
+               else "the train rows have hidden entries" if not bool(jnp.all(mask_train)) else None)
+        if why is None:
+            return "train_block"
+        if solver == "train_block":
+            raise ValueError(f"solver 'train_block' cannot solve {method.label!r}: {why}; use solver 'auto' or 'joint'")
+    return "joint"
+
+
+def _solve(method: Method, Z_train, mask_train, z_test, reveal, seeds, mode: str, batch_size: int | None,
+           fitted: Any | None = None, solver: str = "auto", memory: int | None = None) -> tuple[Array, dict]:
+    """Predicted rows ``[P, N]`` for ``P`` (test row, reveal, seed) problems, one compiled program, and
+    how they were solved: ``{"solver": ..., "batching": ...}``."""
+    how = _solver_for(method, mode, solver, mask_train)
+    if how == "fold_in":
         fit = _fit(method, Z_train, mask_train, 0) if fitted is None else fitted
-        return _fold_rows(fit, z_test, reveal)
+        return _fold_rows(fit, z_test, reveal), {"solver": how}
     static, floats = _split_options(method, _core_options(method, Z_train))
-    P = z_test.shape[0]
-    sequential = METHODS[method.name].sequential
-    vmapped = not sequential and (batch_size is None or batch_size >= P)
-    run = _refit_program(method.name, static, vmapped, None if vmapped else batch_size)
-    return run(Z_train, mask_train, floats, z_test, reveal, seeds)
+    P, N = z_test.shape
+    seeds = jnp.asarray(seeds)
+    if how == "train_block":
+        K = int(jnp.max(jnp.sum(reveal, axis=-1)))
+        idx, w = train_block.revealed_columns(reveal, K)
+        zr = jnp.take_along_axis(z_test, jnp.minimum(idx, N - 1), axis=-1) * w
+        uniq, slot = np.unique(np.asarray(seeds), return_inverse=True)
+        block = train_block.make_block(Z_train)
+        extras = train_block.extras(method.name, method.resolved, block, jnp.asarray(uniq))
+        args = (block, extras, floats, idx, w, zr, jnp.asarray(slot, jnp.int32))
+        program = partial(_block_program, method.name, static)
+    else:
+        args = (Z_train, mask_train, floats, z_test, reveal, seeds)
+        program = partial(_refit_program, method.name, static)
+    if batch_size is not None:
+        batching = None
+        run = program(None if batch_size >= P else batch_size)
+    elif METHODS[method.name].sequential and how == "joint":
+        batching = None  # one problem at a time by construction
+        run = program(None)
+    else:
+        plan = plan_batch(program, args, P, default_budget() if memory is None else int(memory))
+        batching = plan.to_json()
+        run = program(None if plan.batch >= P else plan.batch)
+    return run(*args), {"solver": how, "batching": batching}
 
 
 def _predict(method: Method, Z_train, mask_train, z_test, reveal, seeds, mode: str, batch_size: int | None,
-             clip: bool, fitted: Any | None = None) -> Array:
+             clip: bool, fitted: Any | None = None, solver: str = "auto",
+             memory: int | None = None) -> tuple[Array, dict]:
     """``_solve`` on the prediction scale: probabilities for logistic methods, and with ``clip`` the
     predictions clipped to the range of the observed train entries."""
-    pred = _solve(method, Z_train, mask_train, z_test, reveal, seeds, mode, batch_size, fitted)
+    pred, how = _solve(method, Z_train, mask_train, z_test, reveal, seeds, mode, batch_size, fitted, solver, memory)
     if method.link == "logit":
         pred = jax.nn.sigmoid(pred)
     if clip:
         lo = jnp.min(jnp.where(mask_train, Z_train, jnp.inf))
         hi = jnp.max(jnp.where(mask_train, Z_train, -jnp.inf))
         pred = jnp.clip(pred, lo, hi)
-    return pred
+    return pred, how
 
 
 def evaluate(
@@ -206,6 +263,8 @@ def evaluate(
     top_n: int = 100,
     clip: bool = False,
     batch_size: int | None = None,
+    solver: str = "auto",
+    memory: int | None = None,
 ) -> ProtocolResult:
     """Run the prediction protocol for each method (see module docstring).
 
@@ -229,8 +288,17 @@ def evaluate(
       top_n: n of precision@n.
       clip: clip predictions to the range of the observed train entries (what surprise does with
         its rating scale).
-      batch_size: solve at most this many problems at once (memory bound); default all.
+      batch_size: solve this many problems at a time; default: as many as fit ``memory``.
+      solver: ``"train_block"`` solves each problem through its revealed columns against the train
+        rows, prepared once (:mod:`.train_block`: the joint fit's estimator, without refitting the
+        train block per problem); ``"joint"`` refits the stacked ``(M+1) x N`` matrix per problem;
+        ``"auto"`` (default): ``train_block`` where the method has such a solver and the train rows
+        are fully observed, else ``joint``.
+      memory: bytes the solver's program may use; the problems are batched to fit by XLA's memory
+        analysis (:mod:`.batching`; default half the available memory). Recorded per method in
+        ``settings["solvers"]``.
     """
+    check_choice("solver", solver, SOLVERS)
     check_choice("reveal scheme", reveal, REVEAL_SCHEMES)
     check_choice("mode", mode, MODES)
     methods = [m if isinstance(m, Method) else Method.parse(m) for m in methods]
@@ -282,13 +350,15 @@ def evaluate(
         methods=labels, metrics={}, predictions={}, reveal=np.asarray(rev), seconds={}, test_rows=test_rows,
         train_rows=train_rows, seeds=seeds,
         settings=dict(k=k, reveal=reveal, mode=mode, binary=binary, threshold=threshold, top_n=top_n, clip=clip,
-                      methods={m.label: m.resolved for m in methods}),
+                      methods={m.label: m.resolved for m in methods}, solvers={}),
         z_test=np.asarray(Z_test), hidden=np.asarray(hidden),
     )
     result.score_baselines(Z_train, mask_train)
     for m, label in zip(methods, labels):
         t0 = time.perf_counter()
-        pred = _predict(m, Z_train, mask_train, z_all, rev.reshape(S * T, N), seed_all, mode, batch_size, clip)
+        pred, how = _predict(m, Z_train, mask_train, z_all, rev.reshape(S * T, N), seed_all, mode, batch_size, clip,
+                             solver=solver, memory=memory)
+        result.settings["solvers"][label] = how
         pred = pred.reshape(S, T, N)
         result.metrics[label] = score(pred, Z_test, hidden, threshold=threshold, top_n=top_n)
         result.seconds[label] = time.perf_counter() - t0
@@ -316,6 +386,8 @@ def complete_rows(
     mode: str = "refit",
     clip: bool = False,
     fitted: Any | None = None,
+    solver: str = "auto",
+    memory: int | None = None,
 ) -> np.ndarray:
     """Predicted full rows ``[P, N]`` for ``P`` new tasks of which only the ``revealed`` entries
     (``bool[P, N]``) of ``z_rows`` are measured, from fully (or partly: ``mask_train``) measured
@@ -326,8 +398,10 @@ def complete_rows(
     ``mode="refit"`` fits ``Z_train`` plus each row (one compiled program per method and shape,
     reused by later calls); ``mode="fold_in"`` folds the rows into one fit of ``Z_train``:
     ``fitted`` (from :func:`fit_method` on the same ``Z_train``) skips that fit, for a stream of rows.
+    ``solver``, ``memory``: as in :func:`evaluate`.
     """
     check_choice("mode", mode, MODES)
+    check_choice("solver", solver, SOLVERS)
     if fitted is not None and mode != "fold_in":
         raise ValueError("complete_rows: fitted= is a fit to fold rows into; it needs mode='fold_in'")
     m = method if isinstance(method, Method) else Method.parse(method)
@@ -342,5 +416,6 @@ def complete_rows(
     if not np.isfinite(z[rev]).all():
         raise ValueError("revealed entries of z_rows must be finite")
     seeds_arr = np.broadcast_to(np.asarray(seeds, np.int32), (z.shape[0],))
-    return np.asarray(_predict(m, Z0, mask, jnp.asarray(np.where(rev, z, 0.0)), jnp.asarray(rev),
-                               jnp.asarray(seeds_arr), mode, None, clip, fitted))
+    pred, _ = _predict(m, Z0, mask, jnp.asarray(np.where(rev, z, 0.0)), jnp.asarray(rev), jnp.asarray(seeds_arr),
+                       mode, None, clip, fitted, solver, memory)
+    return np.asarray(pred)

@@ -229,6 +229,8 @@ def score(pred: Any, z_test: Any, hidden: Any, *, threshold: float, top_n: int,
 
 @lru_cache(maxsize=None)
 def _metric_fn(threshold: float, top_n: int, pred_threshold: float | None) -> Callable:
-    """The jitted, seed-vmapped metrics (one compilation per setting and shape, shared by all methods)."""
-    return jax.jit(jax.vmap(partial(all_metrics, threshold=threshold, top_n=top_n, pred_threshold=pred_threshold),
-                            in_axes=(0, None, 0)))
+    """The jitted metrics, mapped over seeds (one compilation per setting and shape, shared by all methods).
+    Seeds are mapped, not vmapped: AUC's sort picks its fast path per seed with a ``cond``, which
+    ``vmap`` would turn into running both paths."""
+    metrics = partial(all_metrics, threshold=threshold, top_n=top_n, pred_threshold=pred_threshold)
+    return jax.jit(lambda pred, z, hidden: jax.lax.map(lambda a: metrics(a[0], z, a[1]), (pred, hidden)))
