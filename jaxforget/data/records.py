@@ -32,6 +32,9 @@ class TaskExample:
     messages: tuple[tuple[str, str], ...] | None = None
     """(role, content) pairs."""
     text: str | None = None
+    split: str | None = None
+    """'train' or 'validation' when the files give the split (FLAN's `{task}_train.json`); None: drawn by
+    `split_task`."""
 
     @property
     def kind(self) -> str:
