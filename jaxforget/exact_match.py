@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from jaxforget.data.batching import bucket_lengths
-from jaxforget.data.tokenize import TokenizeConfig, tokenize_tasks
+from jaxforget.data.tokenize import TokenizeConfig, decode, tokenize_tasks
 from jaxforget.models import greedy_generate
 from jaxforget.models.sharding import put_global, to_host
 
@@ -102,7 +102,7 @@ def make_em_eval(em: ExactMatchSet, tokenizer, *, batch_size: int, max_new_token
         correct = np.zeros(len(em.prompts), bool)
         for (rows, _, _), gen in zip(batches, outs):
             for r, i in enumerate(rows):
-                text = tokenizer.decode(gen.tokens[r, : gen.lengths[r]], skip_special_tokens=True)
+                text = decode(tokenizer, gen.tokens[r, : gen.lengths[r]])
                 correct[i] = exact_match(text, em.answers[i])
         return correct
 

@@ -31,10 +31,11 @@ every piece is tokenised on its own and the ids concatenated, so masks are exact
                         assistant "Assistant:" + target " {content}" + target ("\\n" if more
                         messages follow, else EOS)
     text                target "{text}" + target EOS (language modelling on the whole text)
-Chat template (`tokenizer.chat_template` set, `chat_template="auto"`): prompt/completion becomes
-[user, assistant]; the targets are the characters each assistant turn adds to the rendered
-conversation (rendering the conversation up to that turn with and without
-`add_generation_prompt`), mapped to tokens by offsets (a token is a target if it overlaps them).
+Chat template (`tokenizer.chat_template` set, `chat_template="auto"`, or another model's template given
+as `template`, the paper's setup): prompt/completion becomes [user, assistant]; the targets are the
+characters each assistant turn adds to the rendered conversation (rendering the conversation up to that
+turn with and without `add_generation_prompt`), from its first non-blank character, mapped to tokens by
+offsets (a token is a target if it overlaps them).
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ class TokenizeConfig:
     nll_tokens: Literal["builtin", "paper"] = "builtin"
     """Upstream token accounting (module docstring): 'builtin' follows add_bos / add_eos; 'paper' scores
     `tokenizer(text)`'s tokens 2..end and ignores add_bos / add_eos. Task examples are not affected."""
+    min_tokens: int = 2
+    """Upstream examples whose scored sequence (under nll_tokens, before truncation) has fewer tokens are
+    left out and logged, not an error: real corpora hold one-token documents, and with a tokenizer that
+    adds no BOS (Pythia, OLMo, GPT-2) such a document has no token to score."""
+    template: str | None = None
+    """A chat template (Jinja text, e.g. another model's: `load_chat_template`) to render tasks with instead
+    of the tokenizer's own; the special tokens it names (eos_token, bos_token) are this tokenizer's."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +104,56 @@ def bos_eos(tokenizer) -> tuple[int | None, int | None]:
 
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def quiet_tokenizer(tokenizer) -> None:
+    """Turn off transformers' "Token indices sequence length is longer than the specified maximum" warning
+    for this tokenizer alone: jaxforget tokenises whole documents on purpose and truncates them itself.
+    transformers prints it once per tokenizer, remembered under this key; other warnings are untouched."""
+    warned = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(warned, dict):
+        warned["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+
+def decode(tokenizer, ids) -> str:
+    """`tokenizer.decode(ids, skip_special_tokens=True)`. A BPE tokenizer whose config asks for
+    clean_up_tokenization_spaces (Pythia's, OLMo's) gets False, which transformers applies anyway while
+    warning that it does; the text is the same and the console stays quiet."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and type(backend.model).__name__ == "BPE":
+        return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_chat_template(path) -> str:
+    """The chat template of a model or tokenizer directory (`chat_template.jinja`, else `tokenizer_config.json`'s
+    `chat_template`), of a tokenizer_config.json file, or a Jinja file's text; ValueError naming the path."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        if (path / "chat_template.jinja").is_file():
+            return load_chat_template(path / "chat_template.jinja")
+        if (path / "tokenizer_config.json").is_file():
+            return load_chat_template(path / "tokenizer_config.json")
+        raise ValueError(f"{path}: no chat_template.jinja and no tokenizer_config.json holding a chat template")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file or directory (--data.chat-template)")
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".json":
+        try:
+            value = json.loads(text).get("chat_template")
+        except (ValueError, AttributeError) as e:
+            raise ValueError(f"{path}: not a JSON object with a chat_template ({e})") from None
+        if isinstance(value, list):  # the named-templates form: [{"name": "default", "template": ...}, ...]
+            value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{path}: no chat_template (a string, or a list with a 'default' entry)")
+        return value
+    if not text.strip():
+        raise ValueError(f"{path}: the chat template file is empty")
+    return text
 
 
 def _finish(ids: list[int], mask: list[bool], *, bos: int | None, config: TokenizeConfig, truncate: str,
@@ -141,35 +199,50 @@ def tokenize_upstream(examples: Sequence[UpstreamExample], tokenizer,
     if config.nll_tokens != "builtin":
         raise ValueError(f"nll_tokens must be 'builtin' or 'paper', got {config.nll_tokens!r}")
     _check_tokenizer(tokenizer, config)
+    quiet_tokenizer(tokenizer)
     bos, eos = bos_eos(tokenizer)
-    out = []
+    out, short = [], []
     for ex in examples:
         ids = _encode(tokenizer, ex.text)
-        if not ids:
-            raise ValueError(f"{ex.where}: example {ex.id!r} is empty after tokenisation")
+        n = len(ids) + bool(config.add_eos) + bool(config.add_bos and bos is not None and ids[:1] != [bos])
+        if not ids or n < config.min_tokens:
+            short.append((ex, n if ids else 0))
+            continue
         if config.add_eos:
             ids = ids + [eos]
         out.append(_finish(ids, [True] * len(ids), bos=bos, config=config, truncate="right", id_=ex.id,
                            group=ex.source, where=ex.where))
+    _log_short(short, len(examples), config)
     _log_truncated(out, "upstream", config)
     return out
+
+
+def _log_short(short: list, total: int, config: TokenizeConfig) -> None:
+    if short:
+        log.warning("upstream: left out %d of %d examples with fewer than %d tokens (%s)", len(short), total,
+                    config.min_tokens, ", ".join(f"{ex.id!r} at {ex.where}: {n}" for ex, n in short[:5])
+                    + (", ..." if len(short) > 5 else ""))
+    if short and len(short) == total:
+        raise ValueError(f"every upstream example has fewer than {config.min_tokens} tokens (--data.min-tokens)")
 
 
 def _tokenize_upstream_paper(examples: Sequence[UpstreamExample], tokenizer,
                              config: TokenizeConfig) -> list[Tokenized]:
     if config.max_len < 2:
         raise ValueError(f"max_len must be >= 2, got {config.max_len}")
-    out = []
+    quiet_tokenizer(tokenizer)
+    out, short = [], []
     for ex in examples:
         ids = list(tokenizer(ex.text)["input_ids"])
-        if len(ids) < 2:
-            raise ValueError(f"{ex.where}: example {ex.id!r} has {len(ids)} token(s) under the 'paper' accounting: "
-                             "no token with a predecessor to score")
+        if len(ids) < max(2, config.min_tokens):  # fewer than 2: no token with a predecessor to score
+            short.append((ex, len(ids)))
+            continue
         truncated = len(ids) > config.max_len
         ids = ids[: config.max_len]
         mask = np.ones(len(ids), bool)
         mask[0] = False
         out.append(Tokenized(np.asarray(ids, np.int32), mask, ex.id, ex.source, truncated))
+    _log_short(short, len(examples), config)
     _log_truncated(out, "upstream", config)
     return out
 
@@ -208,6 +281,11 @@ def _plain_ids(ex: TaskExample, tokenizer, config: TokenizeConfig) -> tuple[list
     mask: list[bool] = []
     for text, target in plain_segments(ex, eos=_EOS_MARK if config.add_eos else None):
         piece = [tokenizer.eos_token_id] if text == _EOS_MARK else _encode(tokenizer, text)
+        if ids and piece and text[:1].isspace() and tokenizer.convert_ids_to_tokens(piece[0]) == "\u2581":
+            # a sentencepiece tokenizer (Llama-2) prepends its word marker '▁' to every piece it encodes:
+            # " Paris" -> ['▁', '▁Paris']; the lone marker is not in the text (the next token carries the
+            # space), so the conversation tokenised whole has no such token and none is trained on
+            piece = piece[1:]
         ids += piece
         mask += [target] * len(piece)
     return ids, mask
@@ -219,25 +297,31 @@ def _as_messages(ex: TaskExample) -> list[dict[str, str]]:
     return [dict(role="user", content=ex.prompt), dict(role="assistant", content=ex.completion)]
 
 
-def _render(tokenizer, messages, **kw) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+def _render(tokenizer, messages, template: str | None = None, **kw) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template, **kw)
 
 
-def _chat_ids(ex: TaskExample, tokenizer) -> tuple[list[int], list[bool]]:
-    """(ids, mask) through the tokenizer's chat template."""
+def _chat_ids(ex: TaskExample, tokenizer, template: str | None = None) -> tuple[list[int], list[bool]]:
+    """(ids, mask) through the tokenizer's chat template (or `template`). The mask comes from the rendered
+    string's character offsets: a token is a target when it overlaps an answer's characters, the span
+    starting at the answer's first non-blank character, so a token made only of the blank a template puts
+    before the answer (sentencepiece's lone '▁') is not trained on."""
     msgs = _as_messages(ex)
-    full = _render(tokenizer, msgs)
+    full = _render(tokenizer, msgs, template)
     spans = []
     for k, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        before = _render(tokenizer, msgs[:k], add_generation_prompt=True)
-        upto = _render(tokenizer, msgs[: k + 1])
+        before = _render(tokenizer, msgs[:k], template, add_generation_prompt=True)
+        upto = _render(tokenizer, msgs[: k + 1], template)
         if not (upto.startswith(before) and full.startswith(upto)):
             raise ValueError(f"{ex.where}: the tokenizer's chat template does not render conversations as "
                              "prefixes of each other, so answer tokens cannot be located; use "
                              "chat_template='never' (the plain template)")
-        spans.append((len(before), len(upto)))
+        start = len(before)
+        while start < len(upto) - 1 and upto[start].isspace() and upto[start:].strip():
+            start += 1
+        spans.append((start, len(upto)))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     mask = [any(s < e2 and e > s2 for s2, e2 in spans) for s, e in enc["offset_mapping"]]
@@ -248,16 +332,17 @@ def tokenize_tasks(examples: Sequence[TaskExample], tokenizer,
                    config: TokenizeConfig = TokenizeConfig()) -> list[Tokenized]:
     """Task examples rendered (chat template or plain template), loss on the answer tokens only."""
     _check_tokenizer(tokenizer, config)
+    quiet_tokenizer(tokenizer)
     bos, _ = bos_eos(tokenizer)
-    use_chat = config.chat_template == "auto" and getattr(tokenizer, "chat_template", None)
+    use_chat = config.template is not None or (config.chat_template == "auto" and getattr(tokenizer, "chat_template", None))
     out = []
     for ex in examples:
-        ids, mask = (_chat_ids if use_chat and ex.kind != "text" else
-                     lambda e, t: _plain_ids(e, t, config))(ex, tokenizer)
+        ids, mask = (_chat_ids(ex, tokenizer, config.template) if use_chat and ex.kind != "text"
+                     else _plain_ids(ex, tokenizer, config))
         # "Empty" = the answer tokens decode to nothing but whitespace and special tokens (a separator
         # space, EOS or end-of-turn markers alone teach nothing about the task).
         answer = [i for i, m in zip(ids, mask) if m]
-        if not tokenizer.decode(answer, skip_special_tokens=True).strip():
+        if not decode(tokenizer, answer).strip():
             raise ValueError(f"{ex.where}: the answer of this {ex.kind!r} record is empty after tokenisation")
         out.append(_finish(ids, mask, bos=bos, config=config, truncate="left", id_=ex.where, group=ex.task,
                            where=ex.where))
