@@ -40,12 +40,13 @@ class DataConfig:
     """Upstream examples and tasks."""
 
     upstream: Path | None = None
-    """Upstream corpus: a .jsonl, .jsonl.gz / .json.gz, .parquet or .txt file, a datasets.save_to_disk directory,
-    or a directory of them (records with `text`, optional `id`, `source`; see --data.upstream-preset). Default:
-    the built-in world's."""
+    """Upstream corpus: a .jsonl / .json (lines or an array; plain, .gz or .zst), .parquet or .txt file, a
+    datasets.save_to_disk directory, or a directory of them, searched recursively (records with `text`, optional
+    `id`, `source`; see --data.upstream-preset; default ids `<path relative to the directory>:<line>`).
+    Default: the built-in world's. docs/data.md: the command for each of the paper's corpora."""
     upstream_preset: Literal["auto", "dolma", "pile"] = "auto"
     """Fields of upstream records. auto: text, optional id and source (or domain). dolma: text, id, source.
-    pile: text, meta.pile_set_name as the source (domain)."""
+    pile: text, meta.pile_set_name as the source (domain), documents of more than 100 characters only."""
     upstream_fields: tuple[str, ...] = ()
     """Overrides of the preset's fields, role=field (roles text, id, source; dotted for nested), e.g. text=content."""
     tasks: Path | None = None
@@ -53,8 +54,10 @@ class DataConfig:
     name their task (see --data.task-preset). Default: the world's."""
     task_preset: Literal["auto", "flan", "dolly", "tulu"] = "auto"
     """Fields of task records. auto: prompt/completion, messages or text (task). flan: inputs -> targets
-    (task_name). dolly: "Context: {context}\\n\\n{instruction}" (context non-empty) -> response (category).
-    tulu: messages, first user turn -> first assistant turn, system skipped (dataset)."""
+    (task_name); in a directory `{task}_train.json` + `{task}_validation.json` (JSON arrays, plain or .gz) are one
+    task, trained on its train file. dolly: "Context: {context}\\n\\n{instruction}" (context a non-empty string)
+    -> response (category). tulu: messages, first user turn -> first assistant turn, system skipped (the
+    `dataset` value's part before the first dot: 11 tasks in Tulu v2)."""
     task_fields: tuple[str, ...] = ()
     """Overrides of the task preset's fields, role=field (e.g. prompt=question completion=answer task=source)."""
     n_upstream: int = 2000
@@ -74,7 +77,16 @@ class DataConfig:
     task_max_len: int = 96
     """Task examples are cut to this many tokens, keeping the end (the answer)."""
     val_fraction: float = 0.1
-    """Per-task validation split (not trained on)."""
+    """Per-task validation split (not trained on; the paper's Dolly split: 0.2). Tasks whose files give the split
+    (FLAN's `_train` / `_validation`) keep it."""
+    min_tokens: int = 2
+    """Upstream examples of fewer tokens (under --data.nll-tokens, before truncation) are left out of the sample,
+    counted and named in meta.json (upstream_skipped) and the log, never an error. 2: every example keeps a token
+    to score (a one-token document has none when the tokenizer adds no BOS: Pythia, OLMo, GPT-2)."""
+    chat_template: Path | None = None
+    """Render the tasks with this chat template instead of the model tokenizer's own (or its plain template), as the
+    paper did with OLMo-7B-Instruct's for every model: a model or tokenizer directory (chat_template.jinja or
+    tokenizer_config.json), a tokenizer_config.json, or a Jinja file. The loss covers each answer's characters."""
     seed: int = 0
     """Seed of the upstream sample and the task splits."""
     em_upstream: Path | None = None
@@ -243,7 +255,7 @@ RANGES: dict[str, Range] = {
     **dict.fromkeys(("data.seed", "train.seed", "process_id", "train.warmup_steps", "train.checkpoint_every",
                      "eval.eval_every", "train.weight_decay"), at_least(0)),
     **dict.fromkeys(("train.lr", "train.lora_alpha", "train.clip_norm", "train.max_epochs"), above(0)),
-    "data.max_len": at_least(2), "data.task_max_len": at_least(2),
+    "data.max_len": at_least(2), "data.task_max_len": at_least(2), "data.min_tokens": at_least(2),
     "data.val_fraction": Range(0, 1, hi_open=True), "train.end_lr_fraction": Range(0, 1),
     "train.divergence_factor": Range(lo=1, off=0),
 }
@@ -290,9 +302,12 @@ def check_config(config: CollectConfig) -> None:
     if config.coordinator is not None and not config.coordinator.rpartition(":")[2].isdigit():
         raise ValueError(f"--coordinator {config.coordinator!r}: expected host:port (e.g. node0:1234)")
     for name, path in (("--model.path", config.model.path), ("--data.upstream", d.upstream), ("--data.tasks", d.tasks),
-                       ("--data.em-upstream", d.em_upstream), ("--merge", config.merge)):
+                       ("--data.em-upstream", d.em_upstream), ("--data.chat-template", d.chat_template),
+                       ("--merge", config.merge)):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{name} {path}: no such file or directory")
+    if d.chat_template is not None:
+        chat_template(d)  # a directory or file without a template fails here, naming it
     if config.model.path is not None and config.merge is None:
         from jaxforget.models.hf import read_arch
 
@@ -313,6 +328,18 @@ def task_field_map(d: DataConfig) -> FieldMap:
         return field_map(d.task_preset, d.task_fields, kind="task")
     except ValueError as e:
         raise ValueError(f"--data.task-fields: {e}") from None
+
+
+def chat_template(d: DataConfig) -> str | None:
+    """--data.chat-template's Jinja text (None when not given)."""
+    if d.chat_template is None:
+        return None
+    from jaxforget.data.tokenize import load_chat_template
+
+    try:
+        return load_chat_template(d.chat_template)
+    except ValueError as e:
+        raise ValueError(f"--data.chat-template: {e}") from None
 
 
 def config_dict(config: CollectConfig) -> dict[str, Any]:
