@@ -45,12 +45,18 @@ def write_array(path: Path, records) -> Path:
     return path
 
 
-def tulu_layout(root: Path) -> Path:
+def _pair(pairs, k: int, i: int, default: tuple[str, str]) -> tuple[str, str]:
+    """The i-th (prompt, answer) of row k: from `pairs` (a list of lists) when given, else `default`."""
+    return pairs[k % len(pairs)][i % len(pairs[k % len(pairs)])] if pairs else default
+
+
+def tulu_layout(root: Path, pairs=None) -> Path:
     """tulu_v2_data.jsonl: two records per subset, a system turn and a second exchange in some."""
     records = []
     for k, subset in enumerate(TULU_SUBSETS):
         for r in range(2):
-            msgs = [dict(role="user", content=f"w{k} w{r} ask"), dict(role="assistant", content=f"w{k} answer w{r}")]
+            q, a = _pair(pairs, k, r, (f"w{k} w{r} ask", f"w{k} answer w{r}"))
+            msgs = [dict(role="user", content=q), dict(role="assistant", content=a)]
             if r == 1:
                 msgs = [dict(role="system", content="w9 be brief")] + msgs + [
                     dict(role="user", content="w8 again"), dict(role="assistant", content="w7 no")]
@@ -58,44 +64,47 @@ def tulu_layout(root: Path) -> Path:
     return write_lines(root / "tulu_v2_data.jsonl", records)
 
 
-def flan_layout(root: Path, tasks=("anli_r1", "cosmos_qa"), n_train=6, n_val=2) -> Path:
+def flan_layout(root: Path, tasks=("anli_r1", "cosmos_qa"), n_train=6, n_val=2, pairs=None) -> Path:
     """FLAN-2021 10templates: `{task}_train.json` / `{task}_validation.json`, JSON arrays; one task gzipped."""
     for t, task in enumerate(tasks):
         gz = ".gz" if t % 2 else ""
-        write_array(root / f"{task}_train.json{gz}",
-                    [dict(inputs=f"w{10 + t} w{i} question", targets=f"w{20 + i}") for i in range(n_train)])
-        write_array(root / f"{task}_validation.json{gz}",
-                    [dict(inputs=f"w{10 + t} w{i} held", targets=f"w{40 + i}") for i in range(n_val)])
+        train = [_pair(pairs, t, i, (f"w{10 + t} w{i} question", f"w{20 + i}")) for i in range(n_train)]
+        val = [_pair(pairs, t, n_train + i, (f"w{10 + t} w{i} held", f"w{40 + i}")) for i in range(n_val)]
+        write_array(root / f"{task}_train.json{gz}", [dict(inputs=q, targets=a) for q, a in train])
+        write_array(root / f"{task}_validation.json{gz}", [dict(inputs=q, targets=a) for q, a in val])
     return root
 
 
-def dolly_layout(root: Path, per_category=5) -> Path:
+def dolly_layout(root: Path, per_category=5, pairs=None) -> Path:
     """databricks-dolly-15k.jsonl: instruction, context, response, category."""
     records = []
     for c, cat in enumerate(DOLLY_CATEGORIES):
         for i in range(per_category):
             context = ["", "w5 w6 passage", "   "][i % 3]  # empty, a passage, whitespace only
-            records.append(dict(instruction=f"w{c} w{i} do", context=context, response=f"w{30 + i} done", category=cat))
+            q, a = _pair(pairs, c, i, (f"w{c} w{i} do", f"w{30 + i} done"))
+            records.append(dict(instruction=q, context=context, response=a, category=cat))
     return write_lines(root / "databricks-dolly-15k.jsonl", records)
 
 
-def pile_layout(root: Path, n=6) -> Path:
-    """The Pile: `train/00.jsonl.zst`, `val.jsonl.zst`, records text + meta.pile_set_name; short documents
-    (<= 100 characters) among them, and two folders holding a file of the same name."""
-    def docs(tag, k):
-        return [dict(text=" ".join(f"w{(3 * i + j) % 200 + 3}" for j in range(30)) if i % 3 else f"w{i} short",
-                     meta=dict(pile_set_name=["Pile-CC", "ArXiv", "Github"][(i + k) % 3])) for i in range(n)]
-    write_lines(root / "train" / "00.jsonl.zst", docs("a", 0))
-    write_lines(root / "val" / "00.jsonl.zst", docs("b", 1))
+def pile_layout(root: Path, n=6, texts=None) -> Path:
+    """The Pile: `train/00.jsonl.zst`, `val/00.jsonl.zst` (two folders holding a file of the same name),
+    records text + meta.pile_set_name; every third document 100 characters or fewer."""
+    def docs(k):
+        long = [texts[(k * n + i) % len(texts)] if texts else " ".join(f"w{(3 * i + j) % 200 + 3}" for j in range(30))
+                for i in range(n)]
+        return [dict(text=long[i] if i % 3 else f"w{i} short", meta=dict(pile_set_name=["Pile-CC", "ArXiv", "Github"][(i + k) % 3]))
+                for i in range(n)]
+    write_lines(root / "train" / "00.jsonl.zst", docs(0))
+    write_lines(root / "val" / "00.jsonl.zst", docs(1))
     return root
 
 
-def dolma_layout(root: Path) -> Path:
-    """Dolma v1.6 sample shards: `{source}-{k:04d}.json.gz`, JSON lines of text / id / source (ids may repeat
-    across sources, but not here)."""
+def dolma_layout(root: Path, texts=None) -> Path:
+    """Dolma v1.6 sample shards: `{source}-{k:04d}.json.gz`, JSON lines of text / id / source."""
     for s, source in enumerate(["books", "c4", "stack"]):
         write_lines(root / f"v1_6-sample/{source}-0000.json.gz",
-                    [dict(text=f"w{s} w{i} " * 4, id=f"{source}-{i}", source=source, added="2023") for i in range(4)])
+                    [dict(text=texts[(4 * s + i) % len(texts)] if texts else f"w{s} w{i} " * 4, id=f"{source}-{i}",
+                          source=source, added="2023") for i in range(4)])
     return root
 
 
