@@ -62,8 +62,9 @@ class DataConfig:
     """Overrides of the task preset's fields, role=field (e.g. prompt=question completion=answer task=source)."""
     n_upstream: int = 2000
     """Upstream examples to measure (seeded sample; all if the corpus is smaller)."""
-    stratify: Literal["none", "proportional", "balanced"] = "proportional"
-    """Sampling of upstream examples by source/domain."""
+    stratify: Literal["none", "proportional", "balanced", "first"] = "proportional"
+    """Sampling of upstream examples by source/domain: proportional or balanced quotas per source, none (uniform), or
+    first (the first n in file then record order, no draw: the paper's Pile sample)."""
     task_names: tuple[str, ...] = ()
     """Only these tasks (default: all), in this order."""
     nll_tokens: Literal["auto", "paper", "builtin"] = "auto"

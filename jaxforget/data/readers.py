@@ -133,7 +133,7 @@ def _read_txt(path: Path, name: str) -> list[UpstreamExample]:
     return out
 
 
-Stratify = Literal["none", "proportional", "balanced"]
+Stratify = Literal["none", "proportional", "balanced", "first"]
 
 
 def _selection(counts: dict[str, int], n: int, rng: np.random.Generator, stratify: Stratify) -> dict[str | None, set]:
@@ -144,8 +144,10 @@ def _selection(counts: dict[str, int], n: int, rng: np.random.Generator, stratif
                          "lower the number of examples or add data")
     if stratify == "none":
         return {None: set(rng.choice(total, n, replace=False).tolist())}
+    if stratify == "first":  # the paper's Pile sample: the first n documents, in file then record order
+        return {None: set(range(n))}
     if stratify not in ("proportional", "balanced"):
-        raise ValueError(f"stratify must be 'none', 'proportional' or 'balanced', got {stratify!r}")
+        raise ValueError(f"stratify must be 'none', 'proportional', 'balanced' or 'first', got {stratify!r}")
     names = sorted(counts)
     quota = _quotas(np.array([counts[s] for s in names]), n, balanced=stratify == "balanced")
     log.info("stratified sample (%s): %s", stratify, dict(zip(names, quota.tolist())))
@@ -167,7 +169,8 @@ def sample_upstream(examples: Sequence[UpstreamExample], n: int | None, *, seed:
                     stratify: Stratify = "none") -> list[UpstreamExample]:
     """n examples chosen without replacement by a seeded draw, returned in corpus order.
 
-    stratify: 'none' (uniform), 'proportional' (each source gets its share of n, largest remainder)
+    stratify: 'none' (uniform), 'first' (the first n, no draw: the paper's Pile documents), 'proportional'
+    (each source gets its share of n, largest remainder)
     or 'balanced' (equal counts per source; a source with too few examples gives all it has and the
     rest is spread over the others). n=None keeps every example.
     """

@@ -193,3 +193,9 @@ def test_a_duplicate_id_anywhere_in_the_corpus_fails_whatever_the_sample(tmp_pat
     for n in (1, 3):  # even a sample of one, which holds no duplicate, names the corpus's
         with pytest.raises(ValueError, match=r"b\.jsonl:1: duplicate example id 'x' \(first at .*a\.jsonl:1\)"):
             sample_upstream_files(tmp_path, n, seed=0, stratify="none")
+
+
+def test_the_papers_pile_sample_is_the_first_long_documents(tmp_path):
+    fmap = field_map("pile", kind="upstream")
+    got = sample_upstream_files(pile_layout(tmp_path), 5, seed=7, stratify="first", fields=fmap)
+    assert [e.id for e in got] == ["train/00:2", "train/00:3", "train/00:5", "train/00:6", "val/00:2"]
