@@ -84,6 +84,13 @@ class DataConfig:
     """Upstream examples of fewer tokens (under --data.nll-tokens, before truncation) are left out of the sample,
     counted and named in meta.json (upstream_skipped) and the log, never an error. 2: every example keeps a token
     to score (a one-token document has none when the tokenizer adds no BOS: Pythia, OLMo, GPT-2)."""
+    chunk_tokens: int | None = None
+    """Upstream examples are fixed-length chunks (the paper's RedPajama sample for MPT: 2048): the sampled documents
+    (--data.chunk-docs of them) tokenised with EOS appended, concatenated, cut into chunks of this many tokens, and
+    --data.n-upstream chunks drawn. Needs --data.max-len >= it."""
+    chunk_docs: int | None = None
+    """With --data.chunk-tokens: documents sampled (by --data.stratify) before chunking (the paper: 100000); all by
+    default."""
     chat_template: Path | None = None
     """Render the tasks with this chat template instead of the model tokenizer's own (or its plain template), as the
     paper did with OLMo-7B-Instruct's for every model: a model or tokenizer directory (chat_template.jinja or
@@ -258,6 +265,7 @@ RANGES: dict[str, Range] = {
                      "eval.eval_every", "train.weight_decay"), at_least(0)),
     **dict.fromkeys(("train.lr", "train.lora_alpha", "train.clip_norm", "train.max_epochs"), above(0)),
     "data.max_len": at_least(2), "data.task_max_len": at_least(2), "data.min_tokens": at_least(2),
+    "data.chunk_tokens": at_least(2), "data.chunk_docs": at_least(1),
     "data.val_fraction": Range(0, 1, hi_open=True), "train.end_lr_fraction": Range(0, 1),
     "train.divergence_factor": Range(lo=1, off=0),
 }
@@ -286,6 +294,11 @@ def check_config(config: CollectConfig) -> None:
         raise ValueError(f"--train.buckets {t.buckets}: the largest must be >= --data.task-max-len {d.task_max_len}")
     if e.buckets and max(e.buckets) < d.max_len:
         raise ValueError(f"--eval.buckets {e.buckets}: the largest must be >= --data.max-len {d.max_len}")
+    if d.chunk_tokens is not None and d.chunk_tokens > d.max_len:
+        raise ValueError(f"--data.chunk-tokens {d.chunk_tokens}: a chunk is one sequence; raise --data.max-len "
+                         f"{d.max_len} to at least {d.chunk_tokens}")
+    if d.chunk_docs is not None and d.chunk_tokens is None:
+        raise ValueError("--data.chunk-docs only applies with --data.chunk-tokens")
     if "nll" not in e.metrics:
         raise ValueError("--eval.metrics must include nll (Z); em is measured in addition to it")
     if "em" in e.metrics and d.em_upstream is None:

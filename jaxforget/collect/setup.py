@@ -132,11 +132,17 @@ def build_setup(config: CollectConfig, echo=print, tasks: dict[str, list[readers
     if tokenizer is None:
         raise FileNotFoundError(f"{model_dir}: no tokenizer files; collect needs the model's tokenizer")
 
-    upstream = readers.sample_upstream_files(d.upstream if d.upstream is not None else world_dir / "upstream.jsonl",
-                                             d.n_upstream, seed=d.seed, stratify=d.stratify,
+    corpus = d.upstream if d.upstream is not None else world_dir / "upstream.jsonl"
+    if d.chunk_tokens is not None:  # documents sampled, then chunked, then chunks sampled (the paper's MPT setup)
+        docs = readers.sample_upstream_files(corpus, d.chunk_docs, seed=d.seed, stratify=d.stratify,
                                              fields=upstream_field_map(d))
-    upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer, tokenize.TokenizeConfig(
-        max_len=d.max_len, nll_tokens=config.nll_tokens, min_tokens=d.min_tokens))
+        upstream, upstream_tok = tokenize.chunk_upstream(docs, tokenizer, chunk_tokens=d.chunk_tokens,
+                                                         n=d.n_upstream, seed=d.seed)
+    else:
+        upstream = readers.sample_upstream_files(corpus, d.n_upstream, seed=d.seed, stratify=d.stratify,
+                                                 fields=upstream_field_map(d))
+        upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer, tokenize.TokenizeConfig(
+            max_len=d.max_len, nll_tokens=config.nll_tokens, min_tokens=d.min_tokens))
     kept = {t.id for t in upstream_tok}
     skipped = [dict(id=ex.id, where=ex.where) for ex in upstream if ex.id not in kept]
     if skipped:

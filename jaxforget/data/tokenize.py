@@ -247,6 +247,43 @@ def _tokenize_upstream_paper(examples: Sequence[UpstreamExample], tokenizer,
     return out
 
 
+def chunk_upstream(examples: Sequence[UpstreamExample], tokenizer, *, chunk_tokens: int, n: int | None,
+                   seed: int) -> tuple[list[UpstreamExample], list[Tokenized]]:
+    """The paper's RedPajama sample for MPT: every document tokenised with EOS appended, the tokens of all
+    documents concatenated in order and cut into chunks of exactly `chunk_tokens` (the remainder dropped),
+    then `n` chunks drawn without replacement (seeded; all for None), kept in stream order. Each chunk is
+    one upstream example, every token after its first scored; its id is `<id of the document it starts
+    in>@<token offset there>` (unique, and the same whatever chunks are drawn), its source that document's,
+    its text the chunk decoded (for upstream.jsonl)."""
+    if chunk_tokens < 2:
+        raise ValueError(f"chunk_tokens must be >= 2, got {chunk_tokens}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos_token to end each document with")
+    quiet_tokenizer(tokenizer)
+    docs = [np.asarray(_encode(tokenizer, ex.text) + [eos], np.int32) for ex in examples]
+    starts = np.cumsum([0] + [len(d) for d in docs])  # stream offset of each document
+    stream = np.concatenate(docs) if docs else np.zeros(0, np.int32)
+    total = len(stream) // chunk_tokens
+    if total == 0 or (n is not None and n > total):
+        raise ValueError(f"{len(examples)} documents give {total} chunks of {chunk_tokens} tokens; cannot sample "
+                         f"{n}: lower --data.n-upstream or --data.chunk-tokens, or add documents")
+    chosen = np.arange(total) if n is None or n == total else np.sort(
+        np.random.default_rng([seed, 13]).choice(total, n, replace=False))
+    upstream, toks = [], []
+    mask = np.arange(chunk_tokens) >= 1
+    for k in chosen:
+        begin = int(k) * chunk_tokens
+        d = int(np.searchsorted(starts, begin, side="right")) - 1
+        ex = examples[d]
+        ids = stream[begin:begin + chunk_tokens]
+        ex_id = f"{ex.id}@{begin - int(starts[d])}"
+        upstream.append(UpstreamExample(ex_id, decode(tokenizer, ids), ex.source, ex.where))
+        toks.append(Tokenized(ids.copy(), mask.copy(), ex_id, ex.source, False))
+    log.info("upstream: %d of %d chunks of %d tokens from %d documents", len(toks), total, chunk_tokens, len(examples))
+    return upstream, toks
+
+
 # ---------------------------------------------------------------------------------------------
 # Tasks
 # ---------------------------------------------------------------------------------------------

@@ -199,3 +199,26 @@ def test_the_papers_pile_sample_is_the_first_long_documents(tmp_path):
     fmap = field_map("pile", kind="upstream")
     got = sample_upstream_files(pile_layout(tmp_path), 5, seed=7, stratify="first", fields=fmap)
     assert [e.id for e in got] == ["train/00:2", "train/00:3", "train/00:5", "train/00:6", "val/00:2"]
+
+
+def test_redpajama_chunks_documents_with_eos_then_samples_chunks(tmp_path):
+    """RedPajama-1T sample files (`{source}_sample.jsonl`, text + meta) as the paper read them for MPT: each
+    document tokenised with EOS appended, the stream cut into fixed chunks (remainder dropped), chunks drawn."""
+    pytest.importorskip("torch")
+    from jaxforget.data.tokenize import chunk_upstream
+    from tests.models import tiny_hf
+
+    write_lines(tmp_path / "arxiv_sample.jsonl", [dict(text="w3 w4 w5", meta={}), dict(text="w6", meta={})])
+    write_lines(tmp_path / "c4_sample.jsonl", [dict(text="w7 w8 w9 w10 w11 w12", meta={})])
+    docs = read_upstream(tmp_path)
+    tok = tiny_hf.make_tokenizer()  # word-level: w<k> is id k + 3, EOS is 1
+    every, toks = chunk_upstream(docs, tok, chunk_tokens=4, n=None, seed=0)
+    stream = [6, 7, 8, 1, 9, 1, 10, 11, 12, 13, 14, 15, 1]  # 13 tokens: 3 chunks, one token dropped
+    assert [t.ids.tolist() for t in toks] == [stream[0:4], stream[4:8], stream[8:12]]
+    assert [e.id for e in every] == ["arxiv_sample:1@0", "arxiv_sample:2@0", "c4_sample:1@2"]
+    assert [e.source for e in every] == ["arxiv_sample", "arxiv_sample", "c4_sample"]
+    assert every[1].text == "w6 w7 w8" and all(t.loss_mask.tolist() == [False, True, True, True] for t in toks)
+    some, _ = chunk_upstream(docs, tok, chunk_tokens=4, n=2, seed=5)
+    assert len(some) == 2 and {e.id for e in some} < {e.id for e in every}  # the same ids whatever is drawn
+    with pytest.raises(ValueError, match="3 documents give 3 chunks of 4 tokens; cannot sample 4"):
+        chunk_upstream(docs, tok, chunk_tokens=4, n=4, seed=0)
