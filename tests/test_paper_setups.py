@@ -146,6 +146,37 @@ def test_dolly_categories_with_the_papers_split(base, tmp_path):
     assert [t["n_train"] for t in tasks] == [4] * 8 and meta["upstream_skipped"] == []
 
 
+@pytest.mark.slow  # ~20 s
+def test_redpajama_chunks_for_mpt(base, tmp_path):
+    """RedPajama sample files, documents tokenised with EOS, cut into 32-token chunks, 6 chunks drawn; Z's
+    columns against chunks cut by hand from the tokenizer's output."""
+    from transformers import AutoTokenizer
+
+    for k, source in enumerate(["arxiv", "book", "c4"]):
+        write_lines(tmp_path / "redpajama" / f"{source}_sample.jsonl",
+                    [dict(text=t, meta=dict(source=source)) for t in base.texts[4 * k:4 * k + 4]])
+    out = tmp_path / "run"
+    cfg = config(out, base.model, 6, upstream=tmp_path / "redpajama", tasks=flan_layout(tmp_path / "flan",
+                 pairs=base.pairs), task_preset="flan", chunk_tokens=32, stratify="none")
+    assert collect(cfg, echo=lambda *_: None) == 0
+    tok = AutoTokenizer.from_pretrained(str(base.model))
+    stream = [i for t in base.texts[:12] for i in tok(t)["input_ids"] + [tok.eos_token_id]]
+    chunks = {}
+    for j in range(len(stream) // 32):
+        doc, offset = 0, 32 * j  # the document the chunk starts in, and where in it
+        lengths = [len(tok(t)["input_ids"]) + 1 for t in base.texts[:12]]
+        while offset >= lengths[doc]:
+            offset, doc = offset - lengths[doc], doc + 1
+        chunks[f"{['arxiv', 'book', 'c4'][doc // 4]}_sample:{doc % 4 + 1}@{offset}"] = stream[32 * j:32 * j + 32]
+    meta = RunDir(out).read_meta()
+    assert len(meta["example_ids"]) == 6 and set(meta["example_ids"]) <= set(chunks)
+    data = np.load(RunDir(out).forgetting_path)
+    ids = [chunks[i] for i in meta["example_ids"]]
+    before = torch_nll(base.model, ids)
+    np.testing.assert_allclose(data["nll_before"], before, atol=1e-5)
+    np.testing.assert_allclose(data["Z"][0], torch_nll(out / "models" / "anli_r1", ids) - before, atol=2e-5)
+
+
 def test_a_bad_task_file_is_refused_before_the_corpus_model_or_run_directory(base, tmp_path, monkeypatch):
     from jaxforget.collect import setup as setup_module
 
