@@ -191,3 +191,23 @@ def test_a_bad_task_file_is_refused_before_the_corpus_model_or_run_directory(bas
     with pytest.raises(ValueError, match=rf"{flan}/boolq_train\.json:item 2: missing field 'targets'"):
         collect(cfg, echo=lambda *_: None)
     assert touched == [] and not out.exists()
+
+
+def test_stack_runs_makes_the_papers_85_rows_from_three_runs(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from stack_runs import main
+
+    ids = np.array(["a:1", "a:2", "b:1"])
+    parts = {"flan": 66, "tulu": 11, "dolly": 8}
+    for k, (name, m) in enumerate(parts.items()):
+        np.savez(tmp_path / f"{name}.npz", Z=np.full((m, 3), k, np.float32), example_ids=ids,
+                 task_names=np.array([f"{name}{i}" for i in range(m)]))
+    out = tmp_path / "paper85.npz"
+    assert main([str(tmp_path / f"{n}.npz") for n in parts] + ["--out", str(out)]) == 0
+    got = np.load(out)
+    assert got["Z"].shape == (85, 3) and got["task_names"][66] == "tulu0" and got["Z"][84, 0] == 2
+    np.savez(tmp_path / "other.npz", Z=np.zeros((2, 3), np.float32), example_ids=ids[::-1], task_names=["x", "y"])
+    assert main([str(tmp_path / "flan.npz"), str(tmp_path / "other.npz"), "--out", str(out)]) == 2
+    assert "other.npz: its upstream examples differ from" in capsys.readouterr().err
