@@ -71,13 +71,49 @@ def find_record_files(path: Path, suffixes: Sequence[str]) -> list[Path]:
     return out
 
 
+class _ZstdReader(io.RawIOBase):
+    """A .zst file decompressed as it is read, frame after frame (zstd's CLI and the Pile's shards may hold
+    several). Unlike zstandard's stream_reader, a file that ends inside a frame (a cut download) is an
+    error, not a silently shorter corpus."""
+
+    def __init__(self, path: Path, zstandard):
+        self._file, self._zstd = open(path, "rb"), zstandard
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj, self._pending, self._buf = self._dctx.decompressobj(), False, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            chunk = self._file.read(1 << 16)
+            if not chunk:
+                if self._pending:
+                    raise self._zstd.ZstdError("the file ends inside a frame")
+                return 0
+            out = []
+            while chunk:
+                out.append(self._obj.decompress(chunk))
+                self._pending = not self._obj.eof
+                chunk = b""
+                if self._obj.eof:  # the next frame starts in what this one left over
+                    chunk, self._obj = self._obj.unused_data, self._dctx.decompressobj()
+            self._buf = b"".join(out)
+        n = min(len(b), len(self._buf))
+        b[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def _zstd_open(path: Path):
     try:
         import zstandard
     except ImportError:
         raise ImportError(f"{path}: reading .zst files needs zstandard: pip install zstandard") from None
-    # read_across_frames: a shard may be several concatenated frames (zstd's own CLI writes them so)
-    return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True, closefd=True)
+    return io.BufferedReader(_ZstdReader(path, zstandard), buffer_size=1 << 16)
 
 
 def open_binary(path: Path):
@@ -104,8 +140,7 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     byte-order mark opening the file (Windows and spreadsheet exports write one) is dropped."""
     lineno = 0
     try:
-        with open_binary(path) as raw_file:
-            f = io.BufferedReader(raw_file) if path.name.endswith(".zst") else raw_file
+        with open_binary(path) as f:
             for lineno, raw in enumerate(f, start=1):
                 try:
                     line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")

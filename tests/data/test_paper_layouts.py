@@ -222,3 +222,13 @@ def test_redpajama_chunks_documents_with_eos_then_samples_chunks(tmp_path):
     assert len(some) == 2 and {e.id for e in some} < {e.id for e in every}  # the same ids whatever is drawn
     with pytest.raises(ValueError, match="3 documents give 3 chunks of 4 tokens; cannot sample 4"):
         chunk_upstream(docs, tok, chunk_tokens=4, n=4, seed=0)
+
+
+def test_a_cut_zst_shard_is_an_error_not_a_shorter_corpus(tmp_path):
+    """zstandard's own stream reader ends quietly where a cut download ends; a Pile shard cut short must fail."""
+    f = write_lines(tmp_path / "00.jsonl.zst", [dict(text=f"document {i} " * 40) for i in range(200)])
+    assert len(read_upstream(f)) == 200
+    f.write_bytes(f.read_bytes()[:-9])
+    with pytest.raises(ValueError, match=rf"{f}:\d+: truncated or corrupt zstd file after line \d+ \(the file ends "
+                                         "inside a frame\)"):
+        read_upstream(f)
