@@ -230,5 +230,5 @@ def test_a_cut_zst_shard_is_an_error_not_a_shorter_corpus(tmp_path):
     assert len(read_upstream(f)) == 200
     f.write_bytes(f.read_bytes()[:-9])
     with pytest.raises(ValueError, match=rf"{f}:\d+: truncated or corrupt zstd file after line \d+ \(the file ends "
-                                         "inside a frame\)"):
+                                         r"inside a frame\)"):
         read_upstream(f)
