@@ -130,8 +130,8 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
     meta = dict(config=config_dict(config), nll_tokens=config.nll_tokens, out=str(run.root.resolve()),
                 model_dir=str(setup.model_dir.resolve()), task_names=task_names,
                 em_example_ids=setup.em_set.ids if setup.em_set is not None else None,
-                example_ids=example_ids, upstream_skipped=setup.upstream_skipped, seeds=dict(data=config.data.seed, train=config.train.seed,
-                                                    world=config.world.seed),
+                example_ids=example_ids, upstream_skipped=setup.upstream_skipped,
+                seeds=dict(data=config.data.seed, train=config.train.seed, world=config.world.seed),
                 versions=versions(), status="running")
 
     def open_run() -> dict[str, Any]:
