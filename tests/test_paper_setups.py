@@ -119,7 +119,7 @@ def test_pile_with_flan_tasks_and_an_instruct_template(base, tmp_path):
     assert [t["n_train"] for t in tasks] == [6, 6]  # the _train file, not a draw over train + validation
 
 
-@pytest.mark.slow  # ~20 s: 11 tasks trained; the 11 rows are checked fast in tests/data/test_paper_layouts.py
+@pytest.mark.slow  # 6-20 s (11 tasks trained); the 11 rows are checked fast in tests/data/test_paper_layouts.py
 def test_tulu_tasks_on_dolma_shards_with_a_one_token_document(base, tmp_path):
     """Dolma `.json.gz` shards, one holding a one-token document: left out and named in meta.json, the run
     goes on; Tulu's 16 subsets give 11 rows (two checked against the reference)."""
@@ -134,7 +134,7 @@ def test_tulu_tasks_on_dolma_shards_with_a_one_token_document(base, tmp_path):
     assert meta["upstream_skipped"] == [dict(id="wiki-0", where=where)]
 
 
-@pytest.mark.slow  # ~20 s: 8 tasks trained; the rows and the split are checked fast in tests/data
+@pytest.mark.slow  # 2-20 s (8 tasks trained); the rows and the split are checked fast in tests/data
 def test_dolly_categories_with_the_papers_split(base, tmp_path):
     out = tmp_path / "run"
     cfg = config(out, base.model, 12, upstream=dolma_layout(tmp_path / "dolma", texts=base.texts),
@@ -146,7 +146,7 @@ def test_dolly_categories_with_the_papers_split(base, tmp_path):
     assert [t["n_train"] for t in tasks] == [4] * 8 and meta["upstream_skipped"] == []
 
 
-@pytest.mark.slow  # ~20 s
+@pytest.mark.slow  # 2-20 s; the chunking is checked fast in tests/data/test_paper_layouts.py
 def test_redpajama_chunks_for_mpt(base, tmp_path):
     """RedPajama sample files, documents tokenised with EOS, cut into 32-token chunks, 6 chunks drawn; Z's
     columns against chunks cut by hand from the tokenizer's output."""
@@ -189,6 +189,13 @@ def test_a_bad_task_file_is_refused_before_the_corpus_model_or_run_directory(bas
     cfg = config(out, base.model, 8, upstream=pile_layout(tmp_path / "pile"), upstream_preset="pile", tasks=flan,
                  task_preset="flan")
     with pytest.raises(ValueError, match=rf"{flan}/boolq_train\.json:item 2: missing field 'targets'"):
+        collect(cfg, echo=lambda *_: None)
+    assert touched == [] and not out.exists()
+    em = write_lines(tmp_path / "em.jsonl", [dict(prompt="q", completion="a"), dict(prompt="q")])
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tasks=flan_layout(tmp_path / "flan2"),
+                                                            em_upstream=em),
+                              eval=dataclasses.replace(cfg.eval, metrics=("nll", "em")))
+    with pytest.raises(ValueError, match=rf"{em}:2: missing field 'completion'"):
         collect(cfg, echo=lambda *_: None)
     assert touched == [] and not out.exists()
 

@@ -25,7 +25,7 @@ from jaxforget.collect.config import CollectConfig, check_config, config_dict, r
 from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
 from jaxforget.collect.engine import batch_sharding, build_engine
 from jaxforget.collect.loop import TaskFailed, run_schedule, train_group
-from jaxforget.collect.setup import Setup, build_setup, read_run_tasks
+from jaxforget.collect.setup import Setup, build_setup, read_em_records, read_run_tasks
 from jaxforget.completion import fit_table
 from jaxforget.exact_match import make_em_eval
 from jaxforget.models.sharding import to_host
@@ -105,9 +105,10 @@ def collect(config: CollectConfig, echo=print) -> int:
         merge(config.merge, echo)
         return 0
     check_config(config)
-    # every task file read and checked before anything else is touched: the upstream corpus (hours on Dolma)
-    # and the run directory and its lock (the built-in world's tasks are read in build_setup, once built)
+    # every task file read and checked before anything else is touched: the upstream corpus (hours on Dolma),
+    # the model and the run directory and its lock (the built-in world's tasks are read in build_setup)
     tasks = read_run_tasks(config) if config.data.tasks is not None else None
+    read_em_records(config)  # the exact-match file too (read again, small, in build_setup)
     init_distributed(config)  # before any other JAX call
     if not is_primary():
         echo = silent

@@ -75,6 +75,13 @@ def read_run_tasks(config: CollectConfig, world_dir: Path | None = None) -> dict
     return {n: tasks[n] for n in names}
 
 
+def read_em_records(config: CollectConfig) -> list[readers.TaskExample] | None:
+    """With --eval.metrics em: every record of --data.em-upstream, read and checked (None without em)."""
+    if "em" not in config.eval.metrics:
+        return None
+    return readers.read_task_file(config.data.em_upstream, "em_upstream", check_task_field=False)
+
+
 @functools.lru_cache(maxsize=4)
 def _template(d) -> str | None:
     return chat_template(d)
@@ -124,6 +131,7 @@ def build_setup(config: CollectConfig, echo=print, tasks: dict[str, list[readers
     model_dir = Path(config.model.path) if config.model.path is not None else model_dir
     tasks = tasks if tasks is not None else read_run_tasks(config, world_dir)
     names = list(tasks)
+    em_records = read_em_records(config)
     mesh = models.make_mesh(config.mesh) if config.mesh is not None else models.make_mesh()
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
     param_dtype = jnp.bfloat16 if config.model.param_dtype == "bfloat16" else jnp.float32
@@ -153,12 +161,11 @@ def build_setup(config: CollectConfig, echo=print, tasks: dict[str, list[readers
     check_token_ids(model.arch.vocab_size, model_dir, tokenizer,
                     ("the upstream sample", upstream_tok), *((f"task {n}", task_train[n]) for n in names))
     em_set = None
-    if "em" in config.eval.metrics:
-        records = readers.read_task_file(d.em_upstream, "em_upstream", check_task_field=False)
+    if em_records is not None:
         rng = np.random.default_rng([d.seed, 1])
-        if len(records) > d.n_em:
-            records = [records[i] for i in sorted(rng.choice(len(records), d.n_em, replace=False))]
-        em_set = build_em_set(records, tokenizer, max_len=d.task_max_len)
+        if len(em_records) > d.n_em:
+            em_records = [em_records[i] for i in sorted(rng.choice(len(em_records), d.n_em, replace=False))]
+        em_set = build_em_set(em_records, tokenizer, max_len=d.task_max_len)
     return Setup(model, tokenizer, model_dir, upstream, upstream_tok, names, task_train, mesh, em_set, skipped)
 
 
