@@ -57,7 +57,8 @@ class DataConfig:
     (task_name); in a directory `{task}_train.json` + `{task}_validation.json` (JSON arrays, plain or .gz) are one
     task, trained on its train file. dolly: "Context: {context}\\n\\n{instruction}" (context a non-empty string)
     -> response (category). tulu: messages, first user turn -> first assistant turn, system skipped (the
-    `dataset` value's part before the first dot: 11 tasks in Tulu v2)."""
+    `dataset` value's part before the first dot: 11 tasks in Tulu v2). Dolly and Tulu records name their task, so a
+    directory is read as shards of one collection."""
     task_fields: tuple[str, ...] = ()
     """Overrides of the task preset's fields, role=field (e.g. prompt=question completion=answer task=source)."""
     n_upstream: int = 2000

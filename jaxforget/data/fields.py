@@ -22,7 +22,8 @@ Task presets:
             (task = the `dataset` value's part before the first dot, so the six `science.*` subsets are
             one task, as the paper's code grouped them: 11 tasks in Tulu v2)
 The `task` role names a record's task when one file holds several tasks; a directory of files gives
-one task per file instead. A field path may be dotted for nested objects (`meta.pile_set_name`).
+one task per file instead, except under dolly and tulu, whose records always name their task (a
+directory is then the collection's shards, e.g. Tulu's Parquet files). A field path may be dotted for nested objects (`meta.pile_set_name`).
 An override (`--data.task-fields prompt=question`) replaces the preset's field for that role and
 makes it required; a role the preset does not have is an error listing the ones it has.
 """
@@ -55,6 +56,9 @@ class Preset:
     """File-stem suffix -> split (FLAN's `_train` / `_validation`): files differing only by it are one task."""
     min_chars: int = 0
     """Documents of fewer characters are passed over (the Pile's `len(text) > 100`: 101)."""
+    task_in_record: bool = False
+    """Every record names its task (Tulu's `dataset`, Dolly's `category`): a directory is shards of one
+    collection, its records grouped by task, not one task per file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +89,9 @@ TASK_PRESETS: dict[str, Preset] = {
     "flan": Preset(dict(prompt="inputs", completion="targets", task="task_name"), ("prompt", "completion"), "pair",
                    split_suffixes={"_train": "train", "_validation": "validation"}),
     "dolly": Preset(dict(instruction="instruction", context="context", response="response", task="category"),
-                    ("instruction", "response"), "dolly"),
-    "tulu": Preset(dict(messages="messages", task="dataset"), ("messages",), "first_turn", task_prefix=True),
+                    ("instruction", "response"), "dolly", task_in_record=True),
+    "tulu": Preset(dict(messages="messages", task="dataset"), ("messages",), "first_turn", task_prefix=True,
+                   task_in_record=True),
 }
 
 

@@ -252,10 +252,11 @@ def read_task_file(path: str | os.PathLike, name: str, *, check_task_field: bool
 def read_tasks(path: str | os.PathLike, fields: FieldMap | None = None) -> dict[str, list[TaskExample]]:
     """task name -> examples (file order), from a directory of record files (one task each, named by its
     path without the suffix, or by its stem without a split suffix of the preset, e.g. FLAN's `_train`)
-    or one file (or save_to_disk directory) whose records name their task."""
+    or one file (or save_to_disk directory) whose records name their task, or, under a preset whose
+    records always name their task (Tulu, Dolly), a directory of such files (shards)."""
     path, fmap = Path(path), _task_fields(fields)
     tasks: dict[str, list[TaskExample]] = {}
-    if path.is_dir() and not formats.is_dataset_dir(path):
+    if path.is_dir() and not formats.is_dataset_dir(path) and not fmap.rules.task_in_record:
         origin: dict[str, dict[str | None, Path]] = {}  # task -> split -> its file
         for f, name in _named_files([path], formats.RECORD_SUFFIXES):
             split = None
@@ -274,10 +275,11 @@ def read_tasks(path: str | os.PathLike, fields: FieldMap | None = None) -> dict[
                 suf = next(k for k, v in fmap.rules.split_suffixes.items() if v == "train")
                 raise ValueError(f"{next(iter(seen.values()))}: task {name!r} has no {name}{suf} file to train on")
         return tasks
-    for where, obj in formats.iter_records(formats.find_record_files(path, formats.RECORD_SUFFIXES)[0],
-                                           required_columns=fmap.columns() + fmap.columns(["task"])):
-        name = task_name_of(obj, fmap, where)
-        tasks.setdefault(name, []).append(task_example(obj, where, name, fmap))
+    files = formats.find_record_files(path, formats.RECORD_SUFFIXES)
+    for f in files if fmap.rules.task_in_record else files[:1]:  # shards of one collection, or the one file
+        for where, obj in formats.iter_records(f, required_columns=fmap.columns() + fmap.columns(["task"])):
+            name = task_name_of(obj, fmap, where)
+            tasks.setdefault(name, []).append(task_example(obj, where, name, fmap))
     if not tasks:
         raise ValueError(f"{path}: empty task file (no records)")
     return tasks

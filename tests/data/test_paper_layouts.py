@@ -232,3 +232,17 @@ def test_a_cut_zst_shard_is_an_error_not_a_shorter_corpus(tmp_path):
     with pytest.raises(ValueError, match=rf"{f}:\d+: truncated or corrupt zstd file after line \d+ \(the file ends "
                                          r"inside a frame\)"):
         read_upstream(f)
+
+
+def test_tulu_parquet_shards_in_a_directory_are_one_collection(tmp_path):
+    """The hub's layout of Tulu v2: `data/train-0000k-of-00003.parquet`, records naming their subset."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    records = [json.loads(line) for line in tulu_layout(tmp_path / "jsonl").read_text().splitlines()]
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    for k in range(3):
+        pq.write_table(pa.Table.from_pylist(records[k::3]), tmp_path / "hub" / "data" / f"train-0000{k}-of-00003.parquet")
+    tasks = read_tasks(tmp_path / "hub", field_map("tulu", kind="task"))
+    assert sorted(tasks) == TULU_ROWS and sum(map(len, tasks.values())) == 32
+    assert tasks["lima"][0].messages == (("user", "w3 w0 ask"), ("assistant", "w3 answer w0"))
