@@ -50,9 +50,10 @@ class ExactMatchSet:
     answers: list[str]
 
 
-def build_em_set(examples: Sequence, tokenizer, *, max_len: int) -> ExactMatchSet:
+def build_em_set(examples: Sequence, tokenizer, *, max_len: int, template: str | None = None) -> ExactMatchSet:
     """Tokenise ``prompt``/``completion`` or ``messages`` records (``jaxforget.data.readers.TaskExample``)
-    exactly as fine-tuning renders them; the prompt is everything before the first answer token."""
+    exactly as fine-tuning renders them (`template`: another model's chat template, as --data.chat-template);
+    the prompt is everything before the first answer token."""
 
     answers = []
     for ex in examples:
@@ -60,7 +61,7 @@ def build_em_set(examples: Sequence, tokenizer, *, max_len: int) -> ExactMatchSe
             raise ValueError(f"{ex.where}: exact match needs a prompt and an answer; this record has only 'text'")
         answers.append(ex.completion if ex.kind == "prompt" else
                        [c for role, c in ex.messages if role == "assistant"][-1])
-    tokens = tokenize_tasks(examples, tokenizer, TokenizeConfig(max_len=max_len))
+    tokens = tokenize_tasks(examples, tokenizer, TokenizeConfig(max_len=max_len, template=template))
     prompts = [np.asarray(t.ids)[: int(np.argmax(np.asarray(t.loss_mask)))] for t in tokens]
     return ExactMatchSet([ex.where for ex in examples], prompts, answers)
 

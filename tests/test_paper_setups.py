@@ -218,3 +218,13 @@ def test_stack_runs_makes_the_papers_85_rows_from_three_runs(tmp_path, capsys):
     np.savez(tmp_path / "other.npz", Z=np.zeros((2, 3), np.float32), example_ids=ids[::-1], task_names=["x", "y"])
     assert main([str(tmp_path / "flan.npz"), str(tmp_path / "other.npz"), "--out", str(out)]) == 2
     assert "other.npz: its upstream examples differ from" in capsys.readouterr().err
+
+
+def test_the_exact_match_prompts_read_from_the_flan_directory(tmp_path):
+    from jaxforget.collect.setup import read_em_records
+
+    flan = flan_layout(tmp_path / "flan")
+    cfg = CollectConfig(data=DataConfig(em_upstream=flan, em_preset="flan"), eval=EvalConfig(metrics=("nll", "em")))
+    records = read_em_records(cfg)
+    assert len(records) == 16 and records[0].prompt == "w10 w0 question" and records[-1].completion == "w41"
+    assert len({r.where for r in records}) == 16  # the exact-match ids: file and item, unique

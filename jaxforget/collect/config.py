@@ -100,7 +100,11 @@ class DataConfig:
     """Seed of the upstream sample and the task splits."""
     em_upstream: Path | None = None
     """Upstream instruction examples for --eval.metrics em: a JSONL file of prompt/completion or messages
-    records (the task formats), answered greedily and scored by exact match."""
+    records (the task formats), answered greedily and scored by exact match; or, with --data.em-preset, a task
+    collection in that preset's layout (e.g. the FLAN directory), every task's records pooled."""
+    em_preset: Literal["auto", "flan", "dolly", "tulu"] = "auto"
+    """Fields and layout of --data.em-upstream, as --data.task-preset (flan: the paper's FLAN prompts read from
+    its `{task}_train.json` / `_validation.json` files, both splits pooled)."""
     n_em: int = 500
     """Exact-match examples to measure (seeded sample of em_upstream; all if fewer)."""
 
@@ -336,6 +340,11 @@ def upstream_field_map(d: DataConfig) -> FieldMap:
         return field_map(d.upstream_preset, d.upstream_fields, kind="upstream")
     except ValueError as e:
         raise ValueError(f"--data.upstream-fields: {e}") from None
+
+
+def em_field_map(d: DataConfig) -> FieldMap:
+    """--data.em-preset's field map."""
+    return field_map(d.em_preset, (), kind="task")
 
 
 def task_field_map(d: DataConfig) -> FieldMap:

@@ -15,7 +15,8 @@ import numpy as np
 
 from jaxforget import models
 from jaxforget.cli import config_from_dict, range_errors
-from jaxforget.collect.config import RANGES, CollectConfig, chat_template, task_field_map, upstream_field_map
+from jaxforget.collect.config import (RANGES, CollectConfig, chat_template, em_field_map, task_field_map,
+                                      upstream_field_map)
 from jaxforget.collect.distributed import is_primary, on_primary
 from jaxforget.data import readers, tokenize
 from jaxforget.data.tokenize import Tokenized
@@ -77,9 +78,13 @@ def read_run_tasks(config: CollectConfig, world_dir: Path | None = None) -> dict
 
 def read_em_records(config: CollectConfig) -> list[readers.TaskExample] | None:
     """With --eval.metrics em: every record of --data.em-upstream, read and checked (None without em)."""
+    d = config.data
     if "em" not in config.eval.metrics:
         return None
-    return readers.read_task_file(config.data.em_upstream, "em_upstream", check_task_field=False)
+    if d.em_preset == "auto" and not Path(d.em_upstream).is_dir():
+        return readers.read_task_file(d.em_upstream, "em_upstream", check_task_field=False)
+    tasks = readers.read_tasks(d.em_upstream, em_field_map(d))
+    return [ex for name in sorted(tasks) for ex in tasks[name]]
 
 
 @functools.lru_cache(maxsize=4)
@@ -165,7 +170,7 @@ def build_setup(config: CollectConfig, echo=print, tasks: dict[str, list[readers
         rng = np.random.default_rng([d.seed, 1])
         if len(em_records) > d.n_em:
             em_records = [em_records[i] for i in sorted(rng.choice(len(em_records), d.n_em, replace=False))]
-        em_set = build_em_set(em_records, tokenizer, max_len=d.task_max_len)
+        em_set = build_em_set(em_records, tokenizer, max_len=d.task_max_len, template=_template(d))
     return Setup(model, tokenizer, model_dir, upstream, upstream_tok, names, task_train, mesh, em_set, skipped)
 
 
