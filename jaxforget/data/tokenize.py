@@ -352,13 +352,13 @@ def _chat_ids(ex: TaskExample, tokenizer, template: str | None = None) -> tuple[
         before = _render(tokenizer, msgs[:k], template, add_generation_prompt=True)
         upto = _render(tokenizer, msgs[: k + 1], template)
         if not (upto.startswith(before) and full.startswith(upto)):
-            raise ValueError(f"{ex.where}: the tokenizer's chat template does not render conversations as "
-                             "prefixes of each other, so answer tokens cannot be located; use "
-                             "chat_template='never' (the plain template)")
-        start = len(before)
-        while start < len(upto) - 1 and upto[start].isspace() and upto[start:].strip():
-            start += 1
-        spans.append((start, len(upto)))
+            whose = "given" if template else "tokenizer's"
+            raise ValueError(f"{ex.where}: the {whose} chat template does not render conversations as prefixes "
+                             "of each other, so answer tokens cannot be located; use chat_template='never' (the "
+                             "plain template) or another template")
+        answer = upto[len(before):]
+        blank = len(answer) - len(answer.lstrip()) if answer.strip() else 0  # an all-blank turn stays whole
+        spans.append((len(before) + blank, len(upto)))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     mask = [any(s < e2 and e > s2 for s2, e2 in spans) for s, e in enc["offset_mapping"]]
@@ -371,7 +371,8 @@ def tokenize_tasks(examples: Sequence[TaskExample], tokenizer,
     _check_tokenizer(tokenizer, config)
     quiet_tokenizer(tokenizer)
     bos, _ = bos_eos(tokenizer)
-    use_chat = config.template is not None or (config.chat_template == "auto" and getattr(tokenizer, "chat_template", None))
+    use_chat = config.template is not None or (config.chat_template == "auto"
+                                                and getattr(tokenizer, "chat_template", None))
     out = []
     for ex in examples:
         ids, mask = (_chat_ids(ex, tokenizer, config.template) if use_chat and ex.kind != "text"
