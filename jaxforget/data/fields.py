@@ -23,8 +23,8 @@ Task presets:
             one task, as the paper's code grouped them: 11 tasks in Tulu v2)
 The `task` role names a record's task when one file holds several tasks; a directory of files gives
 one task per file instead, except under dolly and tulu, whose records always name their task (a
-directory is then the collection's shards, e.g. Tulu's Parquet files). A field path may be dotted for nested objects (`meta.pile_set_name`).
-An override (`--data.task-fields prompt=question`) replaces the preset's field for that role and
+directory is then the collection's shards, e.g. Tulu's Parquet files). A field path may be dotted for
+nested objects (`meta.pile_set_name`). An override (`--data.task-fields prompt=question`) replaces the preset's field for that role and
 makes it required; a role the preset does not have is an error listing the ones it has.
 """
 
