@@ -44,9 +44,11 @@ class DataConfig:
     datasets.save_to_disk directory, or a directory of them, searched recursively (records with `text`, optional
     `id`, `source`; see --data.upstream-preset; default ids `<path relative to the directory>:<line>`).
     Default: the built-in world's. docs/data.md: the command for each of the paper's corpora."""
-    upstream_preset: Literal["auto", "dolma", "pile"] = "auto"
+    upstream_preset: Literal["auto", "dolma", "pile", "tulu"] = "auto"
     """Fields of upstream records. auto: text, optional id and source (or domain). dolma: text, id, source.
-    pile: text, meta.pile_set_name as the source (domain), documents of more than 100 characters only."""
+    pile: text, meta.pile_set_name as the source (domain), documents of more than 100 characters only. tulu: chat
+    examples (the instruct setup's held-out Tulu sample): first user turn -> first assistant turn, rendered with the
+    chat template (--data.chat-template or the model's), NLL over the answer only, its end of turn excluded."""
     upstream_fields: tuple[str, ...] = ()
     """Overrides of the preset's fields, role=field (roles text, id, source; dotted for nested), e.g. text=content."""
     tasks: Path | None = None

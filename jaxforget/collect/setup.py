@@ -155,7 +155,7 @@ def build_setup(config: CollectConfig, echo=print, tasks: dict[str, list[readers
         upstream = readers.sample_upstream_files(corpus, d.n_upstream, seed=d.seed, stratify=d.stratify,
                                                  fields=upstream_field_map(d))
         upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer, tokenize.TokenizeConfig(
-            max_len=d.max_len, nll_tokens=config.nll_tokens, min_tokens=d.min_tokens))
+            max_len=d.max_len, nll_tokens=config.nll_tokens, min_tokens=d.min_tokens, template=_template(d)))
     kept = {t.id for t in upstream_tok}
     skipped = [dict(id=ex.id, where=ex.where) for ex in upstream if ex.id not in kept]
     if skipped:

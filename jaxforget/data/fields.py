@@ -9,6 +9,8 @@ Upstream presets (roles text, id, source):
     dolma   text, id, source (all required)
     pile    text, source = meta.pile_set_name (the domain); id = `file:line`; only documents of more than
             100 characters (the paper's filter; shorter ones are passed over, their lines keep their ids)
+    tulu    chat examples (the instruct setup's held-out Tulu sample): the first user turn -> the first
+            assistant turn, scored on the answer only; id, source = the `dataset` value's prefix
 Task presets:
     auto    the jaxforget records: prompt + completion, messages, or text (roles prompt, completion,
             messages, text, task)
@@ -83,6 +85,8 @@ UPSTREAM_PRESETS: dict[str, Preset] = {
     "auto": Preset(dict(text="text", id="id", source="source"), ("text",), "text"),
     "dolma": Preset(dict(text="text", id="id", source="source"), ("text", "id", "source"), "text"),
     "pile": Preset(dict(text="text", source="meta.pile_set_name"), ("text", "source"), "text", min_chars=101),
+    "tulu": Preset(dict(messages="messages", id="id", source="dataset"), ("messages",), "first_turn",
+                   task_prefix=True),
 }
 TASK_PRESETS: dict[str, Preset] = {
     "auto": Preset(dict(prompt="prompt", completion="completion", messages="messages", text="text", task="task")),
@@ -149,7 +153,12 @@ def _get(obj: dict, fmap: FieldMap, role: str, where: str, *, string: bool = Tru
 
 def upstream_example(obj: dict, where: str, fmap: FieldMap, *, default_id: str, default_source: str) -> UpstreamExample:
     """An UpstreamExample from one record under `fmap`."""
-    text = _get(obj, fmap, "text", where)
+    messages = None
+    if fmap.rules.record == "first_turn":
+        messages = _first_turn(obj, fmap, where)
+        text = f"{messages[0][1]}\n\n{messages[1][1]}"
+    else:
+        text = _get(obj, fmap, "text", where)
     ex_id = _get(obj, fmap, "id", where, string=False)
     if ex_id is None:
         ex_id = default_id
@@ -162,7 +171,24 @@ def upstream_example(obj: dict, where: str, fmap: FieldMap, *, default_id: str, 
         source = default_source
     if not isinstance(source, str):
         raise ValueError(f"{where}: {_named(fmap, 'source')} must be a string, got {type(source).__name__}")
-    return UpstreamExample(str(ex_id), text, source, where)
+    if fmap.rules.task_prefix:
+        source = source.split(".", 1)[0]
+    return UpstreamExample(str(ex_id), text, source, where, messages)
+
+
+def _first_turn(obj: dict, fmap: FieldMap, where: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(("user", first user turn), ("assistant", the first assistant turn after it)); system turns skipped."""
+    msgs = _get(obj, fmap, "messages", where, string=False)
+    if not isinstance(msgs, list):
+        raise ValueError(f"{where}: field {fmap.fields['messages']!r} must be a list of messages")
+    user = None
+    for k, m in enumerate(msgs):
+        role = message_role(m, k, where)
+        if role == "user" and user is None:
+            user = str_field(m, "content", f"{where}: messages[{k}]")
+        elif role == "assistant" and user is not None:
+            return ("user", user), ("assistant", str_field(m, "content", f"{where}: messages[{k}]"))
+    raise ValueError(f"{where}: no user turn followed by an assistant turn in {fmap.fields['messages']!r}")
 
 
 def task_name_of(obj: dict, fmap: FieldMap, where: str) -> str:
@@ -201,18 +227,5 @@ def task_example(obj: dict, where: str, task: str, fmap: FieldMap, split: str | 
         prompt = f"Context: {context}\n\n{instruction}" if context else instruction
         return TaskExample(task, where, prompt=prompt, completion=_get(obj, fmap, "response", where), split=split)
     if rule == "first_turn":
-        msgs = _get(obj, fmap, "messages", where, string=False)
-        if not isinstance(msgs, list):
-            raise ValueError(f"{where}: field {fmap.fields['messages']!r} must be a list of messages")
-        user = answer = None
-        for k, m in enumerate(msgs):
-            role = message_role(m, k, where)
-            if role == "user" and user is None:
-                user = str_field(m, "content", f"{where}: messages[{k}]")
-            elif role == "assistant" and user is not None:
-                answer = str_field(m, "content", f"{where}: messages[{k}]")
-                break
-        if answer is None:
-            raise ValueError(f"{where}: no user turn followed by an assistant turn in {fmap.fields['messages']!r}")
-        return TaskExample(task, where, messages=(("user", user), ("assistant", answer)), split=split)
+        return TaskExample(task, where, messages=_first_turn(obj, fmap, where), split=split)
     raise ValueError(f"task preset {fmap.preset!r}: record rule {rule!r} makes no task example")

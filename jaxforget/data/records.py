@@ -18,6 +18,9 @@ class UpstreamExample:
     """Domain or data source (for stratified sampling and per-domain reports)."""
     where: str
     """`file:line` of the record, for error messages."""
+    messages: tuple[tuple[str, str], ...] | None = None
+    """A chat example ((user, ...), (assistant, ...)): rendered with the chat template and scored on the
+    assistant's answer only, the closing end of turn excluded; `text` is then the two turns, for reading."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -193,7 +193,10 @@ def _log_truncated(out: Sequence[Tokenized], what: str, config: TokenizeConfig) 
 def tokenize_upstream(examples: Sequence[UpstreamExample], tokenizer,
                       config: TokenizeConfig = TokenizeConfig()) -> list[Tokenized]:
     """Under `config.nll_tokens`: 'builtin' BOS + text + EOS, every token after BOS a target; 'paper'
-    `tokenizer(text)`, every token after the first a target. Truncation keeps the beginning."""
+    `tokenizer(text)`, every token after the first a target. Truncation keeps the beginning.
+    Chat examples (`messages`, the instruct setup's Tulu sample): `_tokenize_upstream_chat`."""
+    if any(ex.messages is not None for ex in examples):
+        return _tokenize_upstream_chat(examples, tokenizer, config)
     if config.nll_tokens == "paper":
         return _tokenize_upstream_paper(examples, tokenizer, config)
     if config.nll_tokens != "builtin":
@@ -242,6 +245,49 @@ def _tokenize_upstream_paper(examples: Sequence[UpstreamExample], tokenizer,
         mask = np.ones(len(ids), bool)
         mask[0] = False
         out.append(Tokenized(np.asarray(ids, np.int32), mask, ex.id, ex.source, truncated))
+    _log_short(short, len(examples), config)
+    _log_truncated(out, "upstream", config)
+    return out
+
+
+def _tokenize_upstream_chat(examples: Sequence[UpstreamExample], tokenizer,
+                            config: TokenizeConfig) -> list[Tokenized]:
+    """Chat upstream examples, as the paper scored its instruct model's held-out Tulu sample: the conversation
+    rendered with the chat template (`config.template`, else the tokenizer's; else the plain template without
+    EOS), the mean NLL over the answer's own tokens only: after the assistant marker, up to but excluding the
+    closing end of turn. 'builtin' prepends BOS (as tasks); 'paper' keeps the rendered tokens as they are.
+    Truncation keeps the end (the answer)."""
+    if any(ex.messages is None for ex in examples):
+        raise ValueError(f"{next(ex.where for ex in examples if ex.messages is None)}: a raw-text example among "
+                         "chat examples; one upstream corpus is one or the other")
+    quiet_tokenizer(tokenizer)
+    template = config.template if config.template is not None else getattr(tokenizer, "chat_template", None)
+    bos = bos_eos(tokenizer)[0] if config.nll_tokens == "builtin" else None
+    out, short = [], []
+    for ex in examples:
+        msgs = [dict(role=r, content=c) for r, c in ex.messages]
+        answer = ex.messages[-1][1]
+        if template:
+            before = _render(tokenizer, msgs[:-1], template, add_generation_prompt=True)
+            full = _render(tokenizer, msgs, template)
+            start = full.find(answer, len(before)) if full.startswith(before) else -1
+            if start < 0:
+                raise ValueError(f"{ex.where}: the chat template does not render the answer after the generation "
+                                 "prompt as it is, so its tokens cannot be located")
+        else:
+            before = "".join(t for t, _ in plain_segments(TaskExample("", "", messages=ex.messages[:-1]), eos=None))
+            full = before + "Assistant: " + answer
+            start = len(full) - len(answer)
+        lead = len(answer) - len(answer.lstrip())
+        span = (start + lead, start + len(answer))
+        enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        mask = [s < span[1] and e > span[0] for s, e in enc["offset_mapping"]]
+        if len(ids) < config.min_tokens or not any(mask[1:]):
+            short.append((ex, len(ids)))
+            continue
+        out.append(_finish(ids, mask, bos=bos, config=dataclasses.replace(config, add_bos=bos is not None),
+                           truncate="left", id_=ex.id, group=ex.source, where=ex.where))
     _log_short(short, len(examples), config)
     _log_truncated(out, "upstream", config)
     return out

@@ -112,3 +112,30 @@ def test_the_two_transformers_warnings_are_silenced_for_our_tokenizers_only(sp, 
         other(long.text)
         other.decode(t.ids)
     assert "Token indices sequence length" in caplog.text and "clean_up_tokenization_spaces" in caplog.text
+
+
+def test_chat_upstream_examples_are_scored_on_the_answer_only(sp, tmp_path):
+    """The instruct setup's upstream: held-out Tulu conversations, NLL over the answer after the assistant
+    marker, the closing end of turn excluded; the source is the subset's prefix."""
+    from jaxforget.data.fields import field_map
+    from jaxforget.data.readers import read_upstream
+
+    f = tmp_path / "tulu_heldout.jsonl"
+    f.write_text("\n".join(json.dumps(dict(dataset=d, id=i, messages=[
+        dict(role="system", content="be brief"), dict(role="user", content=q), dict(role="assistant", content=a)]))
+        for d, i, q, a in [("science.scifact_json", "s1", "what is the capital?", "Tarn"),
+                           ("lima", "l1", "hi", "Paris is big")]) + "\n")
+    ex = read_upstream(f, field_map("tulu", kind="upstream"))
+    assert [(e.id, e.source) for e in ex] == [("s1", "science"), ("l1", "lima")]
+    # (template, accounting, the first token): OLMo's template opens with eos; 'builtin' prepends BOS
+    for template, nll_tokens, first in ((OLMO_TEMPLATE, "paper", "</s>"), (LLAMA2_TEMPLATE, "builtin", "<s>"),
+                                        (None, "paper", None)):
+        toks = tokenize_upstream(ex, sp, TokenizeConfig(max_len=64, nll_tokens=nll_tokens, template=template))
+        for e, t in zip(ex, toks):
+            got = targets(sp, t)
+            assert "</s>" not in got and sp.convert_tokens_to_string(got).strip() == e.messages[-1][1]
+            if first is not None:
+                assert sp.convert_ids_to_tokens(int(t.ids[0])) == first
+            else:  # the plain template, no special token
+                assert sp.decode(t.ids).endswith(f"\nAssistant: {e.messages[-1][1]}")
+                assert int(t.ids[0]) not in sp.all_special_ids
