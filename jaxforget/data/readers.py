@@ -1,9 +1,10 @@
 """Readers for upstream corpora and task data, with errors that name the file and record.
 
 Files (`jaxforget.data.formats`): JSON lines (`.jsonl`, `.json`, gzipped or zstd-compressed), JSON arrays
-(`.json`, `.json.gz`, `.json.zst`), `.parquet`, `datasets.save_to_disk` directories, and (upstream only) `.txt`; a path is one of them or a directory of them (sorted,
-recursive). Which field holds what is a `FieldMap` (`jaxforget.data.fields`): a named preset (upstream
-auto / dolma / pile; tasks auto / flan / dolly / tulu) plus `role=field` overrides.
+(`.json`, `.json.gz`, `.json.zst`), `.parquet`, `datasets.save_to_disk` directories, and (upstream only)
+`.txt`; a path is one of them or a directory of them (sorted, recursive). Which field holds what is a
+`FieldMap` (`jaxforget.data.fields`): a named preset (upstream auto / dolma / pile / tulu; tasks auto /
+flan / dolly / tulu) plus `role=field` overrides.
 
 Upstream corpus (`read_upstream`, `iter_upstream`, `sample_upstream_files`), preset 'auto':
   - records with `text` (str); optional `id` (str or int; default `<name>:<line, row or item>`, `<name>`
@@ -11,8 +12,8 @@ Upstream corpus (`read_upstream`, `iter_upstream`, `sample_upstream_files`), pre
     the file stem).
   - `*.txt`: plain text; each block of non-blank lines is one example, id `<name>:<first line>`,
     source the file stem.
-  Ids must be unique in the whole corpus (checked while streaming, whatever the sample); they are the column names of the forgetting matrix, so rows measured by
-  different jobs line up. `sample_upstream` (a list) and `sample_upstream_files` (a corpus streamed
+  Ids must be unique in the whole corpus (checked while streaming, whatever the sample); they are the
+  column names of the forgetting matrix, so rows measured by different jobs line up. `sample_upstream` (a list) and `sample_upstream_files` (a corpus streamed
   twice: counts per source, then the selected records; constant memory in the corpus size) select the
   same N examples for the same seed, optionally stratified by source.
 
