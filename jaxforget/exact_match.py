@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from jaxforget.data.batching import bucket_lengths
-from jaxforget.data.tokenize import TokenizeConfig, tokenize_tasks
+from jaxforget.data.tokenize import TokenizeConfig, decode, tokenize_tasks
 from jaxforget.models import greedy_generate
 from jaxforget.models.sharding import put_global, to_host
 
@@ -50,9 +50,10 @@ class ExactMatchSet:
     answers: list[str]
 
 
-def build_em_set(examples: Sequence, tokenizer, *, max_len: int) -> ExactMatchSet:
+def build_em_set(examples: Sequence, tokenizer, *, max_len: int, template: str | None = None) -> ExactMatchSet:
     """Tokenise ``prompt``/``completion`` or ``messages`` records (``jaxforget.data.readers.TaskExample``)
-    exactly as fine-tuning renders them; the prompt is everything before the first answer token."""
+    exactly as fine-tuning renders them (`template`: another model's chat template, as --data.chat-template);
+    the prompt is everything before the first answer token."""
 
     answers = []
     for ex in examples:
@@ -60,7 +61,7 @@ def build_em_set(examples: Sequence, tokenizer, *, max_len: int) -> ExactMatchSe
             raise ValueError(f"{ex.where}: exact match needs a prompt and an answer; this record has only 'text'")
         answers.append(ex.completion if ex.kind == "prompt" else
                        [c for role, c in ex.messages if role == "assistant"][-1])
-    tokens = tokenize_tasks(examples, tokenizer, TokenizeConfig(max_len=max_len))
+    tokens = tokenize_tasks(examples, tokenizer, TokenizeConfig(max_len=max_len, template=template))
     prompts = [np.asarray(t.ids)[: int(np.argmax(np.asarray(t.loss_mask)))] for t in tokens]
     return ExactMatchSet([ex.where for ex in examples], prompts, answers)
 
@@ -102,7 +103,7 @@ def make_em_eval(em: ExactMatchSet, tokenizer, *, batch_size: int, max_new_token
         correct = np.zeros(len(em.prompts), bool)
         for (rows, _, _), gen in zip(batches, outs):
             for r, i in enumerate(rows):
-                text = tokenizer.decode(gen.tokens[r, : gen.lengths[r]], skip_special_tokens=True)
+                text = decode(tokenizer, gen.tokens[r, : gen.lengths[r]])
                 correct[i] = exact_match(text, em.answers[i])
         return correct
 

@@ -13,7 +13,7 @@ from test_collect import flags
 
 from jaxforget.cli import numeric_fields
 from jaxforget.collect import CollectConfig, TrainConfig, check_config, cli
-from jaxforget.collect.config import RANGES, LoraTarget
+from jaxforget.collect.config import RANGES, DataConfig, LoraTarget
 
 BAD_FLAGS = [
     (["--train.lr", "nan"], "--train.lr must be a finite number > 0; got nan"),
@@ -32,6 +32,10 @@ BAD_FLAGS = [
     (["--train.buckets", "0", "96"], "--train.buckets must be >= 1; got (0, 96)"),
     (["--data.val-fraction", "1"], "--data.val-fraction must be in [0, 1); got 1.0"),
     (["--data.seed", "-1"], "--data.seed must be >= 0; got -1"),
+    (["--data.min-tokens", "1"], "--data.min-tokens must be >= 2; got 1"),
+    (["--data.chunk-tokens", "128"], "--data.chunk-tokens 128: a chunk is one sequence; raise --data.max-len 64 to at "
+                                     "least 128"),
+    (["--data.chunk-docs", "5"], "--data.chunk-docs only applies with --data.chunk-tokens"),
     (["--world.n-countries", "1"], "--world.n-countries must be >= 2; got 1"),
     (["--pretrain.lr", "-0.1"], "--pretrain.lr must be > 0; got -0.1"),
     (["--base.n-heads", "5"], "--base.d-model 32 must be a multiple of --base.n-heads 5"),
@@ -53,7 +57,8 @@ def test_a_bad_flag_is_refused_by_name_before_anything_is_written(tmp_path, caps
 
 
 def test_every_numeric_flag_has_a_range():
-    full = CollectConfig(mesh=(1,), tasks_per_pass=1, num_processes=1, process_id=0)  # the optional ones given
+    full = CollectConfig(mesh=(1,), tasks_per_pass=1, num_processes=1, process_id=0,  # the optional ones given
+                         data=DataConfig(chunk_tokens=64, chunk_docs=10))
     assert set(numeric_fields(full)) == set(RANGES)
     check_config(dataclasses.replace(full, distributed=True))  # the defaults are in range
 

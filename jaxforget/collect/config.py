@@ -40,12 +40,15 @@ class DataConfig:
     """Upstream examples and tasks."""
 
     upstream: Path | None = None
-    """Upstream corpus: a .jsonl, .jsonl.gz / .json.gz, .parquet or .txt file, a datasets.save_to_disk directory,
-    or a directory of them (records with `text`, optional `id`, `source`; see --data.upstream-preset). Default:
-    the built-in world's."""
-    upstream_preset: Literal["auto", "dolma", "pile"] = "auto"
+    """Upstream corpus: a .jsonl / .json (lines or an array; plain, .gz or .zst), .parquet or .txt file, a
+    datasets.save_to_disk directory, or a directory of them, searched recursively (records with `text`, optional
+    `id`, `source`; see --data.upstream-preset; default ids `<path relative to the directory>:<line>`).
+    Default: the built-in world's. docs/data.md: the command for each of the paper's corpora."""
+    upstream_preset: Literal["auto", "dolma", "pile", "tulu"] = "auto"
     """Fields of upstream records. auto: text, optional id and source (or domain). dolma: text, id, source.
-    pile: text, meta.pile_set_name as the source (domain)."""
+    pile: text, meta.pile_set_name as the source (domain), documents of more than 100 characters only. tulu: chat
+    examples (the instruct setup's held-out Tulu sample): first user turn -> first assistant turn, rendered with the
+    chat template (--data.chat-template or the model's), NLL over the answer only, its end of turn excluded."""
     upstream_fields: tuple[str, ...] = ()
     """Overrides of the preset's fields, role=field (roles text, id, source; dotted for nested), e.g. text=content."""
     tasks: Path | None = None
@@ -53,14 +56,18 @@ class DataConfig:
     name their task (see --data.task-preset). Default: the world's."""
     task_preset: Literal["auto", "flan", "dolly", "tulu"] = "auto"
     """Fields of task records. auto: prompt/completion, messages or text (task). flan: inputs -> targets
-    (task_name). dolly: "Context: {context}\\n\\n{instruction}" (context non-empty) -> response (category).
-    tulu: messages, first user turn -> first assistant turn, system skipped (dataset)."""
+    (task_name); in a directory `{task}_train.json` + `{task}_validation.json` (JSON arrays, plain or .gz) are one
+    task, trained on its train file. dolly: "Context: {context}\\n\\n{instruction}" (context a non-empty string)
+    -> response (category). tulu: messages, first user turn -> first assistant turn, system skipped (the
+    `dataset` value's part before the first dot: 11 tasks in Tulu v2). Dolly and Tulu records name their task, so a
+    directory is read as shards of one collection."""
     task_fields: tuple[str, ...] = ()
     """Overrides of the task preset's fields, role=field (e.g. prompt=question completion=answer task=source)."""
     n_upstream: int = 2000
     """Upstream examples to measure (seeded sample; all if the corpus is smaller)."""
-    stratify: Literal["none", "proportional", "balanced"] = "proportional"
-    """Sampling of upstream examples by source/domain."""
+    stratify: Literal["none", "proportional", "balanced", "first"] = "proportional"
+    """Sampling of upstream examples by source/domain: proportional or balanced quotas per source, none (uniform), or
+    first (the first n in file then record order, no draw: the paper's Pile sample)."""
     task_names: tuple[str, ...] = ()
     """Only these tasks (default: all), in this order."""
     nll_tokens: Literal["auto", "paper", "builtin"] = "auto"
@@ -74,12 +81,32 @@ class DataConfig:
     task_max_len: int = 96
     """Task examples are cut to this many tokens, keeping the end (the answer)."""
     val_fraction: float = 0.1
-    """Per-task validation split (not trained on)."""
+    """Per-task validation split (not trained on; the paper's Dolly split: 0.2). Tasks whose files give the split
+    (FLAN's `_train` / `_validation`) keep it."""
+    min_tokens: int = 2
+    """Upstream examples of fewer tokens (under --data.nll-tokens, before truncation) are left out of the sample,
+    counted and named in meta.json (upstream_skipped) and the log, never an error. 2: every example keeps a token
+    to score (a one-token document has none when the tokenizer adds no BOS: Pythia, OLMo, GPT-2)."""
+    chunk_tokens: int | None = None
+    """Upstream examples are fixed-length chunks (the paper's RedPajama sample for MPT: 2048): the sampled documents
+    (--data.chunk-docs of them) tokenised with EOS appended, concatenated, cut into chunks of this many tokens, and
+    --data.n-upstream chunks drawn. Needs --data.max-len >= it."""
+    chunk_docs: int | None = None
+    """With --data.chunk-tokens: documents sampled (by --data.stratify) before chunking (the paper: 100000); all by
+    default."""
+    chat_template: Path | None = None
+    """Render the tasks with this chat template instead of the model tokenizer's own (or its plain template), as the
+    paper did with OLMo-7B-Instruct's for every model: a model or tokenizer directory (chat_template.jinja or
+    tokenizer_config.json), a tokenizer_config.json, or a Jinja file. The loss covers each answer's characters."""
     seed: int = 0
     """Seed of the upstream sample and the task splits."""
     em_upstream: Path | None = None
     """Upstream instruction examples for --eval.metrics em: a JSONL file of prompt/completion or messages
-    records (the task formats), answered greedily and scored by exact match."""
+    records (the task formats), answered greedily and scored by exact match; or, with --data.em-preset, a task
+    collection in that preset's layout (e.g. the FLAN directory), every task's records pooled."""
+    em_preset: Literal["auto", "flan", "dolly", "tulu"] = "auto"
+    """Fields and layout of --data.em-upstream, as --data.task-preset (flan: the paper's FLAN prompts read from
+    its `{task}_train.json` / `_validation.json` files, both splits pooled)."""
     n_em: int = 500
     """Exact-match examples to measure (seeded sample of em_upstream; all if fewer)."""
 
@@ -146,7 +173,8 @@ class EvalConfig:
     pack: bool = False
     """Pack several upstream examples into each row of the largest bucket's length (first-fit decreasing,
     batch_size rows per batch at most; attention and positions kept per example), instead of one padded
-    row per example: far less padding on long-tailed lengths. Per-example NLL equal to 1e-5, not bit-equal."""
+    row per example: far less padding on long-tailed lengths. Per-example NLL within 1.2e-6 of padded evaluation at
+    1,024-token rows, Z within 1.8e-6 (float32 summation order; measured in docs/data.md), not bit-equal."""
     metrics: tuple[Literal["nll", "em"], ...] = ("nll",)
     """nll: mean token NLL of the upstream examples (always). em: also exact match on data.em_upstream
     (instruction-tuned models); Z_em = 1 where the base model answered right and the fine-tuned one does not."""
@@ -243,7 +271,8 @@ RANGES: dict[str, Range] = {
     **dict.fromkeys(("data.seed", "train.seed", "process_id", "train.warmup_steps", "train.checkpoint_every",
                      "eval.eval_every", "train.weight_decay"), at_least(0)),
     **dict.fromkeys(("train.lr", "train.lora_alpha", "train.clip_norm", "train.max_epochs"), above(0)),
-    "data.max_len": at_least(2), "data.task_max_len": at_least(2),
+    "data.max_len": at_least(2), "data.task_max_len": at_least(2), "data.min_tokens": at_least(2),
+    "data.chunk_tokens": at_least(2), "data.chunk_docs": at_least(1),
     "data.val_fraction": Range(0, 1, hi_open=True), "train.end_lr_fraction": Range(0, 1),
     "train.divergence_factor": Range(lo=1, off=0),
 }
@@ -272,6 +301,11 @@ def check_config(config: CollectConfig) -> None:
         raise ValueError(f"--train.buckets {t.buckets}: the largest must be >= --data.task-max-len {d.task_max_len}")
     if e.buckets and max(e.buckets) < d.max_len:
         raise ValueError(f"--eval.buckets {e.buckets}: the largest must be >= --data.max-len {d.max_len}")
+    if d.chunk_tokens is not None and d.chunk_tokens > d.max_len:
+        raise ValueError(f"--data.chunk-tokens {d.chunk_tokens}: a chunk is one sequence; raise --data.max-len "
+                         f"{d.max_len} to at least {d.chunk_tokens}")
+    if d.chunk_docs is not None and d.chunk_tokens is None:
+        raise ValueError("--data.chunk-docs only applies with --data.chunk-tokens")
     if "nll" not in e.metrics:
         raise ValueError("--eval.metrics must include nll (Z); em is measured in addition to it")
     if "em" in e.metrics and d.em_upstream is None:
@@ -290,9 +324,12 @@ def check_config(config: CollectConfig) -> None:
     if config.coordinator is not None and not config.coordinator.rpartition(":")[2].isdigit():
         raise ValueError(f"--coordinator {config.coordinator!r}: expected host:port (e.g. node0:1234)")
     for name, path in (("--model.path", config.model.path), ("--data.upstream", d.upstream), ("--data.tasks", d.tasks),
-                       ("--data.em-upstream", d.em_upstream), ("--merge", config.merge)):
+                       ("--data.em-upstream", d.em_upstream), ("--data.chat-template", d.chat_template),
+                       ("--merge", config.merge)):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{name} {path}: no such file or directory")
+    if d.chat_template is not None:
+        chat_template(d)  # a directory or file without a template fails here, naming it
     if config.model.path is not None and config.merge is None:
         from jaxforget.models.hf import read_arch
 
@@ -307,12 +344,29 @@ def upstream_field_map(d: DataConfig) -> FieldMap:
         raise ValueError(f"--data.upstream-fields: {e}") from None
 
 
+def em_field_map(d: DataConfig) -> FieldMap:
+    """--data.em-preset's field map."""
+    return field_map(d.em_preset, (), kind="task")
+
+
 def task_field_map(d: DataConfig) -> FieldMap:
     """--data.task-preset with --data.task-fields applied."""
     try:
         return field_map(d.task_preset, d.task_fields, kind="task")
     except ValueError as e:
         raise ValueError(f"--data.task-fields: {e}") from None
+
+
+def chat_template(d: DataConfig) -> str | None:
+    """--data.chat-template's Jinja text (None when not given)."""
+    if d.chat_template is None:
+        return None
+    from jaxforget.data.tokenize import load_chat_template
+
+    try:
+        return load_chat_template(d.chat_template)
+    except ValueError as e:
+        raise ValueError(f"--data.chat-template: {e}") from None
 
 
 def config_dict(config: CollectConfig) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from jaxforget.collect.config import CollectConfig, check_config, config_dict, r
 from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
 from jaxforget.collect.engine import batch_sharding, build_engine
 from jaxforget.collect.loop import TaskFailed, run_schedule, train_group
-from jaxforget.collect.setup import Setup, build_setup
+from jaxforget.collect.setup import Setup, build_setup, read_em_records, read_run_tasks
 from jaxforget.completion import fit_table
 from jaxforget.exact_match import make_em_eval
 from jaxforget.models.sharding import to_host
@@ -105,6 +105,10 @@ def collect(config: CollectConfig, echo=print) -> int:
         merge(config.merge, echo)
         return 0
     check_config(config)
+    # every task file read and checked before anything else is touched: the upstream corpus (hours on Dolma),
+    # the model and the run directory and its lock (the built-in world's tasks are read in build_setup)
+    tasks = read_run_tasks(config) if config.data.tasks is not None else None
+    read_em_records(config)  # the exact-match file too (read again, small, in build_setup)
     init_distributed(config)  # before any other JAX call
     if not is_primary():
         echo = silent
@@ -115,20 +119,20 @@ def collect(config: CollectConfig, echo=print) -> int:
             locks.callback(run.lock_run(shard=config.shard is not None).release)
 
         on_primary(lock_run, f"lock the run directory {run.root}")
-        return _collect(config, run, locks, echo)
+        return _collect(config, run, locks, echo, tasks)
 
 
-def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, echo) -> int:
+def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, echo, tasks=None) -> int:
     primary = is_primary()
-    setup = build_setup(config, echo)
+    setup = build_setup(config, echo, tasks)
     task_names = setup.task_names
     example_ids = [ex.id for ex in setup.upstream]
     engine = build_engine(setup, config)  # before meta.json: a LoRA target the model lacks writes nothing
     meta = dict(config=config_dict(config), nll_tokens=config.nll_tokens, out=str(run.root.resolve()),
                 model_dir=str(setup.model_dir.resolve()), task_names=task_names,
                 em_example_ids=setup.em_set.ids if setup.em_set is not None else None,
-                example_ids=example_ids, seeds=dict(data=config.data.seed, train=config.train.seed,
-                                                    world=config.world.seed),
+                example_ids=example_ids, upstream_skipped=setup.upstream_skipped,
+                seeds=dict(data=config.data.seed, train=config.train.seed, world=config.world.seed),
                 versions=versions(), status="running")
 
     def open_run() -> dict[str, Any]:

@@ -5,6 +5,7 @@ the tokenised tasks (:func:`build_setup`), or the same rebuilt from a finished r
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import numpy as np
 
 from jaxforget import models
 from jaxforget.cli import config_from_dict, range_errors
-from jaxforget.collect.config import RANGES, CollectConfig, task_field_map, upstream_field_map
+from jaxforget.collect.config import (RANGES, CollectConfig, chat_template, em_field_map, task_field_map,
+                                      upstream_field_map)
 from jaxforget.collect.distributed import is_primary, on_primary
 from jaxforget.data import readers, tokenize
 from jaxforget.data.tokenize import Tokenized
@@ -42,6 +44,8 @@ class Setup:
     mesh: Any
     em_set: ExactMatchSet | None = None
     """With --eval.metrics em: the exact-match examples."""
+    upstream_skipped: list[dict] = dataclasses.field(default_factory=list)
+    """Sampled upstream examples left out for having fewer than --data.min-tokens tokens: id and where."""
 
     @property
     def pad_id(self) -> int:
@@ -60,11 +64,41 @@ def tasks_path(config: CollectConfig, world_dir: Path | None = None) -> Path:
     return (world_dir or ensure_world(config.world, vocab_size=config.base.vocab_size)) / "tasks"
 
 
+def read_run_tasks(config: CollectConfig, world_dir: Path | None = None) -> dict[str, list[readers.TaskExample]]:
+    """The run's tasks (--data.task-names of them, in that order; else all, sorted by name), every record read
+    and checked: called before the upstream corpus is read and before the run directory is locked, so a bad
+    task file costs nothing."""
+    tasks = readers.read_tasks(tasks_path(config, world_dir), task_field_map(config.data))
+    names = list(config.data.task_names) or sorted(tasks)
+    unknown = [n for n in names if n not in tasks]
+    if unknown:
+        raise ValueError(f"--data.task-names: unknown task(s) {unknown}; available: {sorted(tasks)}")
+    return {n: tasks[n] for n in names}
+
+
+def read_em_records(config: CollectConfig) -> list[readers.TaskExample] | None:
+    """With --eval.metrics em: every record of --data.em-upstream, read and checked (None without em)."""
+    d = config.data
+    if "em" not in config.eval.metrics:
+        return None
+    if d.em_preset == "auto" and not Path(d.em_upstream).is_dir():
+        return readers.read_task_file(d.em_upstream, "em_upstream", check_task_field=False)
+    tasks = readers.read_tasks(d.em_upstream, em_field_map(d))
+    return [ex for name in sorted(tasks) for ex in tasks[name]]
+
+
+@functools.lru_cache(maxsize=4)
+def _template(d) -> str | None:
+    return chat_template(d)
+
+
 def task_train_examples(records: list[readers.TaskExample], tokenizer, config: CollectConfig) -> list[Tokenized]:
-    """A task's training split (seeded by --data.seed and the task's name), tokenised as collect trains it."""
+    """A task's training split (seeded by --data.seed and the task's name; or the split its files give),
+    tokenised as collect trains it (with --data.chat-template's template when given)."""
     d = config.data
     train, _ = readers.split_task(records, val_fraction=d.val_fraction, seed=d.seed)
-    return tokenize.tokenize_tasks(train, tokenizer, tokenize.TokenizeConfig(max_len=d.task_max_len))
+    return tokenize.tokenize_tasks(train, tokenizer, tokenize.TokenizeConfig(max_len=d.task_max_len,
+                                                                             template=_template(d)))
 
 
 def check_token_ids(vocab_size: int, model_dir: Path, tokenizer, *parts: tuple[str, list[Tokenized]]) -> None:
@@ -78,8 +112,10 @@ def check_token_ids(vocab_size: int, model_dir: Path, tokenizer, *parts: tuple[s
                              "belong to this model")
 
 
-def build_setup(config: CollectConfig, echo=print) -> Setup:
-    """Model (on the mesh), tokenizer, upstream sample and tasks. In a multi-process run (after
+def build_setup(config: CollectConfig, echo=print, tasks: dict[str, list[readers.TaskExample]] | None = None
+                ) -> Setup:
+    """Model (on the mesh), tokenizer, upstream sample and tasks (`tasks`: read_run_tasks's, when already
+    read). The tasks are read first, before the model and the upstream corpus. In a multi-process run (after
     `init_distributed`) every process calls it; process 0 builds the built-in world and base model
     (when they are used and not cached yet) before the others look for them."""
     d = config.data
@@ -98,6 +134,9 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     else:
         world_dir, model_dir = built_in()
     model_dir = Path(config.model.path) if config.model.path is not None else model_dir
+    tasks = tasks if tasks is not None else read_run_tasks(config, world_dir)
+    names = list(tasks)
+    em_records = read_em_records(config)
     mesh = models.make_mesh(config.mesh) if config.mesh is not None else models.make_mesh()
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
     param_dtype = jnp.bfloat16 if config.model.param_dtype == "bfloat16" else jnp.float32
@@ -106,28 +145,33 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     if tokenizer is None:
         raise FileNotFoundError(f"{model_dir}: no tokenizer files; collect needs the model's tokenizer")
 
-    upstream = readers.sample_upstream_files(d.upstream if d.upstream is not None else world_dir / "upstream.jsonl",
-                                             d.n_upstream, seed=d.seed, stratify=d.stratify,
+    corpus = d.upstream if d.upstream is not None else world_dir / "upstream.jsonl"
+    if d.chunk_tokens is not None:  # documents sampled, then chunked, then chunks sampled (the paper's MPT setup)
+        docs = readers.sample_upstream_files(corpus, d.chunk_docs, seed=d.seed, stratify=d.stratify,
                                              fields=upstream_field_map(d))
-    upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer,
-                                              tokenize.TokenizeConfig(max_len=d.max_len, nll_tokens=config.nll_tokens))
-
-    tasks = readers.read_tasks(tasks_path(config, world_dir), task_field_map(d))
-    names = list(d.task_names) or sorted(tasks)
-    unknown = [n for n in names if n not in tasks]
-    if unknown:
-        raise ValueError(f"--data.task-names: unknown task(s) {unknown}; available: {sorted(tasks)}")
+        upstream, upstream_tok = tokenize.chunk_upstream(docs, tokenizer, chunk_tokens=d.chunk_tokens,
+                                                         n=d.n_upstream, seed=d.seed)
+    else:
+        upstream = readers.sample_upstream_files(corpus, d.n_upstream, seed=d.seed, stratify=d.stratify,
+                                                 fields=upstream_field_map(d))
+        upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer, tokenize.TokenizeConfig(
+            max_len=d.max_len, nll_tokens=config.nll_tokens, min_tokens=d.min_tokens, template=_template(d)))
+    kept = {t.id for t in upstream_tok}
+    skipped = [dict(id=ex.id, where=ex.where) for ex in upstream if ex.id not in kept]
+    if skipped:
+        echo(f"left out {len(skipped)} of {len(upstream)} upstream examples with fewer than {d.min_tokens} tokens "
+             "(--data.min-tokens; named in meta.json upstream_skipped)")
+        upstream = [ex for ex in upstream if ex.id in kept]
     task_train = {n: task_train_examples(tasks[n], tokenizer, config) for n in names}
     check_token_ids(model.arch.vocab_size, model_dir, tokenizer,
                     ("the upstream sample", upstream_tok), *((f"task {n}", task_train[n]) for n in names))
     em_set = None
-    if "em" in config.eval.metrics:
-        records = readers.read_task_file(d.em_upstream, "em_upstream", check_task_field=False)
+    if em_records is not None:
         rng = np.random.default_rng([d.seed, 1])
-        if len(records) > d.n_em:
-            records = [records[i] for i in sorted(rng.choice(len(records), d.n_em, replace=False))]
-        em_set = build_em_set(records, tokenizer, max_len=d.task_max_len)
-    return Setup(model, tokenizer, model_dir, upstream, upstream_tok, names, task_train, mesh, em_set)
+        if len(em_records) > d.n_em:
+            em_records = [em_records[i] for i in sorted(rng.choice(len(em_records), d.n_em, replace=False))]
+        em_set = build_em_set(em_records, tokenizer, max_len=d.task_max_len, template=_template(d))
+    return Setup(model, tokenizer, model_dir, upstream, upstream_tok, names, task_train, mesh, em_set, skipped)
 
 
 def setup_from_run(path: str | Path, echo=print) -> tuple[CollectConfig, Setup, dict[str, Any]]:

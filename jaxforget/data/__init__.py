@@ -30,6 +30,8 @@ from jaxforget.data.tokenize import (
     TokenizeConfig,
     Tokenized,
     bos_eos,
+    chunk_upstream,
+    load_chat_template,
     plain_segments,
     tokenize_tasks,
     tokenize_upstream,
@@ -52,7 +54,7 @@ __all__ = [
     "build_once", "cache_root", "config_key",
     "TaskExample", "UpstreamExample", "parse_task_record", "read_jsonl", "read_tasks", "read_upstream",
     "sample_upstream", "split_task",
-    "TokenizeConfig", "Tokenized", "bos_eos", "plain_segments", "tokenize_tasks", "tokenize_upstream",
+    "TokenizeConfig", "Tokenized", "bos_eos", "chunk_upstream", "load_chat_template", "plain_segments", "tokenize_tasks", "tokenize_upstream",
     "load_tokenizer", "save_tokenizer", "train_bpe",
     "DOMAINS", "TASKS", "World", "WorldConfig", "ensure_world", "export_world", "make_heldout", "make_world",
 ]

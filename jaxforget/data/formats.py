@@ -1,12 +1,16 @@
 """Record files in the corpora's native formats, streamed as (where, record) pairs.
 
-    .jsonl, .jsonl.gz, .json.gz   one JSON object per line (gzip streamed; where = `file:line`)
+    .jsonl, .jsonl.gz, .jsonl.zst one JSON object per line (decompressed as streamed; where = `file:line`)
+    .json, .json.gz, .json.zst    one JSON object per line, or one JSON array of objects (FLAN's
+                                  `{task}_train.json`; told apart by the first character; where =
+                                  `file:item k`, 1-based). Dolma's `.json.gz` shards are JSON lines.
     .parquet                      pyarrow, read in record batches (where = `file:row k`, 1-based)
     a `datasets.save_to_disk` directory
                                   `state.json` + Arrow stream files (a Dataset), or `dataset_dict.json`
                                   + one such directory per split (read in the listed order); pyarrow
                                   reads them without HF datasets (where = `file:row k`)
 
+`.zst` (the Pile's shards) needs `zstandard`, imported only when such a file is read.
 pyarrow is the one columnar library here: HF `datasets` is itself built on it (its save_to_disk files
 are Arrow streams), it reads Parquet and Arrow in bounded-memory batches, and it is imported only when
 a Parquet or Arrow file is read. Nothing is held beyond one batch: a corpus of millions of records is
@@ -16,6 +20,7 @@ read in constant memory (see `readers.sample_upstream_files`).
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
 import zlib
@@ -24,8 +29,9 @@ from typing import Any, Iterator, Sequence
 
 from jaxforget.store import read_json_object
 
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".json.zst")
 RECORD_SUFFIXES = JSONL_SUFFIXES + (".parquet",)
+_SUFFIXES = tuple(sorted(RECORD_SUFFIXES + (".txt",), key=len, reverse=True))  # compound ones first
 _BATCH = 1024
 log = logging.getLogger("jaxforget.data")
 
@@ -33,7 +39,7 @@ log = logging.getLogger("jaxforget.data")
 def suffix(path: Path) -> str | None:
     """The record-file suffix of `path` (compound ones first), or None."""
     name = path.name
-    for s in (".jsonl.gz", ".json.gz", ".jsonl", ".parquet", ".txt"):
+    for s in _SUFFIXES:
         if name.endswith(s):
             return s
     return None
@@ -65,14 +71,76 @@ def find_record_files(path: Path, suffixes: Sequence[str]) -> list[Path]:
     return out
 
 
+class _ZstdReader(io.RawIOBase):
+    """A .zst file decompressed as it is read, frame after frame (zstd's CLI and the Pile's shards may hold
+    several). Unlike zstandard's stream_reader, a file that ends inside a frame (a cut download) is an
+    error, not a silently shorter corpus."""
+
+    def __init__(self, path: Path, zstandard):
+        self._file, self._zstd = open(path, "rb"), zstandard
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj, self._pending, self._buf = self._dctx.decompressobj(), False, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            chunk = self._file.read(1 << 16)
+            if not chunk:
+                if self._pending:
+                    raise self._zstd.ZstdError("the file ends inside a frame")
+                return 0
+            out = []
+            while chunk:
+                out.append(self._obj.decompress(chunk))
+                self._pending = not self._obj.eof
+                chunk = b""
+                if self._obj.eof:  # the next frame starts in what this one left over
+                    chunk, self._obj = self._obj.unused_data, self._dctx.decompressobj()
+            self._buf = b"".join(out)
+        n = min(len(b), len(self._buf))
+        b[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _zstd_open(path: Path):
+    try:
+        import zstandard
+    except ImportError:
+        raise ImportError(f"{path}: reading .zst files needs zstandard: pip install zstandard") from None
+    return io.BufferedReader(_ZstdReader(path, zstandard), buffer_size=1 << 16)
+
+
+def open_binary(path: Path):
+    """`path` opened for reading bytes, decompressed when it ends in .gz or .zst."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.name.endswith(".zst"):
+        return _zstd_open(path)
+    return open(path, "rb")
+
+
+def _corrupt_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (EOFError, gzip.BadGzipFile, zlib.error)
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return errors + (zstandard.ZstdError,)
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, decoded line without the newline) of a text file, gunzipped when it ends in .gz.
-    Non-UTF-8 bytes and a truncated or corrupt gzip name the file and line. A UTF-8 byte-order mark opening
-    the file (Windows and spreadsheet exports write one) is dropped."""
-    opener = gzip.open if path.name.endswith(".gz") else open
+    """(1-based line number, decoded line without the newline) of a text file, decompressed when it ends in
+    .gz or .zst. Non-UTF-8 bytes and a truncated or corrupt archive name the file and line. A UTF-8
+    byte-order mark opening the file (Windows and spreadsheet exports write one) is dropped."""
     lineno = 0
     try:
-        with opener(path, "rb") as f:
+        with open_binary(path) as f:
             for lineno, raw in enumerate(f, start=1):
                 try:
                     line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -80,8 +148,9 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                     raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start}: "
                                      f"{raw[e.start:e.start + 1]!r})") from None
                 yield lineno, line.rstrip("\r\n")
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise ValueError(f"{path}:{lineno + 1}: truncated or corrupt gzip file after line {lineno} ({e}); "
+    except _corrupt_errors() as e:
+        kind = "zstd" if path.name.endswith(".zst") else "gzip"
+        raise ValueError(f"{path}:{lineno + 1}: truncated or corrupt {kind} file after line {lineno} ({e}); "
                          "re-download or re-compress it") from None
 
 
@@ -142,8 +211,54 @@ def iter_records(path: Path, *, required_columns: Sequence[str] = ()) -> Iterato
     if s not in JSONL_SUFFIXES:
         raise ValueError(f"{path}: unknown record format (expected one of {RECORD_SUFFIXES} or a save_to_disk "
                          "directory)")
+    if s in (".json", ".json.gz", ".json.zst") and _starts_array(path):
+        for k, obj in iter_json_array(path):
+            yield f"{path}:item {k}", obj
+        return
     for lineno, obj in iter_json_lines(path):
         yield f"{path}:{lineno}", obj
+
+
+def _starts_array(path: Path) -> bool:
+    """Whether the file's first non-blank character (after a byte-order mark) opens a JSON array."""
+    with open_binary(path) as f:
+        try:
+            head = f.read(4096)
+            while head and not head.lstrip(b"\xef\xbb\xbf \t\r\n"):  # all blank so far
+                more = f.read(4096)
+                if not more:
+                    break
+                head = more
+        except _corrupt_errors() as e:
+            raise ValueError(f"{path}: truncated or corrupt compressed file ({e}); re-download it") from None
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+
+
+def iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based item number, object) of a file holding one JSON array of objects (FLAN's task files).
+
+    The file is decoded whole (FLAN's largest task file is tens of MB); an error names the line and
+    column, or the item that is not an object."""
+    try:
+        with open_binary(path) as f:
+            raw = f.read()
+    except _corrupt_errors() as e:
+        raise ValueError(f"{path}: truncated or corrupt compressed file ({e}); re-download it") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON array of objects, got {type(items).__name__}")
+    for k, obj in enumerate(items, start=1):
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:item {k}: expected a JSON object, got {type(obj).__name__}")
+        yield k, obj
 
 
 def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

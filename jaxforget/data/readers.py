@@ -1,22 +1,25 @@
 """Readers for upstream corpora and task data, with errors that name the file and record.
 
-Files (`jaxforget.data.formats`): `.jsonl`, `.jsonl.gz` / `.json.gz`, `.parquet`, `datasets.save_to_disk`
-directories, and (upstream only) `.txt`; a path is one of them or a directory of them (sorted,
-recursive). Which field holds what is a `FieldMap` (`jaxforget.data.fields`): a named preset (upstream
-auto / dolma / pile; tasks auto / flan / dolly / tulu) plus `role=field` overrides.
+Files (`jaxforget.data.formats`): JSON lines (`.jsonl`, `.json`, gzipped or zstd-compressed), JSON arrays
+(`.json`, `.json.gz`, `.json.zst`), `.parquet`, `datasets.save_to_disk` directories, and (upstream only)
+`.txt`; a path is one of them or a directory of them (sorted, recursive). Which field holds what is a
+`FieldMap` (`jaxforget.data.fields`): a named preset (upstream auto / dolma / pile / tulu; tasks auto /
+flan / dolly / tulu) plus `role=field` overrides.
 
 Upstream corpus (`read_upstream`, `iter_upstream`, `sample_upstream_files`), preset 'auto':
-  - records with `text` (str); optional `id` (str or int; default `<file stem>:<line or row>`) and
-    `source` or `domain` (default: the file stem).
-  - `*.txt`: plain text; each block of non-blank lines is one example, id `<file stem>:<first line>`,
+  - records with `text` (str); optional `id` (str or int; default `<name>:<line, row or item>`, `<name>`
+    the file's path relative to the directory given, without suffix) and `source` or `domain` (default:
+    the file stem).
+  - `*.txt`: plain text; each block of non-blank lines is one example, id `<name>:<first line>`,
     source the file stem.
-  Ids must be unique; they are the column names of the forgetting matrix, so rows measured by
-  different jobs line up. `sample_upstream` (a list) and `sample_upstream_files` (a corpus streamed
+  Ids must be unique in the whole corpus (checked while streaming, whatever the sample); they are the
+  column names of the forgetting matrix, so rows measured by different jobs line up. `sample_upstream` (a list) and `sample_upstream_files` (a corpus streamed
   twice: counts per source, then the selected records; constant memory in the corpus size) select the
   same N examples for the same seed, optionally stratified by source.
 
 Tasks (`read_tasks`): a directory of record files (one task per file, named by its path without the
-suffix) or one file whose records carry a task field. Preset 'auto' records are one of
+suffix; with the 'flan' preset `{task}_train.json` + `{task}_validation.json` are one task with its
+splits) or one file whose records carry a task field. Preset 'auto' records are one of
   - {"prompt": str, "completion": str}
   - {"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...]} (Tulu/Dolly chat
     data; at least one assistant message, whose content is the loss target)
@@ -30,6 +33,7 @@ bytes, a truncated gzip, a columnar file without a mapped column.
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import zlib
@@ -64,18 +68,39 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
 # Upstream
 # ---------------------------------------------------------------------------------------------
 
+def _named_files(roots: Sequence[Path], suffixes: Sequence[str]) -> Iterator[tuple[Path, str]]:
+    """(file, name) of every record file under `roots`: a file given itself is named by its stem, a file
+    found in a directory by its path relative to that directory without the suffix (`train/00` for
+    `pile/train/00.jsonl.zst`), so two files of the same name in different folders never share ids."""
+    for root in roots:
+        for f in formats.find_record_files(root, suffixes):
+            name = formats.stem(f) if f == root else (f.relative_to(root).parent / formats.stem(f)).as_posix()
+            yield f, name
+
+
 def iter_upstream(path: str | os.PathLike | Sequence[str | os.PathLike],
                   fields: FieldMap | None = None) -> Iterator[UpstreamExample]:
-    """Every example of an upstream corpus, streamed in file then record order (ids not checked)."""
+    """Every example of an upstream corpus, streamed in file then record order (ids not checked).
+
+    Default ids are `<name>:<line>` (`<name>:<row>` in columnar files, `<name>:<item>` in JSON arrays),
+    `<name>` the file's path relative to the directory given, without its suffix: unique by construction
+    and independent of any sample drawn. Default sources are the file's stem."""
     fmap = fields or field_map("auto", kind="upstream")
-    for f in (f for p in _paths(path) for f in formats.find_record_files(p, _UPSTREAM_SUFFIXES)):
+    min_chars, short = fmap.rules.min_chars, 0
+    for f, name in _named_files(_paths(path), _UPSTREAM_SUFFIXES):
         if formats.suffix(f) == ".txt":
-            yield from _read_txt(f)
+            yield from _read_txt(f, name)
             continue
-        name = formats.stem(f)
         for where, obj in formats.iter_records(f, required_columns=fmap.columns()):
-            yield upstream_example(obj, where, fmap, default_id=f"{name}:{where.rpartition(':')[2].removeprefix('row ')}",
-                                   default_source=name)
+            pos = where.rpartition(":")[2].removeprefix("row ").removeprefix("item ")
+            ex = upstream_example(obj, where, fmap, default_id=f"{name}:{pos}", default_source=formats.stem(f))
+            if len(ex.text) < min_chars:
+                short += 1
+                continue
+            yield ex
+    if short:
+        log.info("upstream: passed over %d document(s) of fewer than %d characters (--data.upstream-preset %s)",
+                 short, min_chars, fmap.preset)
 
 
 def _check_unique(examples: Sequence[UpstreamExample]) -> None:
@@ -96,7 +121,7 @@ def read_upstream(path: str | os.PathLike | Sequence[str | os.PathLike],
     return out
 
 
-def _read_txt(path: Path) -> list[UpstreamExample]:
+def _read_txt(path: Path, name: str) -> list[UpstreamExample]:
     out, block, start = [], [], 0
     for lineno, line in list(formats.iter_lines(path)) + [(-1, "")]:
         if line.strip():
@@ -104,12 +129,12 @@ def _read_txt(path: Path) -> list[UpstreamExample]:
                 start = lineno
             block.append(line)
         elif block:
-            out.append(UpstreamExample(f"{path.stem}:{start}", "\n".join(block), path.stem, f"{path}:{start}"))
+            out.append(UpstreamExample(f"{name}:{start}", "\n".join(block), path.stem, f"{path}:{start}"))
             block = []
     return out
 
 
-Stratify = Literal["none", "proportional", "balanced"]
+Stratify = Literal["none", "proportional", "balanced", "first"]
 
 
 def _selection(counts: dict[str, int], n: int, rng: np.random.Generator, stratify: Stratify) -> dict[str | None, set]:
@@ -120,8 +145,10 @@ def _selection(counts: dict[str, int], n: int, rng: np.random.Generator, stratif
                          "lower the number of examples or add data")
     if stratify == "none":
         return {None: set(rng.choice(total, n, replace=False).tolist())}
+    if stratify == "first":  # the paper's Pile sample: the first n documents, in file then record order
+        return {None: set(range(n))}
     if stratify not in ("proportional", "balanced"):
-        raise ValueError(f"stratify must be 'none', 'proportional' or 'balanced', got {stratify!r}")
+        raise ValueError(f"stratify must be 'none', 'proportional', 'balanced' or 'first', got {stratify!r}")
     names = sorted(counts)
     quota = _quotas(np.array([counts[s] for s in names]), n, balanced=stratify == "balanced")
     log.info("stratified sample (%s): %s", stratify, dict(zip(names, quota.tolist())))
@@ -143,7 +170,8 @@ def sample_upstream(examples: Sequence[UpstreamExample], n: int | None, *, seed:
                     stratify: Stratify = "none") -> list[UpstreamExample]:
     """n examples chosen without replacement by a seeded draw, returned in corpus order.
 
-    stratify: 'none' (uniform), 'proportional' (each source gets its share of n, largest remainder)
+    stratify: 'none' (uniform), 'first' (the first n, no draw: the paper's Pile documents), 'proportional'
+    (each source gets its share of n, largest remainder)
     or 'balanced' (equal counts per source; a source with too few examples gives all it has and the
     rest is spread over the others). n=None keeps every example.
     """
@@ -158,14 +186,21 @@ def sample_upstream(examples: Sequence[UpstreamExample], n: int | None, *, seed:
 def sample_upstream_files(path: str | os.PathLike | Sequence[str | os.PathLike], n: int | None, *, seed: int,
                           stratify: Stratify = "none", fields: FieldMap | None = None) -> list[UpstreamExample]:
     """`sample_upstream(read_upstream(path), n, ...)` without holding the corpus: one pass counts the
-    examples of each source (validating every record), a second keeps the selected ones. The same
-    examples as sample_upstream for the same seed; ids must be unique within the sample."""
+    examples of each source (validating every record and checking that no two records of the whole
+    corpus share an id, so the outcome does not depend on the draw), a second keeps the selected ones.
+    The same examples as sample_upstream for the same seed."""
     counts: dict[str, int] = {}
+    hashes = array.array("q")  # 8 bytes a record: the id check of a corpus of millions fits in memory
     for ex in iter_upstream(path, fields):
         counts[ex.source] = counts.get(ex.source, 0) + 1
+        hashes.append(hash(ex.id))
     total = sum(counts.values())
     if not total:
         raise ValueError(f"{', '.join(map(str, _paths(path)))}: the upstream corpus is empty")
+    h = np.sort(np.frombuffer(hashes, np.int64))
+    if (h[1:] == h[:-1]).any():  # find the records (a third pass, only on this error)
+        dup = set(h[1:][h[1:] == h[:-1]].tolist())
+        _check_unique([ex for ex in iter_upstream(path, fields) if hash(ex.id) in dup])
     if n is None or n == total:
         out = list(iter_upstream(path, fields))
     else:
@@ -200,7 +235,7 @@ def _task_fields(fields: FieldMap | None) -> FieldMap:
 
 
 def read_task_file(path: str | os.PathLike, name: str, *, check_task_field: bool = True,
-                   fields: FieldMap | None = None) -> list[TaskExample]:
+                   fields: FieldMap | None = None, split: str | None = None) -> list[TaskExample]:
     """Every record of one record file (or save_to_disk directory), as examples of task `name`; with the
     'auto' preset a `task` field, if any, must agree (unless `check_task_field` is False: a file that
     mixes sources, e.g. exact-match prompts)."""
@@ -209,7 +244,7 @@ def read_task_file(path: str | os.PathLike, name: str, *, check_task_field: bool
     for where, obj in formats.iter_records(path, required_columns=fmap.columns()):
         if check_task_field and fmap.preset == "auto" and "task" in obj and obj["task"] != name:
             raise ValueError(f"{where}: field 'task'={obj['task']!r} differs from the file's task {name!r}")
-        records.append(task_example(obj, where, name, fmap))
+        records.append(task_example(obj, where, name, fmap, split))
     if not records:
         raise ValueError(f"{path}: empty task (no records)")
     return records
@@ -217,19 +252,35 @@ def read_task_file(path: str | os.PathLike, name: str, *, check_task_field: bool
 
 def read_tasks(path: str | os.PathLike, fields: FieldMap | None = None) -> dict[str, list[TaskExample]]:
     """task name -> examples (file order), from a directory of record files (one task each, named by its
-    path without the suffix) or one file (or save_to_disk directory) whose records name their task."""
+    path without the suffix, or by its stem without a split suffix of the preset, e.g. FLAN's `_train`)
+    or one file (or save_to_disk directory) whose records name their task, or, under a preset whose
+    records always name their task (Tulu, Dolly), a directory of such files (shards)."""
     path, fmap = Path(path), _task_fields(fields)
     tasks: dict[str, list[TaskExample]] = {}
-    if path.is_dir() and not formats.is_dataset_dir(path):
-        for f in formats.find_record_files(path, formats.RECORD_SUFFIXES):
-            rel = f.relative_to(path)
-            name = (rel.parent / formats.stem(rel)).as_posix()
-            tasks[name] = read_task_file(f, name, fields=fmap)
+    if path.is_dir() and not formats.is_dataset_dir(path) and not fmap.rules.task_in_record:
+        origin: dict[str, dict[str | None, Path]] = {}  # task -> split -> its file
+        for f, name in _named_files([path], formats.RECORD_SUFFIXES):
+            split = None
+            for suf, sp in fmap.rules.split_suffixes.items():
+                if name.endswith(suf) and len(name) > len(suf):
+                    name, split = name[: -len(suf)], sp
+                    break
+            seen = origin.setdefault(name, {})
+            if split in seen or (seen and (split is None or None in seen)):
+                raise ValueError(f"{f}: task {name!r} is also read from {next(iter(seen.values()))}; keep one "
+                                 "file per task" + (" and split" if split else ""))
+            seen[split] = f
+            tasks.setdefault(name, []).extend(read_task_file(f, name, fields=fmap, split=split))
+        for name, seen in origin.items():
+            if None not in seen and "train" not in seen:
+                suf = next(k for k, v in fmap.rules.split_suffixes.items() if v == "train")
+                raise ValueError(f"{next(iter(seen.values()))}: task {name!r} has no {name}{suf} file to train on")
         return tasks
-    for where, obj in formats.iter_records(formats.find_record_files(path, formats.RECORD_SUFFIXES)[0],
-                                           required_columns=fmap.columns() + fmap.columns(["task"])):
-        name = task_name_of(obj, fmap, where)
-        tasks.setdefault(name, []).append(task_example(obj, where, name, fmap))
+    files = formats.find_record_files(path, formats.RECORD_SUFFIXES)
+    for f in files if fmap.rules.task_in_record else files[:1]:  # shards of one collection, or the one file
+        for where, obj in formats.iter_records(f, required_columns=fmap.columns() + fmap.columns(["task"])):
+            name = task_name_of(obj, fmap, where)
+            tasks.setdefault(name, []).append(task_example(obj, where, name, fmap))
     if not tasks:
         raise ValueError(f"{path}: empty task file (no records)")
     return tasks
@@ -239,6 +290,8 @@ def split_task(examples: Sequence[TaskExample], *, val_fraction: float = 0.1, se
                max_val: int | None = None) -> tuple[list[TaskExample], list[TaskExample]]:
     """(train, validation), each in file order; the draw depends on (seed, task name) only.
 
+    Examples that carry their split (FLAN's `{task}_train.json` / `_validation.json`) keep it: no draw.
+
     round(val_fraction * n) validation examples (at least 1 when val_fraction > 0 and n >= 2, at most
     max_val); the rest train. Seeding by the task name keeps a task's split unchanged when other tasks
     are added or removed.
@@ -247,6 +300,8 @@ def split_task(examples: Sequence[TaskExample], *, val_fraction: float = 0.1, se
         raise ValueError("split_task: no examples")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if any(e.split is not None for e in examples):
+        return [e for e in examples if e.split == "train"], [e for e in examples if e.split != "train"]
     n = len(examples)
     n_val = int(round(val_fraction * n))
     if val_fraction > 0 and n >= 2:

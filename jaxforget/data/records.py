@@ -18,6 +18,9 @@ class UpstreamExample:
     """Domain or data source (for stratified sampling and per-domain reports)."""
     where: str
     """`file:line` of the record, for error messages."""
+    messages: tuple[tuple[str, str], ...] | None = None
+    """A chat example ((user, ...), (assistant, ...)): rendered with the chat template and scored on the
+    assistant's answer only, the closing end of turn excluded; `text` is then the two turns, for reading."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,9 @@ class TaskExample:
     messages: tuple[tuple[str, str], ...] | None = None
     """(role, content) pairs."""
     text: str | None = None
+    split: str | None = None
+    """'train' or 'validation' when the files give the split (FLAN's `{task}_train.json`); None: drawn by
+    `split_task`."""
 
     @property
     def kind(self) -> str:

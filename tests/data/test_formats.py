@@ -15,7 +15,7 @@ from jaxforget.data.readers import (read_task_file, read_tasks, read_upstream, s
 
 DOLMA = [dict(text=f"doc {i} " * (i + 1), id=f"d{i}", source=["web", "books", "code"][i % 3], added="2023")
          for i in range(12)]
-PILE = [dict(text=f"pile {i}", meta=dict(pile_set_name=["ArXiv", "Github"][i % 2])) for i in range(6)]
+PILE = [dict(text=f"pile {i} " + "x" * 100, meta=dict(pile_set_name=["ArXiv", "Github"][i % 2])) for i in range(6)]  # > 100 chars
 FLAN = [dict(inputs=f"q{i}?", targets=f"a{i}", task_name=["anli", "boolq"][i % 2]) for i in range(6)]
 DOLLY = [dict(instruction="Name a colour.", context="", response="Blue.", category="open_qa"),
          dict(instruction="Who wins?", context="Ana beat Bo.", response="Ana.", category="closed_qa")]

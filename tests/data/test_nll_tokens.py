@@ -66,10 +66,16 @@ def test_builtin_accounting_prepends_and_appends_eos(saved):
     assert not np.allclose(nll[:3], _ours(saved, "paper", TEXTS[:3])[1], atol=1e-3)
 
 
-def test_paper_refuses_a_one_token_example_naming_it(saved):
+def test_paper_leaves_out_a_one_token_example_naming_it(caplog):
+    """Pythia / OLMo / GPT-2 add no BOS: a one-token document has nothing to score; it is left out and
+    named (--data.min-tokens), the rest of the run goes on."""
     tok = tiny_hf.make_tokenizer()
-    with pytest.raises(ValueError, match=r"u\.jsonl:4: example 'u3' has 1 token"):
-        tokenize_upstream([UpstreamExample("u3", "w200", "web", "u.jsonl:4")], tok, TokenizeConfig(nll_tokens="paper"))
+    examples = [UpstreamExample("u0", "w1 w2", "web", "u.jsonl:1"), UpstreamExample("u3", "w200", "web", "u.jsonl:4")]
+    with caplog.at_level("WARNING", logger="jaxforget.data"):
+        assert [t.id for t in tokenize_upstream(examples, tok, TokenizeConfig(nll_tokens="paper"))] == ["u0"]
+    assert "'u3' at u.jsonl:4: 1" in caplog.text
+    with pytest.raises(ValueError, match="every upstream example has fewer than 3 tokens"):
+        tokenize_upstream(examples, tok, TokenizeConfig(nll_tokens="paper", min_tokens=3))
 
 
 def test_auto_is_builtin_for_the_builtin_model_and_paper_for_a_user_model(tmp_path):

@@ -156,13 +156,16 @@ def test_chat_template_that_is_not_prefix_consistent_is_refused(tok):
         tokenize_tasks([TaskExample("c", "c.jsonl:9", prompt="Hi", completion="Yo")], chat)
 
 
-def test_empty_after_tokenisation_names_the_record(tok):
+def test_empty_after_tokenisation_names_the_record(tok, caplog):
     from tokenizers import normalizers
 
     lossy = copy.deepcopy(tok)
     lossy.backend_tokenizer.normalizer = normalizers.Replace("~", "")  # a tokenizer that drops characters
-    with pytest.raises(ValueError, match=r"u\.jsonl:7: example 'u7' is empty after tokenisation"):
-        tokenize_upstream([up("fine", "u1"), up("~~~", "u7")], lossy)
+    with caplog.at_level(logging.WARNING, logger="jaxforget.data"):  # left out and named, never an abort
+        assert [t.id for t in tokenize_upstream([up("fine", "u1"), up("~~~", "u7")], lossy)] == ["u1"]
+    assert "left out 1 of 2 examples with fewer than 2 tokens ('u7' at u.jsonl:7: 0)" in caplog.text
+    with pytest.raises(ValueError, match="every upstream example has fewer than 2 tokens"):
+        tokenize_upstream([up("~~~", "u7")], lossy)
     with pytest.raises(ValueError, match=r"t\.jsonl:4: the answer of this 'prompt' record is empty"):
         tokenize_tasks([TaskExample("t", "t.jsonl:4", prompt="Q", completion="~")], lossy)
     lossy.chat_template = CHAT  # through a chat template: only the end-of-turn token would be left
