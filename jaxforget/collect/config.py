@@ -58,7 +58,8 @@ class DataConfig:
     task_fields: tuple[str, ...] = ()
     """Overrides of the task preset's fields, role=field (e.g. prompt=question completion=answer task=source)."""
     n_upstream: int = 2000
-    """Upstream examples to measure (seeded sample; all if the corpus is smaller)."""
+    """Upstream examples to measure (a seeded sample of the corpus; a corpus with fewer examples is refused, so
+    give at most its size)."""
     stratify: Literal["none", "proportional", "balanced"] = "proportional"
     """Sampling of upstream examples by source/domain."""
     task_names: tuple[str, ...] = ()

@@ -106,9 +106,16 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     if tokenizer is None:
         raise FileNotFoundError(f"{model_dir}: no tokenizer files; collect needs the model's tokenizer")
 
-    upstream = readers.sample_upstream_files(d.upstream if d.upstream is not None else world_dir / "upstream.jsonl",
-                                             d.n_upstream, seed=d.seed, stratify=d.stratify,
-                                             fields=upstream_field_map(d))
+    corpus = d.upstream if d.upstream is not None else world_dir / "upstream.jsonl"
+    try:
+        upstream = readers.sample_upstream_files(corpus, d.n_upstream, seed=d.seed, stratify=d.stratify,
+                                                 fields=upstream_field_map(d))
+    except ValueError as e:
+        if not str(e).startswith("cannot sample"):  # a damaged record names its file and line already
+            raise
+        # the sampler does not know which flag asked for n: name it, and the fix, for the user
+        raise ValueError(f"--data.n-upstream {d.n_upstream}: {e} ({corpus}); give --data.n-upstream at most the "
+                         "corpus size") from None
     upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer,
                                               tokenize.TokenizeConfig(max_len=d.max_len, nll_tokens=config.nll_tokens))
 
