@@ -96,6 +96,37 @@ def fmt_bytes(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
+def _scaled(x: float, units: tuple[tuple[float, str], ...]) -> str:
+    """`x` in the largest unit it reaches (the first otherwise), with three significant digits: the sizes of a
+    one-layer test model and of OLMo-7B both read as numbers, never as 0.000B or 0.00 TFLOP."""
+    scale, unit = next(((s, u) for s, u in reversed(units) if abs(x) >= s), units[0])
+    value = x / scale
+    return f"{value:.3g} {unit}" if value < 1000 else f"{value:,.0f} {unit}"
+
+
+def fmt_count(n: float) -> str:
+    """A parameter count: 30.5K, 1.18B."""
+    return _scaled(n, ((1, ""), (1e3, "K"), (1e6, "M"), (1e9, "B"), (1e12, "T"))).replace(" ", "")
+
+
+def fmt_flops(n: float) -> str:
+    """FLOPs: 512 MFLOP, 3.4 GFLOP, 1.2 TFLOP, 5.6 PFLOP."""
+    return _scaled(n, ((1, "FLOP"), (1e3, "kFLOP"), (1e6, "MFLOP"), (1e9, "GFLOP"), (1e12, "TFLOP"), (1e15, "PFLOP")))
+
+
+def fmt_seconds(s: float) -> str:
+    """A duration: < 0.01 s, 0.42 s, 12 s, 3.5 min, 2.1 h, 3.2 days."""
+    if s < 0.01:
+        return "< 0.01 s"
+    if s < 60:
+        return f"{s:.2g} s" if s < 10 else f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.2g} min" if s < 600 else f"{s / 60:.0f} min"
+    if s < 2 * 86400:
+        return f"{s / 3600:.2g} h" if s < 36000 else f"{s / 3600:.0f} h"
+    return f"{s / 86400:.3g} days"
+
+
 @dataclasses.dataclass
 class StepPlan:
     """One compiled step on one device: bytes from XLA's memory analysis, FLOPs from its cost analysis."""
@@ -163,22 +194,21 @@ class Plan:
 
     def report(self) -> str:
         mesh = " x ".join(f"{k} {v}" for k, v in self.mesh.items())
-        hours = self.seconds / 3600
         lines = [
-            f"plan: {self.n_params / 1e9:.3f}B parameters on {self.n_devices} device(s) ({mesh}); per device:",
+            f"plan: {fmt_count(self.n_params)} parameters on {self.n_devices} device(s) ({mesh}); per device:",
             f"  parameters      {fmt_bytes(self.param_bytes)}" + (
                 f" (+ {fmt_bytes(self.base_copy_bytes)} base copy kept for the next task)" if self.base_copy_bytes else ""),
             f"  optimizer       {fmt_bytes(self.optimizer_bytes)}",
             f"  train step      {self.train_shape}: temporaries {fmt_bytes(self.train.temp_bytes)}, "
-            f"{self.train.model_flops / self.n_devices / 1e12:.2f} model TFLOP "
-            f"(XLA cost analysis: {self.train.xla_flops / 1e12:.2f}, loop bodies counted once)",
+            f"{fmt_flops(self.train.model_flops / self.n_devices)} model "
+            f"(XLA cost analysis: {fmt_flops(self.train.xla_flops)}, loop bodies counted once)",
             f"  eval step       {self.eval_shape}: temporaries {fmt_bytes(self.eval.temp_bytes)}, "
-            f"{self.eval.model_flops / self.n_devices / 1e12:.2f} model TFLOP "
-            f"(XLA cost analysis: {self.eval.xla_flops / 1e12:.2f})",
+            f"{fmt_flops(self.eval.model_flops / self.n_devices)} model "
+            f"(XLA cost analysis: {fmt_flops(self.eval.xla_flops)})",
             f"  peak            {fmt_bytes(self.peak_bytes)}",
             f"  time            {self.n_tasks} tasks x ({self.steps_per_task} steps + {self.evals_per_task} x "
-            f"{self.eval_batches} eval batches): {hours:.1f} h at {self.mfu:.0%} MFU of "
-            f"{self.peak_tflops:.0f} TFLOP/s per device ({self.seconds / self.n_tasks / 60:.1f} min per task)",
+            f"{self.eval_batches} eval batches): {fmt_seconds(self.seconds)} at {self.mfu:.0%} MFU of "
+            f"{self.peak_tflops:.0f} TFLOP/s per device ({fmt_seconds(self.seconds / self.n_tasks)} per task)",
         ]
         if self.device_memory is not None:
             verdict = "fits" if self.fits else "does not fit"
