@@ -47,7 +47,7 @@ from jaxforget.cli import FINITE, Range, above, at_least, check_ranges, config_f
 from jaxforget.cli import run as run_cli
 from jaxforget.collect import CollectConfig, TrainLoop, build_engine, setup_from_run, task_seed
 from jaxforget.collect.config import task_field_map
-from jaxforget.collect.loop import wrecked
+from jaxforget.collect.loop import epoch_cap_note, wrecked
 from jaxforget.collect.run import task_records
 from jaxforget.collect.setup import task_train_examples, tasks_path
 from jaxforget.completion import BASELINES, Completer, Method, all_metrics, baseline_predictions
@@ -217,6 +217,9 @@ def _main(config: ForecastConfig, methods: list[Method], run: RunDir, echo) -> d
     examples = task_train_examples(records, setup.tokenizer, cc)
     plan = engine.schedule(name, examples, task_seed(cc.train.seed, M))
     switch = max(1, math.ceil(config.online_fraction * plan.n_steps)) if config.online else plan.n_steps
+    note = epoch_cap_note({name: plan.n_steps}, cc.train.max_steps, cc.train.max_epochs)
+    if note:
+        echo(note.replace("raise --train.max-epochs", "collect with a higher --train.max-epochs"))
     loop = TrainLoop(engine, [plan], engine.start([engine.initial_params(M, cc.train.seed)]),
                      log_every=cc.log_every)
     probe_eval = engine.evaluator([setup.upstream_tok[j] for j in union])

@@ -24,7 +24,7 @@ import jaxforget
 from jaxforget.collect.config import CollectConfig, check_config, config_dict, recorded_config
 from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
 from jaxforget.collect.engine import batch_sharding, build_engine
-from jaxforget.collect.loop import TaskFailed, run_schedule, train_group
+from jaxforget.collect.loop import TaskFailed, epoch_cap_note, run_schedule, train_group
 from jaxforget.collect.setup import Setup, build_setup
 from jaxforget.completion import fit_table
 from jaxforget.exact_match import make_em_eval
@@ -176,6 +176,10 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
     K = config.tasks_per_step
     # the bar counts each task's real steps (--train.max-steps capped by --train.max-epochs)
     steps = {i: run_schedule(engine, setup, i).n_steps for i in todo}
+    note = epoch_cap_note({task_names[i]: n for i, n in steps.items()}, config.train.max_steps,
+                          config.train.max_epochs)
+    if note:  # the user asked for more steps than the run will take: say so before the hours start
+        echo(note)
     pending, claimed = list(todo), {}  # process 0: tasks not yet taken; task locks held
     locks.callback(lambda: [lock.release() for lock in claimed.values()])
 
