@@ -259,6 +259,82 @@ def block_heatmap(R: Any, blocks: Sequence[tuple[np.ndarray, np.ndarray]], *, vm
     return fig, dict(rows=row_order, cols=col_order, seed=seed)
 
 
+def arm_intervals(per_task: Mapping[str, Sequence[float | None]], *, title: str,
+                  reference: str | None = "none") -> tuple[Figure, dict[str, dict[str, float | None]]]:
+    """Replay's held-out forgetting per arm (strategy), at the task level: each task's value (seeds
+    averaged) as a grey dot, the mean over tasks with its 95% t interval (over tasks, as the report's
+    primary table counts them) as a bar, arms top to bottom in the given order, and the ``reference`` arm's
+    mean as a dashed line when it ran. Returns the figure and the plotted numbers per arm (``mean``,
+    ``low``, ``high``, ``n``; the interval None with fewer than 2 tasks)."""
+    from jaxforget.inference import paired_t
+
+    labels = list(per_task)
+    fig = Figure(figsize=(7.0, float(np.clip(0.5 * len(labels) + 1.6, 3.0, 12.0))), dpi=DPI)
+    ax = fig.add_axes((0.3, 0.18, 0.65, 0.7))
+    numbers: dict[str, dict[str, float | None]] = {}
+    for y, label in enumerate(labels[::-1]):
+        v = np.array([x for x in per_task[label] if x is not None and np.isfinite(x)], np.float64)
+        if not v.size:
+            numbers[label] = dict(mean=None, low=None, high=None, n=0)
+            continue
+        t = paired_t(v, np.zeros_like(v))
+        low, high = (float(t["low"]), float(t["high"])) if v.size >= 2 else (None, None)
+        numbers[label] = dict(mean=float(v.mean()), low=low, high=high, n=int(v.size))
+        ax.plot(v, np.full(v.size, y) + np.linspace(-0.15, 0.15, v.size), ".", color="0.6", markersize=4,
+                label="a task (seeds averaged)" if y == len(labels) - 1 else None)
+        err = None if low is None else [[v.mean() - low], [high - v.mean()]]
+        ax.errorbar([v.mean()], [y], xerr=err, fmt="o", color="C3", capsize=4,
+                    label="mean over tasks, 95% t interval" if y == len(labels) - 1 else None)
+    ref = numbers.get(reference or "", {}).get("mean")
+    if ref is not None:
+        ax.axvline(ref, color="0.4", linestyle="--", linewidth=0.8, label=f"{reference} (mean)")
+    ax.set_yticks(range(len(labels)), labels[::-1], fontsize=8)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    ax.set_xlabel("held-out forgetting (mean Z on the never-replayed examples; lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
+    ax.grid(alpha=0.3, axis="x")
+    return fig, numbers
+
+
+def forecast_row(predicted: Any, revealed: Any, measured: Any | None = None, *, title: str) -> Figure:
+    """A forecast's row of Z: the predicted values of the N upstream examples sorted (a line), the ``k``
+    measured (revealed) entries as orange dots at their rank, and with the whole row measured
+    (``measured``, forecast --measure-all) the measured values as grey dots, plus a second panel of
+    predicted against measured on the examples not revealed, with the line y = x."""
+    pred = np.asarray(predicted, np.float64)
+    rev = np.asarray(revealed, bool)
+    order = np.argsort(pred, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    two = measured is not None
+    fig = Figure(figsize=(11.0 if two else 7.0, 4.2), dpi=DPI)
+    ax = fig.add_axes((0.08, 0.14, 0.5 if two else 0.86, 0.74))
+    if two:
+        z = np.asarray(measured, np.float64)
+        ax.plot(rank[~rev], z[~rev], ".", color="0.65", markersize=3, label="measured (not revealed)")
+    ax.plot(np.arange(order.size), pred[order], "-", color="C0", linewidth=1.4, label="predicted")
+    ax.plot(rank[rev], pred[rev], "o", color="C1", markersize=4, label=f"revealed ({int(rev.sum())} measured)")
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    ax.set_xlabel("upstream examples, sorted by the predicted value")
+    ax.set_ylabel(Z_LABEL)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    if two:
+        hidden = ~rev & np.isfinite(z)
+        bx = fig.add_axes((0.67, 0.14, 0.3, 0.74))
+        bx.scatter(z[hidden], pred[hidden], s=5, alpha=0.5, color="C0", edgecolors="none")
+        lo = float(np.nanmin([z[hidden].min(initial=0), pred[hidden].min(initial=0)]))
+        hi = float(np.nanmax([z[hidden].max(initial=0), pred[hidden].max(initial=0)]))
+        bx.plot([lo, hi], [lo, hi], "--", color="0.4", linewidth=0.8, label="y = x")
+        rmse = float(np.sqrt(np.mean((pred[hidden] - z[hidden]) ** 2))) if hidden.any() else float("nan")
+        bx.set_title(f"not revealed: RMSE {rmse:.4f}", fontsize=9)
+        bx.set_xlabel("measured Z")
+        bx.set_ylabel("predicted Z")
+        bx.legend(fontsize=7, loc="upper left")
+    return fig
+
+
 def fit_inside(fig: Figure, *, pad: float = 4.0, rounds: int = 4) -> Figure:
     """Move and shrink every axes of ``fig`` (one affine map of their positions, so their alignment
     is kept) until each axis' tick labels and label lie at least ``pad`` pixels inside the canvas; the
