@@ -27,7 +27,7 @@ other flags in the same directory are refused unless ``--force``):
 - ``summary.json`` and ``report.md``: forward passes spent (k per seed) against N; with
   ``--measure-all`` the forecast's RMSE, ROC-AUC (forgotten: z > ``--threshold``) and precision@n on
   the examples not measured, beside the trivial baselines, mean ± std over seeds; ``summary.json``
-  records the flags (``settings``) that the rule above compares;
+  records the flags (``flags``) that the rule above compares;
 - ``forecast.png``: the predicted row sorted, the measured entries on it, and with ``--measure-all``
   predicted against measured (first method, first seed).
 
@@ -273,7 +273,7 @@ def _main(config: ForecastConfig, methods: list[Method], run: RunDir, echo) -> d
             rows[b, s] = np.where(revealed, z_row, np.asarray(v)[0, 0]).astype(np.float32)
 
     scores = _score(rows, revealed_all, z_true, config) if z_true is not None else None
-    summary = dict(settings=settings, task=name, run=str(run.root), k=config.k, n_upstream=N, seeds=list(config.seeds),
+    summary = dict(flags=settings, task=name, run=str(run.root), k=config.k, n_upstream=N, seeds=list(config.seeds),
                    methods=[m.label for m in methods], online=config.online, steps=plan.n_steps,
                    measured_at_step=switch, forward_passes=dict(per_seed=config.k, all_seeds=int(union.size),
                                                                 measure_all=N if config.measure_all else 0),

@@ -263,7 +263,7 @@ def output_settings(config: Any, *, leave_out: tuple[str, ...] = ("out", "force"
     return json.loads(json.dumps(values, default=str))
 
 
-def check_output(record: Path, settings: dict[str, Any], *, force: bool, key: str = "settings") -> None:
+def check_output(record: Path, settings: dict[str, Any], *, force: bool, key: str = "flags") -> None:
     """The one rule on a command's outputs, checked before any work: an output records the settings that
     made it (``record``, a JSON file, under `key`); the same settings again replace it (the same question
     gets the same place), other settings are refused, naming them, unless ``force``. Default output paths

@@ -121,7 +121,7 @@ def test_online_forecast_without_measuring_the_row(two_tasks, tmp_path, capsys):
     config = ForecastConfig(run=two_tasks, task=TASKS[2], k=8, online=True, online_fraction=0.5)
     summary = main(config, echo=lambda *_: None)
     out = two_tasks / "forecast" / TASKS[2] / "online"  # its own directory: no other variant replaces it
-    assert summary["settings"]["k"] == 8 and (out / "forecast.png").exists()
+    assert summary["flags"]["k"] == 8 and (out / "forecast.png").exists()
     assert summary["scores"] is None and summary["forward_passes"]["measure_all"] == 0
     assert summary["measured_at_step"] == -(-summary["steps"] // 2)
     f = np.load(out / "forecast.npz")
