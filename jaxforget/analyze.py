@@ -39,8 +39,9 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
-from jaxforget.cli import Range, above, at_least, check_ranges, out_dir_error
-from jaxforget.store import MatrixData, atomic_write_json, load_matrix, read_json_object
+from jaxforget.cli import Range, above, at_least, check_ranges, closing, out_dir_error
+from jaxforget.store import (MatrixData, atomic_write_json, check_output, load_matrix, output_settings,
+                             read_json_object)
 
 TASK_NUMERIC = ("train_loss_drop", "n_train_tokens", "base_loss", "n_train", "steps")
 EXAMPLE_NUMERIC = ("nll_before", "n_tokens")
@@ -82,6 +83,8 @@ class AnalyzeConfig:
     """Leave out tasks without any measured entry (e.g. failed rows) instead of stopping with an error."""
     tracker: Literal["tensorboard", "jsonl", "none"] = "tensorboard"
     """Also log scalars and images to: TensorBoard (RUN/tb/analyze or OUT/tb), OUT/events.jsonl, or none."""
+    force: bool = False
+    """Replace an output directory that holds an analysis made with other flags (refused otherwise)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the flag when a value is out of range."""
@@ -424,6 +427,7 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
         over_steps=over_steps, run_files=md.files, notes=md.notes + limit_notes, not_computed=not_computed,
         run_meta=md.meta,
         config={f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, versions=_versions(),
+        flags=output_settings(config, leave_out=FLAGS_LEFT_OUT),
         tracker=dict(kind=config.tracker, path=None if config.tracker == "none" else str(tb_path)),
     )
     fit_md = _r2_markdown(good["r2"])
@@ -581,7 +585,7 @@ def _command_line(config: dict[str, Any]) -> str:
     defaults = AnalyzeConfig(path=Path("."))
     parts = [str(config["path"])]
     for key, value in config.items():
-        if key != "path" and value != getattr(defaults, key):
+        if key not in ("path", "force") and value != getattr(defaults, key):
             parts.append(f"--{key.replace('_', '-')} {value}")
     return " ".join(parts)
 
@@ -622,8 +626,15 @@ def drop_empty_rows(data: MatrixData, md: RunMetadata) -> tuple[MatrixData, RunM
     return data, md
 
 
+FLAGS_LEFT_OUT = ("out", "force", "tracker")
+"""Flags that do not change analyze's files (the tracker writes elsewhere)."""
+
+
 def main(config: AnalyzeConfig) -> dict[str, Any]:
     config.validate()
+    # the one rule on outputs: the same flags replace their analysis, other flags need --force
+    check_output(config.out_dir / "analysis.json", output_settings(config, leave_out=FLAGS_LEFT_OUT),
+                 force=config.force)
     data = load_matrix(config.path)
     metadata = read_run_metadata(config.path, data) if config.path.is_dir() else RunMetadata()
     if config.drop_empty_rows:
@@ -638,8 +649,16 @@ def main(config: AnalyzeConfig) -> dict[str, Any]:
         print(f"note: {note}")
     for reason in result["not_computed"].values():
         print(f"not computed: {reason}")
-    blocks = "" if "blocks" in result["not_computed"] else f"{len(result['blocks']['found'])} residual block(s); "
-    print(f"{blocks}wrote {config.out_dir / 'report.md'} and {len(result['files'])} files in {config.out_dir}")
+    if "blocks" not in result["not_computed"]:
+        print(f"{len(result['blocks']['found'])} residual block(s)")
+    out = config.out_dir
+    pngs = [f for f in result["files"] if f.endswith(".png")]
+    wrote = [out / "report.md", out / "analysis.json", out / "fit_table.md",
+             f"{out}/ ({len(pngs)} figures: {', '.join(pngs[:3])}{', ...' if len(pngs) > 3 else ''})"]
+    if result["tracker"]["path"]:
+        wrote.append(result["tracker"]["path"] + (" (TensorBoard)" if config.tracker == "tensorboard" else ""))
+    print(closing(wrote, first=out / "report.md",
+                  next_steps=[f"python -m jaxforget.predict --matrix {config.path}   (can forgetting be predicted?)"]))
     return result
 
 

@@ -216,6 +216,14 @@ def test_one_task_run_writes_what_is_computable_and_says_what_is_not(tmp_path, r
         {f.name for f in out.glob("*.png")}
     assert "correlations_tasks.png" not in {f.name for f in out.glob("*.png")}
     assert json.loads((out / "analysis.json").read_text())["not_computed"] == result["not_computed"]
+    # the closing block names report.md first and the next command; other flags in the same place need --force
+    assert f"open first  {out / 'report.md'}" in console.splitlines()
+    assert console.splitlines()[-1] == (f"next        python -m jaxforget.predict --matrix {one}   "
+                                        "(can forgetting be predicted?)")
+    with pytest.raises(SystemExit) as e:
+        cli([str(one), "--tracker", "none", "--max-rank", "1"])
+    assert e.value.code == 2 and f"{out / 'analysis.json'}: holds the output of other settings (--max-rank: 5 != 1" \
+        in capsys.readouterr().err
 
 
 def test_labels_of_the_fit_table_and_p_values(run_dir, tmp_path):
