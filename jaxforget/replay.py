@@ -54,8 +54,9 @@ differ only in their scores. Every result records its draw's τ and effective sa
 fraction of the pool), the replayed and task loss tokens, and its stream.
 
 Outputs (``--out``, default ``RUN/replay``): ``results/<task>.s<seed>.<strategy>.npz`` (one per
-fine-tuning, written atomically; a rerun skips them), and ``summary.json``, ``report.md`` and TensorBoard
-events under ``tb/`` (:mod:`jaxforget.replay_report`: inference at the task level — one paired t-test per
+fine-tuning, written atomically; a rerun skips them), ``summary.json``, ``report.md``, ``heldout_forgetting.png``
+(per strategy the held-out forgetting of each task, the mean over tasks and its 95% interval), and
+TensorBoard events under the run's ``RUN/tb/replay`` (``RUN/tb/replay_<name>`` for another ``--out``) (:mod:`jaxforget.replay_report`: inference at the task level — one paired t-test per
 contrast, Holm-adjusted, intervals, an equivalence test and the minimum detectable effect — and the
 per-task and per-domain tables).
 """
@@ -78,7 +79,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from jaxforget.cli import Range, above, at_least, check_ranges, run, to_jsonable
+from jaxforget.cli import Range, above, at_least, check_ranges, closing, run, to_jsonable
 from jaxforget.collect import (CollectConfig, Engine, Setup, TaskSchedule, TrainLoop, build_engine, collect,
                                resolve_buckets, setup_from_run, task_seed)
 from jaxforget.collect.engine import make_tx
@@ -86,7 +87,7 @@ from jaxforget.collect.setup import tasks_path
 from jaxforget.completion import Method, complete_rows, evaluate, split_rows
 from jaxforget.data.batching import Batch, with_extra_rows
 from jaxforget.data.tokenize import Tokenized
-from jaxforget.replay_report import domain_counts, summarize, write_report
+from jaxforget.replay_report import FIGURE, domain_counts, summarize, write_report
 from jaxforget.selection import RULES, Draw, draw
 from jaxforget.store import RunDir, RunError, atomic_write_npz, read_json_object, read_npz
 from jaxforget.train import make_train_step
@@ -836,13 +837,25 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
               f"{'' if config.replay_weight is None else f', replay loss added with weight {config.replay_weight:g}'}"
               f"{f'; {config.folds} cross-fitted folds' if config.folds else ''}; common random numbers across arms; "
               f"{ctx.columns.heldout.size} held-out / {ctx.columns.candidates.size} candidate examples.")
+    tb = tb_dir(config.run, out)
     report = write_report(out, summary, header=header, task_names=task_names, seeds=list(config.seeds),
                           config=to_jsonable(dataclasses.asdict(config)),
                           heldout_per_domain=domain_counts(domains, ctx.columns.heldout),
-                          pool_per_domain=domain_counts(domains, ctx.columns.candidates))
+                          pool_per_domain=domain_counts(domains, ctx.columns.candidates), tb_dir=tb)
     echo(report)
-    echo(f"wrote {out / 'report.md'} and {out / 'summary.json'}")
+    echo(closing([out / "report.md", out / FIGURE, out / "summary.json",
+                  f"{out / 'results'}/ ({len(jobs)} fine-tunings)", f"{tb}/ (TensorBoard: tensorboard --logdir "
+                                                                      f"{config.run / 'tb'})"],
+                 first=out / "report.md",
+                 next_steps=[f"python -m jaxforget.forecast {config.run} --task <a new task>   (forecast a task the run "
+                             "did not train)"]))
     return summary
+
+
+def tb_dir(run: Path, out: Path) -> Path:
+    """Where replay's TensorBoard events go: under the run's own tb/ (RUN/tb/replay, or RUN/tb/replay_<name>
+    for an --out elsewhere), so that `tensorboard --logdir RUN/tb` shows collect, analyze and replay together."""
+    return run / "tb" / ("replay" if Path(out) == Path(run) / "replay" else f"replay_{Path(out).name}")
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:

@@ -410,13 +410,15 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
         assert weighted == pytest.approx(e["heldout_forgetting"], rel=1e-5)
     assert summary["none"]["replayed_domains"] == {}
     assert sum(summary["random"]["replayed_domains"].values()) == pytest.approx(1.0)
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    tb = run_dir / "tb" / "replay_out"  # under the run's tb/, beside collect's events (issue 27)
+    assert list(tb.glob("events.out.tfevents.*")) and not (out / "tb").exists()
+    assert (out / "heldout_forgetting.png").stat().st_size > 0
     saved = json.loads((out / "summary.json").read_text())
     assert "negative = less forgetting" in saved["signs"]
     change = saved["summary"]["offline:additive"]["vs_none"]["relative_change"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0}).Reload()
+    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0}).Reload()
     assert acc.Scalars("change_vs_none/offline_additive")[0].value == pytest.approx(change, rel=1e-6)
     assert saved["inference"]["unit"] == "task" and saved["inference"]["margin"] == 0.03
     assert "pairs_needed" not in json.dumps(saved) and "power" not in saved
@@ -424,7 +426,11 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
     files = sorted((out / "results").glob("*.npz"))
     assert len(files) == 5
     stamps = [f.stat().st_mtime_ns for f in files]
-    again = main(config, echo=lambda *_: None)  # everything is on disk: nothing is recomputed
+    lines: list[str] = []
+    again = main(config, echo=lines.append)  # everything is on disk: nothing is recomputed
+    end = lines[-1].splitlines()  # the closing block: report.md first, the figure, the run's tb
+    assert end[0] == f"wrote       {out / 'report.md'}" and f"open first  {out / 'report.md'}" in end
+    assert f"            {out / 'heldout_forgetting.png'}" in end and any(str(tb) in line for line in end)
     assert [f.stat().st_mtime_ns for f in files] == stamps and again == summary
     # a result from before the arms shared their random streams (no stream field) is redone
     online = out / "results" / f"{TASK}.s0.online_additive.npz"
