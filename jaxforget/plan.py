@@ -24,7 +24,7 @@ from typing import Any
 
 from jaxforget.cli import Range, above, at_least, range_errors
 from jaxforget.collect.config import RANGES as COLLECT_RANGES
-from jaxforget.collect.config import CollectConfig, check_config
+from jaxforget.collect.config import CollectConfig, check_config, resolve_lengths
 
 # bfloat16 dense peak of one device, TFLOP/s, by jax device_kind (the spec sheets' figures).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "TPU v4": 275.0, "TPU v5e": 197.0,
@@ -305,7 +305,9 @@ def _step_plan(compiled, flops: float) -> StepPlan:
 
 
 def plan_run(config: PlanCommand) -> Plan:
-    """Build the model abstractly, compile collect's steps for the configured mesh and shapes, and plan."""
+    """Build the model abstractly, compile collect's steps for the configured mesh and shapes, and plan.
+    Buckets left to the length quantiles (known only once the data is read) are planned at the longest
+    length, --data.task-max-len resp. --data.max-len: the worst case."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -357,7 +359,7 @@ def plan_run(config: PlanCommand) -> Plan:
         train_step = make_stacked_train_step(split, tx, schedule=optim.schedule(), per_pass=per_pass)
         eval_step = make_stacked_eval_step(split, per_pass=per_pass)
 
-    B, T = t.batch_size, max(t.buckets)
+    B, T = t.batch_size, max(t.buckets or (config.data.task_max_len,))
     lead = ((K,) if K > 1 else ()) + ((t.grad_accum,) if t.grad_accum > 1 else ())
     bsh = lead_sharding(batch_sharding(mesh, B), len(lead))
     batch = [jax.ShapeDtypeStruct(lead + (B, T), d, sharding=bsh) for d in (jnp.int32, jnp.int32, jnp.bool_)]
@@ -365,7 +367,7 @@ def plan_run(config: PlanCommand) -> Plan:
         batch.append(jax.ShapeDtypeStruct((K,), jnp.bool_, sharding=replicated))
     train = _step_plan(train_step.lower(state, *batch).compile(),
                        model_flops(arch, math.prod(lead + (B, T)), T, t.mode))
-    EB, ET = config.eval.batch_size, max(config.eval.buckets)
+    EB, ET = config.eval.batch_size, max(config.eval.buckets or (config.data.max_len,))
     esh = batch_sharding(mesh, EB)
     ebatch = [jax.ShapeDtypeStruct((EB, ET), d, sharding=esh) for d in (jnp.int32, jnp.int32, jnp.bool_)]
     evaluate = _step_plan(eval_step.lower(state.params, *ebatch).compile(),
@@ -423,6 +425,7 @@ def plan(config: PlanCommand, echo=print) -> Plan:
     import jax
 
     check_plan(config)
+    config = resolve_lengths(config)  # as collect resolves them: the model's context and the paper's recipe
     result = plan_run(config)
     if result.fits is False and config.plan.suggest:
         for flags, changed in knob_changes(config, len(jax.devices())):

@@ -477,9 +477,9 @@ def load_context(config: ReplayConfig, echo=print) -> Context:
     train, eval_ = resolve_buckets(setup, cc.train, cc.eval)  # the replayed rows need the run's real buckets
     cc = dataclasses.replace(cc, train=train, eval=eval_)
     too_long = max(len(t.ids) for t in setup.upstream_tok)
-    if too_long > max(cc.train.buckets):
+    if too_long > max(train.buckets):
         raise ValueError(f"{run.meta_path}: upstream examples have up to {too_long} tokens, more than the run's "
-                         f"largest train bucket {max(cc.train.buckets)}: they cannot be replayed")
+                         f"largest train bucket {max(train.buckets)}: they cannot be replayed")
 
     task_rows, folds = replay_rows(config, task_names, Z)
     train_rows = [i for i in range(len(task_names)) if i not in task_rows and np.isfinite(Z[i]).any()]

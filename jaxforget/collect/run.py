@@ -21,7 +21,7 @@ from matplotlib import colormaps
 from tqdm import tqdm
 
 import jaxforget
-from jaxforget.collect.config import CollectConfig, check_config, config_dict, recorded_config
+from jaxforget.collect.config import CollectConfig, check_config, config_dict, recorded_config, resolve_lengths
 from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
 from jaxforget.collect.engine import batch_sharding, build_engine
 from jaxforget.collect.loop import TaskFailed, epoch_cap_note, run_schedule, train_group
@@ -150,6 +150,7 @@ def collect(config: CollectConfig, echo=print) -> int:
         merge(config.merge, echo)
         return 0
     check_config(config)
+    config = resolve_lengths(config)  # the length defaults that follow the model, recorded as such in meta.json
     init_distributed(config)  # before any other JAX call
     if not is_primary():
         echo = silent

@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxforget import models
 from jaxforget.cli import config_from_dict, range_errors
-from jaxforget.collect.config import RANGES, CollectConfig, task_field_map, upstream_field_map
+from jaxforget.collect.config import RANGES, CollectConfig, resolve_lengths, task_field_map, upstream_field_map
 from jaxforget.collect.distributed import is_primary, on_primary
 from jaxforget.data import readers, tokenize
 from jaxforget.data.tokenize import Tokenized
@@ -82,6 +82,7 @@ def build_setup(config: CollectConfig, echo=print) -> Setup:
     """Model (on the mesh), tokenizer, upstream sample and tasks. In a multi-process run (after
     `init_distributed`) every process calls it; process 0 builds the built-in world and base model
     (when they are used and not cached yet) before the others look for them."""
+    config = resolve_lengths(config)  # a config not through collect() (research code, tests): the same defaults
     d = config.data
 
     def built_in() -> tuple[Path | None, Path | None]:
@@ -149,6 +150,8 @@ def setup_from_run(path: str | Path, echo=print) -> tuple[CollectConfig, Setup, 
     errors = range_errors(config, RANGES)  # a recorded value no flag could have given: an edited or damaged file
     if errors:
         raise RunError(f"{run.meta_path}: config out of range ({'; '.join(errors)})")
+    # the lengths too, for a record without them (a run set up by hand): model.path set below would change them
+    config = resolve_lengths(config)
     # the token accounting the run used, pinned before model.path is set below (which would turn 'auto' into
     # 'paper'); a run from before the flag used 'builtin'
     used = meta.get("nll_tokens") or ("builtin" if "nll_tokens" not in meta["config"].get("data", {})
