@@ -72,8 +72,9 @@ class DataConfig:
     builtin for the built-in base model. The resolved policy is recorded in meta.json."""
     max_len: int | None = None
     """Upstream examples are cut to this many tokens, keeping the start (the count of truncated examples is logged).
-    Default: 64 for the built-in base model; with --model.path, the model's context (max_position_embeddings) up
-    to 2048, as the paper scores whole documents (Pile documents cut at 2,000 tokens, RedPajama 2,048-token chunks)."""
+    Default: 64 for the built-in base model; with --model.path, the model's context (max_position_embeddings) or
+    2048 if smaller, as the paper scores whole documents (Pile documents cut at 2,000 tokens, RedPajama 2,048-token
+    chunks)."""
     task_max_len: int | None = None
     """Task examples are cut to this many tokens, keeping the end (the answer). Default: 96 for the built-in base
     model; with --model.path, the paper's fine-tuning length 1024 (or the model's context when shorter)."""
