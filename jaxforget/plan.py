@@ -22,7 +22,7 @@ import math
 import re
 from typing import Any
 
-from jaxforget.cli import Range, above, at_least, range_errors
+from jaxforget.cli import Range, above, at_least, closing, range_errors
 from jaxforget.collect.config import RANGES as COLLECT_RANGES
 from jaxforget.collect.config import CollectConfig, check_config, resolve_lengths
 
@@ -425,7 +425,7 @@ def plan(config: PlanCommand, echo=print) -> Plan:
     import jax
 
     check_plan(config)
-    config = resolve_lengths(config)  # as collect resolves them: the model's context and the paper's recipe
+    asked, config = config, resolve_lengths(config)  # as collect resolves them: the model's context and the paper's recipe
     result = plan_run(config)
     if result.fits is False and config.plan.suggest:
         for flags, changed in knob_changes(config, len(jax.devices())):
@@ -437,7 +437,32 @@ def plan(config: PlanCommand, echo=print) -> Plan:
             if est is not None:
                 result.suggestions.append(est)
     echo(result.report())
+    echo(closing([], next_steps=[f"python -m jaxforget.collect {' '.join(collect_flags(asked))}".rstrip()
+                                 + ("   (after the changes above)" if result.fits is False else "")]))
     return result
+
+
+def collect_flags(config: CollectConfig) -> list[str]:
+    """The flags of `config` that differ from collect's defaults, as typed (--plan.* left out): the collect
+    command that runs what was planned."""
+    def walk(value, default, prefix: str) -> list[str]:
+        out: list[str] = []
+        for f in dataclasses.fields(default):
+            v, d, name = getattr(value, f.name), getattr(default, f.name), f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(d) and dataclasses.is_dataclass(v):
+                out += walk(v, d, f"{name}.")
+            elif v != d:
+                flag = "--" + name.replace("_", "-")
+                if isinstance(v, bool):
+                    out.append(flag if v else f"--{prefix.replace('_', '-')}no-{f.name.replace('_', '-')}")
+                elif isinstance(v, tuple):
+                    out.append(" ".join([flag, *map(str, v)]))
+                else:
+                    out.append(f"{flag} {v}")
+        return out
+
+    return walk(CollectConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(CollectConfig)}),
+                CollectConfig(), "")
 
 
 def main(config: PlanCommand) -> int:

@@ -68,6 +68,12 @@ def test_tiny_plan_counts_bytes_per_device(tmp_path, capsys):
     # a small model's sizes in units that fit it, never 0.000B parameters, 0.00 TFLOP or 0.0 h (issue 27)
     assert f"plan: {planmod.fmt_count(p32.n_params)} parameters" in printed and "K parameters" in printed
     assert "0.000B" not in printed and "0.00 " not in printed and " 0.0 h" not in printed
+    # it ends with the collect command that runs what was planned (collect's flags, not --plan.*)
+    assert printed.splitlines()[-2:] == ["wrote  nothing", (
+        f"next   python -m jaxforget.collect --model.path {path} --data.max-len 32 --data.task-max-len 32 "
+        "--train.batch-size 4 --train.buckets 32 --eval.batch-size 4 --eval.buckets 32")]
+    assert planmod.collect_flags(dataclasses.replace(planmod.PlanCommand(), eval=dataclasses.replace(
+        planmod.PlanCommand().eval, em_base_correct_only=False))) == ["--eval.no-em-base-correct-only"]
     bf = planmod.plan_run(planmod.PlanCommand(**_parse(tiny_args(path, "--model.param-dtype", "bfloat16"))))
     assert bf.param_bytes == 2 * n_params and bf.optimizer_bytes == p32.optimizer_bytes  # moments stay float32
     tight = dataclasses.replace(p32, device_memory=planmod.parse_bytes("100KB"))
