@@ -425,7 +425,7 @@ def plan(config: PlanCommand, echo=print) -> Plan:
     import jax
 
     check_plan(config)
-    asked, config = config, resolve_lengths(config)  # as collect resolves them: the model's context and the paper's recipe
+    asked, config = config, resolve_lengths(config)  # as collect resolves them (the model's context, the paper)
     result = plan_run(config)
     if result.fits is False and config.plan.suggest:
         for flags, changed in knob_changes(config, len(jax.devices())):

@@ -56,7 +56,8 @@ fraction of the pool), the replayed and task loss tokens, and its stream.
 Outputs (``--out``, default ``RUN/replay``): ``results/<task>.s<seed>.<strategy>.npz`` (one per
 fine-tuning, written atomically; a rerun skips them), ``summary.json``, ``report.md``, ``heldout_forgetting.png``
 (per strategy the held-out forgetting of each task, the mean over tasks and its 95% interval), and
-TensorBoard events under the run's ``RUN/tb/replay`` (``RUN/tb/replay_<name>`` for another ``--out``) (:mod:`jaxforget.replay_report`: inference at the task level — one paired t-test per
+TensorBoard events under the run's ``RUN/tb/replay`` (``RUN/tb/replay_<name>`` for another ``--out``)
+(:mod:`jaxforget.replay_report`: inference at the task level — one paired t-test per
 contrast, Holm-adjusted, intervals, an equivalence test and the minimum detectable effect — and the
 per-task and per-domain tables).
 """
@@ -250,12 +251,15 @@ class ReplayConfig:
     its forgetting is shown to lie within (1 ± margin) x the reference's."""
     out: Path | None = None
     """Output directory. Default: RUN/replay."""
+    force: bool = False
+    """Start afresh in an output directory that holds a replay made with other flags (its results are deleted);
+    refused otherwise. The same flags resume it without --force."""
     quiet: bool = False
     """No progress bar and no INFO log lines (the results, warnings and errors still print)."""
 
 
 # Fields that may differ between a run and its resumption.
-_NOT_COMPARED = ("out", "quiet", "strategies", "tasks", "seeds", "cluster", "equivalence_margin")
+_NOT_COMPARED = ("out", "quiet", "force", "strategies", "tasks", "seeds", "cluster", "equivalence_margin")
 
 
 RANGES: dict[str, Range] = {
@@ -791,11 +795,16 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
     out = config.out or config.run / "replay"
     store = RunDir(out)
     compared = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_COMPARED}
-    store.start(dict(config=to_jsonable(compared), run=str(config.run.absolute()),
-                     heldout_ids=[ctx.setup.upstream[j].id for j in ctx.columns.heldout],
-                     n_candidates=int(ctx.columns.candidates.size),
-                     train_tasks=[ctx.setup.task_names[i] for i in ctx.train_rows],
-                     versions=dict(jax=jax.__version__, backend=jax.default_backend())))
+    if config.force:
+        forget_other_replay(store, to_jsonable(compared), echo)
+    try:
+        store.start(dict(config=to_jsonable(compared), run=str(config.run.absolute()),
+                         heldout_ids=[ctx.setup.upstream[j].id for j in ctx.columns.heldout],
+                         n_candidates=int(ctx.columns.candidates.size),
+                         train_tasks=[ctx.setup.task_names[i] for i in ctx.train_rows],
+                         versions=dict(jax=jax.__version__, backend=jax.default_backend())))
+    except RunError as e:  # the same rule as analyze, predict and forecast: other flags need --force
+        raise RunError(f"{e} Or add --force to start afresh (its results are deleted).") from None
     store.update_meta(tasks=task_names, strategies=[s.label for s in strategies], seeds=list(config.seeds))
     echo(f"replay on {len(task_names)} tasks ({', '.join(task_names)}) x {len(config.seeds)} seeds x "
          f"{len(strategies)} strategies; {ctx.columns.heldout.size} held-out and {ctx.columns.candidates.size} "
@@ -850,6 +859,24 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
                  next_steps=[f"python -m jaxforget.forecast {config.run} --task <a new task>   (forecast a task the run "
                              "did not train)"]))
     return summary
+
+
+def forget_other_replay(store: RunDir, compared: dict[str, Any], echo) -> None:
+    """--force: an output directory whose meta.json records other flags loses that record and its results
+    (what :meth:`RunDir.start` would refuse), so that the replay starts afresh; the same flags keep them."""
+    import shutil
+
+    if not store.meta_path.exists():
+        return
+    try:
+        recorded = store.read_meta().get("config")
+    except RunError:
+        recorded = None
+    if recorded == compared:
+        return
+    echo(f"--force: {store.root} held a replay with other flags; its results are deleted")
+    shutil.rmtree(store.root / "results", ignore_errors=True)
+    store.meta_path.unlink()
 
 
 def tb_dir(run: Path, out: Path) -> Path:

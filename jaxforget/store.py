@@ -280,8 +280,9 @@ def check_output(record: Path, settings: dict[str, Any], *, force: bool, key: st
         return
     diffs = (["it is not a jaxforget output record"] if not isinstance(recorded, dict) else
              [f"--{d.replace('_', '-')}" for d in _diff(recorded, settings)])
-    raise RunError(f"{record}: holds the output of other settings ({'; '.join(diffs[:6])}{'; ...' if len(diffs) > 6 else ''}"
-                   "; recorded != now); add --force to replace it, or choose another --out")
+    shown = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+    raise RunError(f"{record}: holds the output of other settings ({shown}; recorded != now); add --force to replace "
+                   "it, or choose another --out")
 
 
 def read_npz(path: Path, required: tuple[str, ...] = (), *, hint: str = "delete it to recompute"

@@ -452,8 +452,24 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
     assert probe["random_by_construction"] == (float(fields["ess"]) >= 0.9)
     assert "| online:additive | " in report and "random by construction?" in report
     assert [f.stat().st_mtime_ns for f in files if f != online] == [t for f, t in zip(files, stamps) if f != online]
-    with pytest.raises(Exception, match="another configuration .*ratio"):
+    with pytest.raises(Exception, match="another configuration .*ratio.*Or add --force to start afresh"):
         main(dataclasses.replace(config, ratio=0.3), echo=lambda *_: None)
+
+
+def test_force_starts_a_replay_with_other_flags_afresh(tmp_path):
+    from jaxforget.replay import forget_other_replay
+    from jaxforget.store import RunDir
+
+    store = RunDir(tmp_path / "replay")
+    store.start(dict(config={"ratio": 0.15, "run": "runs/x"}))
+    (store.root / "results").mkdir()
+    (store.root / "results" / "t.s0.none.npz").write_bytes(b"x")
+    said: list[str] = []
+    forget_other_replay(store, {"ratio": 0.15, "run": "runs/x"}, said.append)  # the same flags: kept (a resume)
+    assert (store.root / "results" / "t.s0.none.npz").exists() and store.meta_path.exists() and not said
+    forget_other_replay(store, {"ratio": 0.3, "run": "runs/x"}, said.append)
+    assert not (store.root / "results").exists() and not store.meta_path.exists()
+    assert said == [f"--force: {store.root} held a replay with other flags; its results are deleted"]
 
 
 def test_cli_errors_are_clear(run_dir, tmp_path, capsys):
