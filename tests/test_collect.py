@@ -249,8 +249,8 @@ def test_console_one_line_per_task_and_a_progress_bar_that_ends_at_its_total(cac
     lo, hi = min(steps), max(steps)
     assert [x for x in lines if "cuts --train.max-steps" in x] == [
         f"--train.max-epochs 0.5 cuts --train.max-steps {config.train.max_steps} to {lo if lo == hi else f'{lo}-{hi}'} "
-        f"steps on 3 of 3 tasks ({', '.join(TASKS)}): their training sets are small; raise --train.max-epochs to "
-        "train longer"]
+        f"steps on 3 of 3 tasks ({', '.join(TASKS)}): a task's training set is seen at most 0.5 times; raise "
+        "--train.max-epochs to train longer"]
     end = lines[-1].splitlines()
     assert f"wrote       {out / 'forgetting.npz'}" in end and f"open first  {out / 'summary.md'}" in end
     assert end[-1] == f"next        python -m jaxforget.analyze {out}"

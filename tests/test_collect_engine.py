@@ -115,6 +115,6 @@ def test_the_epoch_cap_is_announced_when_it_cuts_max_steps(rebuilt):
     n = capped.schedule(name, setup.task_train[name], seed=0).n_steps
     assert n < 100_000  # the tiny task's 3 epochs
     assert epoch_cap_note({name: n, "other": 100_000}, 100_000, 3.0) == (
-        f"--train.max-epochs 3 cuts --train.max-steps 100000 to {n} steps on 1 of 2 tasks ({name}): their training "
-        "sets are small; raise --train.max-epochs to train longer")
+        f"--train.max-epochs 3 cuts --train.max-steps 100000 to {n} steps on 1 of 2 tasks ({name}): a task's "
+        "training set is seen at most 3 times, as in the paper; raise --train.max-epochs to train longer")
     assert epoch_cap_note({name: 12}, 12, 3.0) is None  # the tiny run's 12 steps: nothing cut, nothing said

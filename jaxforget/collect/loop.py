@@ -174,8 +174,9 @@ def epoch_cap_note(steps: dict[str, int], max_steps: int, max_epochs: float) -> 
     lo, hi = min(cut.values()), max(cut.values())
     names = ", ".join(list(cut)[:3]) + (f", ... ({len(cut) - 3} more)" if len(cut) > 3 else "")
     return (f"--train.max-epochs {max_epochs:g} cuts --train.max-steps {max_steps} to "
-            f"{lo if lo == hi else f'{lo}-{hi}'} steps on {len(cut)} of {len(steps)} tasks ({names}): their training "
-            "sets are small; raise --train.max-epochs to train longer")
+            f"{lo if lo == hi else f'{lo}-{hi}'} steps on {len(cut)} of {len(steps)} tasks ({names}): a task's "
+            f"training set is seen at most {max_epochs:g} times{', as in the paper' if max_epochs == 3 else ''}; raise "
+            "--train.max-epochs to train longer")
 
 
 def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run: RunDir, engine: Engine,
