@@ -194,11 +194,22 @@ class Panel:
     ylabel: str
     note: str = ""  # e.g. "Pearson 0.41 (p 3e-4), Spearman 0.38 (p 1e-3)"
     names: Sequence[str] | None = None
-    """One name per point (task names): written beside the dots when there are at most :data:`NAMED_POINTS`."""
+    """One name per point (task names): every dot named when there are at most :data:`NAMED_POINTS`, else the
+    extreme ones (:func:`named_points`)."""
 
 
-NAMED_POINTS = 30
-"""Points of a scatter panel named at most (more names would cover the dots)."""
+NAMED_POINTS = 8
+"""Names a scatter panel writes at most: more would cover one another where the dots cluster."""
+
+
+def named_points(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points a panel names: all of them when few, else the extremes a reader asks about (the
+    four largest y, the two smallest, the smallest and the largest x), at most :data:`NAMED_POINTS`."""
+    if x.size <= NAMED_POINTS:
+        return np.arange(x.size)
+    by_y = np.argsort(-y, kind="stable")
+    picked = [*by_y[:4], *by_y[::-1][:2], int(np.argmin(x)), int(np.argmax(x))]
+    return np.array(sorted(set(int(i) for i in picked)))
 
 
 def informative(panel: Panel) -> bool:
@@ -233,11 +244,12 @@ def scatter_grid(panel_list: Sequence[Panel], *, title: str, ncols: int = 3, sub
         else:
             x = np.array([np.nan if v is None else float(v) for v in p.x])
             ok = np.isfinite(x) & np.isfinite(y)
-            few = p.names is not None and ok.sum() <= NAMED_POINTS
+            few = p.names is not None and 0 < ok.sum() <= 200
             ax.scatter(x[ok], y[ok], s=18 if few else 6, alpha=0.8 if few else 0.5, color="C0", edgecolors="none")
             if few:
                 mid = (np.min(x[ok]) + np.max(x[ok])) / 2
-                for i in np.flatnonzero(ok):  # names point inwards, so none runs off the panel
+                kept = np.flatnonzero(ok)
+                for i in kept[named_points(x[kept], y[kept])]:  # names point inwards: none runs off the panel
                     right = x[i] > mid
                     ax.annotate(str(p.names[i])[:20], (x[i], y[i]), textcoords="offset points",
                                 xytext=(-3 if right else 3, 3), ha="right" if right else "left", fontsize=LABEL_PT,

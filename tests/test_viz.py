@@ -137,8 +137,9 @@ def test_figure_defects_of_issue_27_stay_fixed(tmp_path, Z):
     curve = viz.r2_curve(r2)
     dist = viz.task_distributions(Z, names, title="per task")
     rng = np.random.default_rng(0)
-    grid = viz.scatter_grid([viz.Panel(rng.normal(size=12), rng.normal(size=12), "loss drop", "α", names=names)],
-                            title="α", subtitle="α_i: the task's weight")
+    xs, ys = rng.normal(size=12), rng.normal(size=12)
+    grid = viz.scatter_grid([viz.Panel(xs, ys, "loss drop", "α", names=names)], title="α",
+                            subtitle="α_i: the task's weight")
     figs = dict(curve=curve, dist=dist, grid=grid, heat=viz.heatmap(Z, vmax=0.5, row_labels=names),
                 panels=viz.panels([("Z", Z), ("fit", Z)], vmax=0.5, row_labels=names))
     for name, fig in figs.items():
@@ -153,6 +154,9 @@ def test_figure_defects_of_issue_27_stay_fixed(tmp_path, Z):
     assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
     # task_distributions says that it leaves the extreme examples out
     assert "not drawn" in dist.axes[0].get_xlabel()
-    # correlations: every dot named by its task
-    assert sorted(t.get_text() for t in grid.axes[0].texts) == names
+    # correlations: the extreme dots named by their task (all of them when few), at most NAMED_POINTS
+    named = sorted(t.get_text() for t in grid.axes[0].texts)
+    assert 6 <= len(named) <= viz.NAMED_POINTS and names[int(np.argmax(ys))] in named and names[int(np.argmax(xs))] in named
+    small = viz.scatter_grid([viz.Panel(xs[:5], ys[:5], "x", "α", names=names[:5])], title="α")
+    assert sorted(t.get_text() for t in small.axes[0].texts) == names[:5]
     assert not viz.informative(viz.Panel([12] * 5, rng.normal(size=5), "steps", "α"))  # constant x: no panel
