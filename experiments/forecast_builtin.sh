@@ -14,7 +14,7 @@ done
 python - "$out" <<'PY'
 import json, sys, pathlib
 import numpy as np
-rows = [json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1], "forecast").glob("*/summary.json"))]
+rows = [json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1], "forecast").glob("*/measured/summary.json"))]
 labels = list(rows[0]["scores"])
 print(f"{len(rows)} held-out tasks x {len(rows[0]['seeds'])} seeds, k = {rows[0]['k']} of {rows[0]['n_upstream']}")
 print("| predictor | RMSE | AUC | precision@100 |\n|---|---|---|---|")

@@ -39,8 +39,9 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
-from jaxforget.cli import Range, above, at_least, check_ranges, out_dir_error
-from jaxforget.store import MatrixData, atomic_write_json, load_matrix, read_json_object
+from jaxforget.cli import Range, above, at_least, check_ranges, closing, out_dir_error
+from jaxforget.store import (MatrixData, atomic_write_json, check_output, load_matrix, output_settings,
+                             read_json_object)
 
 TASK_NUMERIC = ("train_loss_drop", "n_train_tokens", "base_loss", "n_train", "steps")
 EXAMPLE_NUMERIC = ("nll_before", "n_tokens")
@@ -82,6 +83,8 @@ class AnalyzeConfig:
     """Leave out tasks without any measured entry (e.g. failed rows) instead of stopping with an error."""
     tracker: Literal["tensorboard", "jsonl", "none"] = "tensorboard"
     """Also log scalars and images to: TensorBoard (RUN/tb/analyze or OUT/tb), OUT/events.jsonl, or none."""
+    force: bool = False
+    """Replace an output directory that holds an analysis made with other flags (refused otherwise)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the flag when a value is out of range."""
@@ -252,6 +255,15 @@ def _r2_markdown(r2: dict[str, float]) -> str:
     return _md_table(["model", "R²"], [[r2_label(k), v] for k, v in r2.items()])
 
 
+def _component_r2(r2: dict[str, float], r: int) -> str:
+    """How much component r adds, in the centred R² of the R² table (the scale every other figure and
+    table uses): the rank-r fit's R² and its gain over rank r - 1."""
+    now, before = r2.get(f"rank_{r}"), r2.get(f"rank_{r - 1}")
+    if now is None:
+        return "R² not computed"
+    return f"R² of rank {r} {now:.3f}" + ("" if before is None else f" (+{now - before:.3f} over rank {r - 1})")
+
+
 def _fmt_p(p: float | None) -> str:
     """A p-value: two decimals down to 0.01, then scientific (``3.2e-05``), never ``0.00``; a p-value
     that underflows float64 is ``< 1e-300``."""
@@ -360,13 +372,12 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
                      ("residual Z − α·β", residual1[sub])], vmax=vmax, row_labels=sorted_names,
                     suptitle=f"Multiplicative fit and residual, sorted by α and β; {sample_note}"),
          "rank1_residual.png")
-    total = float(np.sum(np.where(mask_np, Z, 0.0) ** 2))
     for r in range(k):
         comp = s[r] * np.outer(U[:, r], V[:, r])
-        share = s[r] ** 2 / total if total > 0 else float("nan")
         save(viz.heatmap(
             comp[sub], vmax=float(np.quantile(np.abs(comp[sub]), config.vmax_quantile)) or 1.0,
-            title=f"component {r + 1} of the rank-{k} fit: σ = {s[r]:.3g} ({share:.1%} of ΣZ²); {sample_note}",
+            title=f"component {r + 1} of the rank-{k} fit: σ = {s[r]:.3g}; {_component_r2(good['r2'], r + 1)}; "
+                  f"{sample_note}",
             row_labels=sorted_names, cbar_label=f"component {r + 1} = σ u vᵀ (change in log-perplexity)"),
             f"component_{r + 1}.png")
     save(viz.r2_curve(good["r2"], labels=A.R2_LABELS), "r2_vs_rank.png")
@@ -384,10 +395,22 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
         if not stats:
             continue
         y = alpha if rows[0]["effect"] == "alpha" else beta
+        tasks = rows[0]["effect"] == "alpha"
         by_stat = {r["statistic"]: r for r in rows if r["level"] is None}
-        panel_list = [viz.Panel(values, y, stat, effect, _note(by_stat[stat]) if stat in by_stat else "")
+        panel_list = [viz.Panel(values, y, stat, effect, _note(by_stat[stat]) if stat in by_stat else "",
+                                names=data.row_names if tasks else None)
                       for stat, values in stats.items()]
-        save(viz.scatter_grid(panel_list, title=f"{effect} against run statistics"), name)
+        constant = [p.xlabel for p in panel_list if not viz.informative(p)]  # nothing to correlate: no panel
+        panel_list = [p for p in panel_list if viz.informative(p)]
+        if not panel_list:
+            continue
+        scale = ("α_i: task i's weight in the rank-1 fit Z ≈ α_i β_j, β of unit length (α in Z units × √N); "
+                 "larger α, more forgetting" if tasks else
+                 "β_j: example j's weight in the rank-1 fit Z ≈ α_i β_j, of unit length over the N examples; larger "
+                 "β, more forgotten")
+        save(viz.scatter_grid(panel_list, title=f"{effect} against run statistics", subtitle=scale + (
+            f"; the same for every {'task' if tasks else 'example'}, so not shown: {', '.join(constant)}"
+            if constant else "")), name)
 
     # Residual blocks after the rank-r fit (refitted without each block found).
     search = A.find_blocks(Z0, mask, rank=config.residual_rank, max_blocks=config.max_blocks,
@@ -424,6 +447,7 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
         over_steps=over_steps, run_files=md.files, notes=md.notes + limit_notes, not_computed=not_computed,
         run_meta=md.meta,
         config={f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, versions=_versions(),
+        flags=output_settings(config, leave_out=FLAGS_LEFT_OUT),
         tracker=dict(kind=config.tracker, path=None if config.tracker == "none" else str(tb_path)),
     )
     fit_md = _r2_markdown(good["r2"])
@@ -581,7 +605,7 @@ def _command_line(config: dict[str, Any]) -> str:
     defaults = AnalyzeConfig(path=Path("."))
     parts = [str(config["path"])]
     for key, value in config.items():
-        if key != "path" and value != getattr(defaults, key):
+        if key not in ("path", "force") and value != getattr(defaults, key):
             parts.append(f"--{key.replace('_', '-')} {value}")
     return " ".join(parts)
 
@@ -622,8 +646,15 @@ def drop_empty_rows(data: MatrixData, md: RunMetadata) -> tuple[MatrixData, RunM
     return data, md
 
 
+FLAGS_LEFT_OUT = ("out", "force", "tracker")
+"""Flags that do not change analyze's files (the tracker writes elsewhere)."""
+
+
 def main(config: AnalyzeConfig) -> dict[str, Any]:
     config.validate()
+    # the one rule on outputs: the same flags replace their analysis, other flags need --force
+    check_output(config.out_dir / "analysis.json", output_settings(config, leave_out=FLAGS_LEFT_OUT),
+                 force=config.force)
     data = load_matrix(config.path)
     metadata = read_run_metadata(config.path, data) if config.path.is_dir() else RunMetadata()
     if config.drop_empty_rows:
@@ -638,8 +669,16 @@ def main(config: AnalyzeConfig) -> dict[str, Any]:
         print(f"note: {note}")
     for reason in result["not_computed"].values():
         print(f"not computed: {reason}")
-    blocks = "" if "blocks" in result["not_computed"] else f"{len(result['blocks']['found'])} residual block(s); "
-    print(f"{blocks}wrote {config.out_dir / 'report.md'} and {len(result['files'])} files in {config.out_dir}")
+    if "blocks" not in result["not_computed"]:
+        print(f"{len(result['blocks']['found'])} residual block(s)")
+    out = config.out_dir
+    pngs = [f for f in result["files"] if f.endswith(".png")]
+    wrote = [out / "report.md", out / "analysis.json", out / "fit_table.md",
+             f"{out}/ ({len(pngs)} figures: {', '.join(pngs[:3])}{', ...' if len(pngs) > 3 else ''})"]
+    if result["tracker"]["path"]:
+        wrote.append(result["tracker"]["path"] + (" (TensorBoard)" if config.tracker == "tensorboard" else ""))
+    print(closing(wrote, first=out / "report.md",
+                  next_steps=[f"python -m jaxforget.predict --matrix {config.path}   (can forgetting be predicted?)"]))
     return result
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -291,3 +291,29 @@ def out_dir_error(path: Path, flag: str = "--out") -> str | None:
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
         return f"{flag} {path}: {parent} is not writable (permission denied)"
     return None
+
+
+# ------------------------------------------------------------------------------------------------
+# How every command ends: what it wrote, what to open first, what to run next.
+
+
+def closing(wrote: Sequence[Path | str], *, first: Path | str | None = None, next_steps: Sequence[str] = ()) -> str:
+    """The block every command prints last (collect, analyze, predict, forecast, replay, plan): the files it
+    wrote (one a line; a directory may stand for many, e.g. ``RUN/analysis/ (17 files)``), the one to open
+    first, and the next command(s), labels aligned::
+
+        wrote       runs/default/forgetting.npz
+                    runs/default/summary.md
+        open first  runs/default/summary.md
+        next        python -m jaxforget.analyze runs/default
+    """
+    rows = [("wrote", str(w)) for w in wrote] or [("wrote", "nothing")]
+    if first is not None:
+        rows.append(("open first", str(first)))
+    rows += [("next", n) for n in next_steps]
+    width = max(len(label) for label, _ in rows)
+    lines, last = [], None
+    for label, value in rows:
+        lines.append(f"{(label if label != last else ''):<{width}}  {value}")
+        last = label
+    return "\n".join(lines)

@@ -13,7 +13,9 @@ passes instead of N.
 
 ``--task`` is a task file (JSONL, the task formats collect reads) or the name of a task of the run's
 task source (``--data.tasks`` or the built-in world) that the run did not train. Outputs (``--out``,
-default ``RUN/forecast/<task>``):
+default ``RUN/forecast/<task>/<variant>``, the variant ``offline``, ``online``, ``measured`` (``--measure-all``)
+or ``online-measured``, so that no variant replaces another; the same flags again replace their own output,
+other flags in the same directory are refused unless ``--force``):
 
 - ``forecast.npz``: per method and seed the predicted row ``[N]`` (revealed entries hold the measured
   values), the revealed example indices, the trivial baselines' rows, and with ``--measure-all`` the
@@ -24,7 +26,10 @@ default ``RUN/forecast/<task>``):
   ``--ratio`` examples per training example, without replacement, probability softmax(prediction / τ);
 - ``summary.json`` and ``report.md``: forward passes spent (k per seed) against N; with
   ``--measure-all`` the forecast's RMSE, ROC-AUC (forgotten: z > ``--threshold``) and precision@n on
-  the examples not measured, beside the trivial baselines, mean ± std over seeds.
+  the examples not measured, beside the trivial baselines, mean ± std over seeds; ``summary.json``
+  records the flags (``flags``) that the rule above compares;
+- ``forecast.png``: the predicted row sorted, the measured entries on it, and with ``--measure-all``
+  predicted against measured (first method, first seed).
 
 ``--append`` (with ``--measure-all``) writes the measured row into the run as task M + 1: its row file,
 ``meta.json`` (task names and ``data.task_names``), ``forgetting.npz`` and ``tasks.jsonl``, as if collect
@@ -43,18 +48,18 @@ from typing import Literal
 import numpy as np
 import tyro
 
-from jaxforget.cli import FINITE, Range, above, at_least, check_ranges, config_from_dict, out_dir_error
+from jaxforget.cli import FINITE, Range, above, at_least, check_ranges, closing, config_from_dict, out_dir_error
 from jaxforget.cli import run as run_cli
 from jaxforget.collect import CollectConfig, TrainLoop, build_engine, setup_from_run, task_seed
 from jaxforget.collect.config import task_field_map
-from jaxforget.collect.loop import wrecked
+from jaxforget.collect.loop import epoch_cap_note, wrecked
 from jaxforget.collect.run import task_records
 from jaxforget.collect.setup import task_train_examples, tasks_path
 from jaxforget.completion import BASELINES, Completer, Method, all_metrics, baseline_predictions
 from jaxforget.data import readers
 from jaxforget.replay import STREAM, choose, streams, token_budget
 from jaxforget.store import (RunDir, RunError, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,
-                             atomic_write_npz)
+                             atomic_write_npz, check_output, output_settings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +102,18 @@ class ForecastConfig:
     replay_out: Path | None = None
     """Where to write the replay set (JSONL). Default: OUT/replay.jsonl."""
     out: Path | None = None
-    """Output directory. Default: RUN/forecast/<task>."""
+    """Output directory. Default: RUN/forecast/<task>/<variant>, the variant offline, online (--online), measured
+    (--measure-all) or online-measured."""
+    force: bool = False
+    """Replace an output directory that holds a forecast made with other flags (refused otherwise)."""
     quiet: bool = False
     """No jaxforget INFO log lines."""
+
+    @property
+    def variant(self) -> str:
+        """The default output directory's last part: what was measured, and when."""
+        parts = (["online"] if self.online else []) + (["measured"] if self.measure_all else [])
+        return "-".join(parts) or "offline"
 
 
 RANGES: dict[str, Range] = {
@@ -200,13 +214,15 @@ def _main(config: ForecastConfig, methods: list[Method], run: RunDir, echo) -> d
                              "and give its name")
         if run_config.eval.eval_every or "em" in run_config.eval.metrics:
             raise ValueError("--append: the run measures per-step or exact-match forgetting, which forecast does not")
+    out_dir = config.out or run.root / "forecast" / name / config.variant
+    settings = output_settings(config, leave_out=SETTINGS_LEFT_OUT)
+    check_output(out_dir / "summary.json", settings, force=config.force)  # before the fine-tuning, not after
     cc, setup, meta = setup_from_run(config.run, echo)
     M, N = Z.shape
     ok = np.isfinite(Z).any(axis=1)
     Z_run = Z[ok]
     probes = {s: probe_indices(N, config.k, s) for s in config.seeds}
     union = np.unique(np.concatenate(list(probes.values())))
-    out_dir = config.out or run.root / "forecast" / name
     when = f"after {config.online_fraction:g} of the steps" if config.online else "after training"
     echo(f"forecast {name}: fine-tune the run's base with its settings ({cc.train.mode}), measure {config.k} of "
          f"{N} upstream examples per seed {when}; complete against the run's {int(ok.sum())} tasks by fold-in "
@@ -217,6 +233,9 @@ def _main(config: ForecastConfig, methods: list[Method], run: RunDir, echo) -> d
     examples = task_train_examples(records, setup.tokenizer, cc)
     plan = engine.schedule(name, examples, task_seed(cc.train.seed, M))
     switch = max(1, math.ceil(config.online_fraction * plan.n_steps)) if config.online else plan.n_steps
+    note = epoch_cap_note({name: plan.n_steps}, cc.train.max_steps, cc.train.max_epochs)
+    if note:
+        echo(note.replace("raise --train.max-epochs", "collect with a higher --train.max-epochs"))
     loop = TrainLoop(engine, [plan], engine.start([engine.initial_params(M, cc.train.seed)]),
                      log_every=cc.log_every)
     probe_eval = engine.evaluator([setup.upstream_tok[j] for j in union])
@@ -254,7 +273,7 @@ def _main(config: ForecastConfig, methods: list[Method], run: RunDir, echo) -> d
             rows[b, s] = np.where(revealed, z_row, np.asarray(v)[0, 0]).astype(np.float32)
 
     scores = _score(rows, revealed_all, z_true, config) if z_true is not None else None
-    summary = dict(task=name, run=str(run.root), k=config.k, n_upstream=N, seeds=list(config.seeds),
+    summary = dict(flags=settings, task=name, run=str(run.root), k=config.k, n_upstream=N, seeds=list(config.seeds),
                    methods=[m.label for m in methods], online=config.online, steps=plan.n_steps,
                    measured_at_step=switch, forward_passes=dict(per_seed=config.k, all_seeds=int(union.size),
                                                                 measure_all=N if config.measure_all else 0),
@@ -270,7 +289,28 @@ def _main(config: ForecastConfig, methods: list[Method], run: RunDir, echo) -> d
         append_row(run, row, n_train, state, em_base_correct_only=cc.eval.em_base_correct_only)
         echo(f"appended {name} to {run.root} as task {M} (Z is now {M + 1} x {N})")
     echo((out_dir / "report.md").read_text())
+    echo(closing_lines(config, out_dir, name))
     return summary
+
+
+SETTINGS_LEFT_OUT = ("out", "force", "quiet", "append")
+"""Flags that do not change a forecast's files (--append changes the run, not the forecast)."""
+
+
+def closing_lines(config: ForecastConfig, out: Path, name: str) -> str:
+    """What forecast wrote (top.md first: the answer the user came for) and what to run next."""
+    replay = config.replay_out or out / "replay.jsonl"
+    wrote = [out / "top.md", out / "top.jsonl", replay, out / "forecast.png", out / "forecast.npz",
+             out / "report.md", out / "summary.json"]
+    task = config.task if Path(config.task).suffix == ".jsonl" or Path(config.task).is_file() else name
+    base = f"python -m jaxforget.forecast {config.run} --task {task}"
+    if not config.measure_all:
+        steps = [f"{base} --measure-all   (measure the whole row: scores this forecast)"]
+    elif not config.append:
+        steps = [f"{base} --measure-all --append   (add the measured row to the run)"]
+    else:
+        steps = [f"python -m jaxforget.analyze {config.run}   (the run, now with {name})"]
+    return closing(wrote, first=out / "top.md", next_steps=steps)
 
 
 def _score(rows: dict, revealed: dict, z_true: np.ndarray, config: ForecastConfig) -> dict:
@@ -327,6 +367,11 @@ def _write_outputs(out: Path, config: ForecastConfig, summary: dict, rows: dict,
         token_budget=budget, tokens=int(tokens.sum()),
         temperature=d.temperature, ess=d.ess, stream=f"{STREAM}:{s0},{row}",
         path=str(config.replay_out or out / "replay.jsonl"))
+    from jaxforget import viz
+
+    what = ("after " + str(summary["measured_at_step"]) + " steps (online)") if summary["online"] else "after training"
+    viz.save_png(viz.forecast_row(pred, revealed[s0], z_true, title=f"Forecast of {summary['task']}: {first}, "
+                                  f"k {config.k} measured {what}, seed {s0}"), out / "forecast.png")
     atomic_write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report_markdown(summary))
 

@@ -23,6 +23,27 @@ ENV = "JAXFORGET_LOG"
 """Environment variable: ``info`` or ``debug`` (the libraries' log lines too), ``warning`` (the default)."""
 LEVELS = {"warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
 FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+"""Other libraries' lines (with --verbose / $JAXFORGET_LOG): when and who, since they are not ours."""
+
+
+class Formatter(logging.Formatter):
+    """The one format of jaxforget's own lines, whichever command logs them: an INFO line is the message
+    alone, as the lines a command prints itself (`echo`) are; a warning reads ``warning: <message>`` and an
+    error ``error: <message>``, as the user-error line of :func:`jaxforget.cli.execute` does. Other
+    libraries' lines keep :data:`FORMAT`."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name != "jaxforget" and not record.name.startswith("jaxforget."):
+            return super().format(record)
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if record.levelno >= logging.ERROR:
+            return f"error: {message}"
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
 
 _TRANSFORMERS_ENV = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
 
@@ -57,7 +78,7 @@ def configure_logging(verbose: bool = False, *, quiet: bool = False) -> int:
     root = logging.getLogger()
     if _handler is None and not root.handlers:
         _handler = logging.StreamHandler(sys.stderr)
-        _handler.setFormatter(logging.Formatter(FORMAT))
+        _handler.setFormatter(Formatter())
         root.addHandler(_handler)
     root.setLevel(lib)
     logging.getLogger("jaxforget").setLevel(own)

@@ -22,9 +22,9 @@ import math
 import re
 from typing import Any
 
-from jaxforget.cli import Range, above, at_least, range_errors
+from jaxforget.cli import Range, above, at_least, closing, range_errors
 from jaxforget.collect.config import RANGES as COLLECT_RANGES
-from jaxforget.collect.config import CollectConfig, check_config
+from jaxforget.collect.config import CollectConfig, check_config, resolve_lengths
 
 # bfloat16 dense peak of one device, TFLOP/s, by jax device_kind (the spec sheets' figures).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "TPU v4": 275.0, "TPU v5e": 197.0,
@@ -96,6 +96,37 @@ def fmt_bytes(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
+def _scaled(x: float, units: tuple[tuple[float, str], ...]) -> str:
+    """`x` in the largest unit it reaches (the first otherwise), with three significant digits: the sizes of a
+    one-layer test model and of OLMo-7B both read as numbers, never as 0.000B or 0.00 TFLOP."""
+    scale, unit = next(((s, u) for s, u in reversed(units) if abs(x) >= s), units[0])
+    value = x / scale
+    return f"{value:.3g} {unit}" if value < 1000 else f"{value:,.0f} {unit}"
+
+
+def fmt_count(n: float) -> str:
+    """A parameter count: 30.5K, 1.18B."""
+    return _scaled(n, ((1, ""), (1e3, "K"), (1e6, "M"), (1e9, "B"), (1e12, "T"))).replace(" ", "")
+
+
+def fmt_flops(n: float) -> str:
+    """FLOPs: 512 MFLOP, 3.4 GFLOP, 1.2 TFLOP, 5.6 PFLOP."""
+    return _scaled(n, ((1, "FLOP"), (1e3, "kFLOP"), (1e6, "MFLOP"), (1e9, "GFLOP"), (1e12, "TFLOP"), (1e15, "PFLOP")))
+
+
+def fmt_seconds(s: float) -> str:
+    """A duration: < 0.01 s, 0.42 s, 12 s, 3.5 min, 2.1 h, 3.2 days."""
+    if s < 0.01:
+        return "< 0.01 s"
+    if s < 60:
+        return f"{s:.2g} s" if s < 10 else f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.2g} min" if s < 600 else f"{s / 60:.0f} min"
+    if s < 2 * 86400:
+        return f"{s / 3600:.2g} h" if s < 36000 else f"{s / 3600:.0f} h"
+    return f"{s / 86400:.3g} days"
+
+
 @dataclasses.dataclass
 class StepPlan:
     """One compiled step on one device: bytes from XLA's memory analysis, FLOPs from its cost analysis."""
@@ -163,22 +194,21 @@ class Plan:
 
     def report(self) -> str:
         mesh = " x ".join(f"{k} {v}" for k, v in self.mesh.items())
-        hours = self.seconds / 3600
         lines = [
-            f"plan: {self.n_params / 1e9:.3f}B parameters on {self.n_devices} device(s) ({mesh}); per device:",
+            f"plan: {fmt_count(self.n_params)} parameters on {self.n_devices} device(s) ({mesh}); per device:",
             f"  parameters      {fmt_bytes(self.param_bytes)}" + (
                 f" (+ {fmt_bytes(self.base_copy_bytes)} base copy kept for the next task)" if self.base_copy_bytes else ""),
             f"  optimizer       {fmt_bytes(self.optimizer_bytes)}",
             f"  train step      {self.train_shape}: temporaries {fmt_bytes(self.train.temp_bytes)}, "
-            f"{self.train.model_flops / self.n_devices / 1e12:.2f} model TFLOP "
-            f"(XLA cost analysis: {self.train.xla_flops / 1e12:.2f}, loop bodies counted once)",
+            f"{fmt_flops(self.train.model_flops / self.n_devices)} model "
+            f"(XLA cost analysis: {fmt_flops(self.train.xla_flops)}, loop bodies counted once)",
             f"  eval step       {self.eval_shape}: temporaries {fmt_bytes(self.eval.temp_bytes)}, "
-            f"{self.eval.model_flops / self.n_devices / 1e12:.2f} model TFLOP "
-            f"(XLA cost analysis: {self.eval.xla_flops / 1e12:.2f})",
+            f"{fmt_flops(self.eval.model_flops / self.n_devices)} model "
+            f"(XLA cost analysis: {fmt_flops(self.eval.xla_flops)})",
             f"  peak            {fmt_bytes(self.peak_bytes)}",
             f"  time            {self.n_tasks} tasks x ({self.steps_per_task} steps + {self.evals_per_task} x "
-            f"{self.eval_batches} eval batches): {hours:.1f} h at {self.mfu:.0%} MFU of "
-            f"{self.peak_tflops:.0f} TFLOP/s per device ({self.seconds / self.n_tasks / 60:.1f} min per task)",
+            f"{self.eval_batches} eval batches): {fmt_seconds(self.seconds)} at {self.mfu:.0%} MFU of "
+            f"{self.peak_tflops:.0f} TFLOP/s per device ({fmt_seconds(self.seconds / self.n_tasks)} per task)",
         ]
         if self.device_memory is not None:
             verdict = "fits" if self.fits else "does not fit"
@@ -275,7 +305,9 @@ def _step_plan(compiled, flops: float) -> StepPlan:
 
 
 def plan_run(config: PlanCommand) -> Plan:
-    """Build the model abstractly, compile collect's steps for the configured mesh and shapes, and plan."""
+    """Build the model abstractly, compile collect's steps for the configured mesh and shapes, and plan.
+    Buckets left to the length quantiles (known only once the data is read) are planned at the longest
+    length, --data.task-max-len resp. --data.max-len: the worst case."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -327,7 +359,7 @@ def plan_run(config: PlanCommand) -> Plan:
         train_step = make_stacked_train_step(split, tx, schedule=optim.schedule(), per_pass=per_pass)
         eval_step = make_stacked_eval_step(split, per_pass=per_pass)
 
-    B, T = t.batch_size, max(t.buckets)
+    B, T = t.batch_size, max(t.buckets or (config.data.task_max_len,))
     lead = ((K,) if K > 1 else ()) + ((t.grad_accum,) if t.grad_accum > 1 else ())
     bsh = lead_sharding(batch_sharding(mesh, B), len(lead))
     batch = [jax.ShapeDtypeStruct(lead + (B, T), d, sharding=bsh) for d in (jnp.int32, jnp.int32, jnp.bool_)]
@@ -335,7 +367,7 @@ def plan_run(config: PlanCommand) -> Plan:
         batch.append(jax.ShapeDtypeStruct((K,), jnp.bool_, sharding=replicated))
     train = _step_plan(train_step.lower(state, *batch).compile(),
                        model_flops(arch, math.prod(lead + (B, T)), T, t.mode))
-    EB, ET = config.eval.batch_size, max(config.eval.buckets)
+    EB, ET = config.eval.batch_size, max(config.eval.buckets or (config.data.max_len,))
     esh = batch_sharding(mesh, EB)
     ebatch = [jax.ShapeDtypeStruct((EB, ET), d, sharding=esh) for d in (jnp.int32, jnp.int32, jnp.bool_)]
     evaluate = _step_plan(eval_step.lower(state.params, *ebatch).compile(),
@@ -393,6 +425,7 @@ def plan(config: PlanCommand, echo=print) -> Plan:
     import jax
 
     check_plan(config)
+    asked, config = config, resolve_lengths(config)  # as collect resolves them (the model's context, the paper)
     result = plan_run(config)
     if result.fits is False and config.plan.suggest:
         for flags, changed in knob_changes(config, len(jax.devices())):
@@ -404,7 +437,32 @@ def plan(config: PlanCommand, echo=print) -> Plan:
             if est is not None:
                 result.suggestions.append(est)
     echo(result.report())
+    echo(closing([], next_steps=[f"python -m jaxforget.collect {' '.join(collect_flags(asked))}".rstrip()
+                                 + ("   (after the changes above)" if result.fits is False else "")]))
     return result
+
+
+def collect_flags(config: CollectConfig) -> list[str]:
+    """The flags of `config` that differ from collect's defaults, as typed (--plan.* left out): the collect
+    command that runs what was planned."""
+    def walk(value, default, prefix: str) -> list[str]:
+        out: list[str] = []
+        for f in dataclasses.fields(default):
+            v, d, name = getattr(value, f.name), getattr(default, f.name), f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(d) and dataclasses.is_dataclass(v):
+                out += walk(v, d, f"{name}.")
+            elif v != d:
+                flag = "--" + name.replace("_", "-")
+                if isinstance(v, bool):
+                    out.append(flag if v else f"--{prefix.replace('_', '-')}no-{f.name.replace('_', '-')}")
+                elif isinstance(v, tuple):
+                    out.append(" ".join([flag, *map(str, v)]))
+                else:
+                    out.append(f"{flag} {v}")
+        return out
+
+    return walk(CollectConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(CollectConfig)}),
+                CollectConfig(), "")
 
 
 def main(config: PlanCommand) -> int:

@@ -6,6 +6,12 @@ seeds, with the trivial baselines (zero, train_mean, revealed_mean, column_mean,
 scored on the same hidden entries and each method's gain over the best of them; the same numbers,
 per seed, go to a JSON file, and with ``--save-predictions`` every prediction goes to an npz.
 
+The JSON file's default name is the method set (``RUN/predict/additive+knn_baseline+mf.json`` for a run
+directory, ``predict_<name>/...`` beside a matrix file, ``predict_synthetic/...``): another method set
+never replaces it. It records the flags that made it (``flags``); the same flags again replace it,
+other flags are refused unless ``--force`` (the one rule of every command's outputs,
+:func:`jaxforget.store.check_output`).
+
     python -m jaxforget.predict                                  # planted synthetic matrix
     python -m jaxforget.predict --matrix runs/default            # a collected run
     python -m jaxforget.predict --matrix Z.npy --split 0.25 --methods additive knn_baseline mf:rank=10
@@ -29,8 +35,8 @@ from typing import Literal
 
 import numpy as np
 
-from jaxforget.cli import FINITE, Range, above, at_least, check_ranges, out_dir_error
-from jaxforget.store import MatrixData, atomic_write_json, atomic_write_npz, load_matrix
+from jaxforget.cli import FINITE, Range, above, at_least, check_ranges, closing, out_dir_error
+from jaxforget.store import MatrixData, atomic_write_json, atomic_write_npz, check_output, load_matrix, output_settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +84,10 @@ class PredictConfig:
     batch_size: int | None = None
     """Solve this many (seed, task) problems at a time instead of sizing batches from --memory."""
     out: Path | None = None
-    """JSON output. Default: RUN/predict.json for a run directory, predict_<name>.json beside a file, or
-    ./predict_synthetic.json."""
+    """JSON output. Default: named by the method set, e.g. RUN/predict/additive+knn_baseline+mf.json for a run
+    directory, predict_<name>/<methods>.json beside a file, ./predict_synthetic/<methods>.json."""
+    force: bool = False
+    """Replace an output JSON written with other flags (refused otherwise)."""
     save_predictions: Path | None = None
     """Also write every prediction here (npz): per seed and test task the hidden and revealed masks, the truth,
     and each baseline's and method's predicted row (labels, kinds, predictions [L, S, T, N], pred_thresholds,
@@ -125,11 +133,26 @@ def resolve_test_rows(spec: str | None, data: MatrixData, seed: int) -> list[int
 
 
 def _default_out(config: PredictConfig) -> Path:
+    """The output JSON when --out is not given: a directory per matrix, a file per method set."""
     if config.matrix is None:
-        return Path("predict_synthetic.json")
-    if config.matrix.is_dir():
-        return config.matrix / "predict.json"
-    return config.matrix.with_name(f"predict_{config.matrix.stem}.json")
+        folder = Path("predict_synthetic")
+    elif config.matrix.is_dir():
+        folder = config.matrix / "predict"
+    else:
+        folder = config.matrix.with_name(f"predict_{config.matrix.stem}")
+    return folder / f"{methods_slug(config.methods)}.json"
+
+
+def methods_slug(methods: tuple[str, ...]) -> str:
+    """A file name for a method set: the specs joined by '+', characters a file name should not hold
+    replaced; a long one cut and told apart by a hash of the whole."""
+    import hashlib
+    import re
+
+    slug = "+".join(re.sub(r"[^A-Za-z0-9_.=,-]+", "-", m.strip()) for m in methods)
+    if len(slug) > 80:
+        slug = f"{slug[:70]}-{hashlib.sha1('+'.join(methods).encode()).hexdigest()[:8]}"
+    return slug
 
 
 REP_DOT = "rep_dot"
@@ -168,6 +191,9 @@ def main(config: PredictConfig) -> dict:
 
     methods, rep = parse_methods(config.methods)  # bad names fail before any work
     check_flags(config)
+    out = config.out or _default_out(config)
+    settings = output_settings(config, leave_out=("out", "force", "save_predictions", "batch_size"))
+    check_output(out, settings, force=config.force)
     if rep and (config.matrix is None or not (config.matrix / "meta.json").exists()):
         raise ValueError(f"--methods {rep[0][0]}: the LM-based predictor needs --matrix RUN, a run directory of "
                          "`python -m jaxforget.collect` (its texts and base model); got "
@@ -220,23 +246,35 @@ def main(config: PredictConfig) -> dict:
                                     echo=lambda msg: print(msg, flush=True))
     print(result.table())
     report = dict(
-        matrix=data.source, shape=list(data.Z.shape), not_measured=n_nan,
+        flags=settings, matrix=data.source, shape=list(data.Z.shape), not_measured=n_nan,
         test_tasks=[data.row_names[i] for i in test_rows],
         config={f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
         versions=dict(python=platform.python_version(), jax=jax.__version__, numpy=np.__version__,
                       backend=jax.default_backend()),
         **result.to_json(),
     )
-    out = config.out or _default_out(config)
     atomic_write_json(out, report)
-    print(f"wrote {out}")
     if config.save_predictions is not None:
         arrays = result.arrays()
         arrays.update(test_tasks=np.array([data.row_names[i] for i in test_rows]), example_ids=np.array(data.col_ids))
         atomic_write_npz(config.save_predictions, **arrays)
         print(f"wrote {config.save_predictions} ({len(arrays['labels'])} predictors x {len(config.seeds)} seeds x "
               f"{len(test_rows)} test tasks x {data.Z.shape[1]} examples)")
+    print(closing([out, *([config.save_predictions] if config.save_predictions is not None else [])], first=out,
+                  next_steps=next_steps(config, result)))
     return report
+
+
+def next_steps(config: PredictConfig, result) -> list[str]:
+    """What to run after the benchmark: on a run, replay with the best method; else a run's own matrix."""
+    if config.matrix is None or not (config.matrix / "meta.json").exists():
+        return ["python -m jaxforget.predict --matrix runs/default   (a collected run's matrix)"]
+    plain = ("additive", "knn", "knn_baseline", "mf", "svd", "soft_impute")  # what replay's offline:<method> takes
+    scores = {label: s["rmse"]["mean"] for label, s in result.to_json()["summary"].items()
+              if label in plain and "rmse" in s}
+    best = min(scores, key=scores.get) if scores else "additive"
+    return [f"python -m jaxforget.replay {config.matrix} --strategies none random offline:{best}   "
+            f"(replay by {best}, the lowest RMSE here)"]
 
 
 def _names_text(names: list[str], shown: int = 8) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxforget.cli import Range, above, at_least, out_dir_error, range_errors
 from jaxforget.data.world import DOMAINS, WorldConfig, task_specs
+from jaxforget.data.world_tasks import MAX_TASKS
 
 
 PRETRAIN_VERSION = 2
@@ -120,13 +121,14 @@ class PretrainConfig:
 
 RANGES: dict[str, Range] = {
     # every int/float field of PretrainConfig's world, base and pretrain (collect's --world/--base/--pretrain too)
-    **dict.fromkeys(("world.n_people", "world.n_upstream", "world.n_tasks", "base.d_model", "base.n_layers", "base.n_heads",
+    **dict.fromkeys(("world.n_people", "world.n_upstream", "base.d_model", "base.n_layers", "base.n_heads",
                      "base.d_ff", "base.vocab_size", "base.max_positions", "pretrain.batch_size", "pretrain.buckets",
                      "pretrain.eval_per_domain"), at_least(1)),
     **dict.fromkeys(("world.seed", "pretrain.seed", "pretrain.warmup_steps", "pretrain.log_every",
                      "pretrain.weight_decay"), at_least(0)),
     **dict.fromkeys(("world.task_scale", "pretrain.epochs", "pretrain.lr"), above(0)),
     "world.n_countries": at_least(2), "base.max_len": at_least(2),
+    "world.n_tasks": Range(1, MAX_TASKS),  # as its help says: refused with the other flags, not at the world's build
 }
 
 

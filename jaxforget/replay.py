@@ -54,8 +54,10 @@ differ only in their scores. Every result records its draw's τ and effective sa
 fraction of the pool), the replayed and task loss tokens, and its stream.
 
 Outputs (``--out``, default ``RUN/replay``): ``results/<task>.s<seed>.<strategy>.npz`` (one per
-fine-tuning, written atomically; a rerun skips them), and ``summary.json``, ``report.md`` and TensorBoard
-events under ``tb/`` (:mod:`jaxforget.replay_report`: inference at the task level — one paired t-test per
+fine-tuning, written atomically; a rerun skips them), ``summary.json``, ``report.md``, ``heldout_forgetting.png``
+(per strategy the held-out forgetting of each task, the mean over tasks and its 95% interval), and
+TensorBoard events under the run's ``RUN/tb/replay`` (``RUN/tb/replay_<name>`` for another ``--out``)
+(:mod:`jaxforget.replay_report`: inference at the task level — one paired t-test per
 contrast, Holm-adjusted, intervals, an equivalence test and the minimum detectable effect — and the
 per-task and per-domain tables).
 """
@@ -78,7 +80,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from jaxforget.cli import Range, above, at_least, check_ranges, run, to_jsonable
+from jaxforget.cli import Range, above, at_least, check_ranges, closing, run, to_jsonable
 from jaxforget.collect import (CollectConfig, Engine, Setup, TaskSchedule, TrainLoop, build_engine, collect,
                                resolve_buckets, setup_from_run, task_seed)
 from jaxforget.collect.engine import make_tx
@@ -86,7 +88,7 @@ from jaxforget.collect.setup import tasks_path
 from jaxforget.completion import Method, complete_rows, evaluate, split_rows
 from jaxforget.data.batching import Batch, with_extra_rows
 from jaxforget.data.tokenize import Tokenized
-from jaxforget.replay_report import domain_counts, summarize, write_report
+from jaxforget.replay_report import FIGURE, domain_counts, summarize, write_report
 from jaxforget.selection import RULES, Draw, draw
 from jaxforget.store import RunDir, RunError, atomic_write_npz, read_json_object, read_npz
 from jaxforget.train import make_train_step
@@ -249,12 +251,15 @@ class ReplayConfig:
     its forgetting is shown to lie within (1 ± margin) x the reference's."""
     out: Path | None = None
     """Output directory. Default: RUN/replay."""
+    force: bool = False
+    """Start afresh in an output directory that holds a replay made with other flags (its results are deleted);
+    refused otherwise. The same flags resume it without --force."""
     quiet: bool = False
     """No progress bar and no INFO log lines (the results, warnings and errors still print)."""
 
 
 # Fields that may differ between a run and its resumption.
-_NOT_COMPARED = ("out", "quiet", "strategies", "tasks", "seeds", "cluster", "equivalence_margin")
+_NOT_COMPARED = ("out", "quiet", "force", "strategies", "tasks", "seeds", "cluster", "equivalence_margin")
 
 
 RANGES: dict[str, Range] = {
@@ -476,9 +481,9 @@ def load_context(config: ReplayConfig, echo=print) -> Context:
     train, eval_ = resolve_buckets(setup, cc.train, cc.eval)  # the replayed rows need the run's real buckets
     cc = dataclasses.replace(cc, train=train, eval=eval_)
     too_long = max(len(t.ids) for t in setup.upstream_tok)
-    if too_long > max(cc.train.buckets):
+    if too_long > max(train.buckets):
         raise ValueError(f"{run.meta_path}: upstream examples have up to {too_long} tokens, more than the run's "
-                         f"largest train bucket {max(cc.train.buckets)}: they cannot be replayed")
+                         f"largest train bucket {max(train.buckets)}: they cannot be replayed")
 
     task_rows, folds = replay_rows(config, task_names, Z)
     train_rows = [i for i in range(len(task_names)) if i not in task_rows and np.isfinite(Z[i]).any()]
@@ -790,11 +795,16 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
     out = config.out or config.run / "replay"
     store = RunDir(out)
     compared = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_COMPARED}
-    store.start(dict(config=to_jsonable(compared), run=str(config.run.absolute()),
-                     heldout_ids=[ctx.setup.upstream[j].id for j in ctx.columns.heldout],
-                     n_candidates=int(ctx.columns.candidates.size),
-                     train_tasks=[ctx.setup.task_names[i] for i in ctx.train_rows],
-                     versions=dict(jax=jax.__version__, backend=jax.default_backend())))
+    if config.force:
+        forget_other_replay(store, to_jsonable(compared), echo)
+    try:
+        store.start(dict(config=to_jsonable(compared), run=str(config.run.absolute()),
+                         heldout_ids=[ctx.setup.upstream[j].id for j in ctx.columns.heldout],
+                         n_candidates=int(ctx.columns.candidates.size),
+                         train_tasks=[ctx.setup.task_names[i] for i in ctx.train_rows],
+                         versions=dict(jax=jax.__version__, backend=jax.default_backend())))
+    except RunError as e:  # the same rule as analyze, predict and forecast: other flags need --force
+        raise RunError(f"{e} Or add --force to start afresh (its results are deleted).") from None
     store.update_meta(tasks=task_names, strategies=[s.label for s in strategies], seeds=list(config.seeds))
     echo(f"replay on {len(task_names)} tasks ({', '.join(task_names)}) x {len(config.seeds)} seeds x "
          f"{len(strategies)} strategies; {ctx.columns.heldout.size} held-out and {ctx.columns.candidates.size} "
@@ -836,13 +846,43 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
               f"{'' if config.replay_weight is None else f', replay loss added with weight {config.replay_weight:g}'}"
               f"{f'; {config.folds} cross-fitted folds' if config.folds else ''}; common random numbers across arms; "
               f"{ctx.columns.heldout.size} held-out / {ctx.columns.candidates.size} candidate examples.")
+    tb = tb_dir(config.run, out)
     report = write_report(out, summary, header=header, task_names=task_names, seeds=list(config.seeds),
                           config=to_jsonable(dataclasses.asdict(config)),
                           heldout_per_domain=domain_counts(domains, ctx.columns.heldout),
-                          pool_per_domain=domain_counts(domains, ctx.columns.candidates))
+                          pool_per_domain=domain_counts(domains, ctx.columns.candidates), tb_dir=tb)
     echo(report)
-    echo(f"wrote {out / 'report.md'} and {out / 'summary.json'}")
+    echo(closing([out / "report.md", out / FIGURE, out / "summary.json",
+                  f"{out / 'results'}/ ({len(jobs)} fine-tunings)", f"{tb}/ (TensorBoard: tensorboard --logdir "
+                                                                      f"{config.run / 'tb'})"],
+                 first=out / "report.md",
+                 next_steps=[f"python -m jaxforget.forecast {config.run} --task <a new task>   (forecast a task the run "
+                             "did not train)"]))
     return summary
+
+
+def forget_other_replay(store: RunDir, compared: dict[str, Any], echo) -> None:
+    """--force: an output directory whose meta.json records other flags loses that record and its results
+    (what :meth:`RunDir.start` would refuse), so that the replay starts afresh; the same flags keep them."""
+    import shutil
+
+    if not store.meta_path.exists():
+        return
+    try:
+        recorded = store.read_meta().get("config")
+    except RunError:
+        recorded = None
+    if recorded == compared:
+        return
+    echo(f"--force: {store.root} held a replay with other flags; its results are deleted")
+    shutil.rmtree(store.root / "results", ignore_errors=True)
+    store.meta_path.unlink()
+
+
+def tb_dir(run: Path, out: Path) -> Path:
+    """Where replay's TensorBoard events go: under the run's own tb/ (RUN/tb/replay, or RUN/tb/replay_<name>
+    for an --out elsewhere), so that `tensorboard --logdir RUN/tb` shows collect, analyze and replay together."""
+    return run / "tb" / ("replay" if Path(out) == Path(run) / "replay" else f"replay_{Path(out).name}")
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:

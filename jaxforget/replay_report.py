@@ -26,6 +26,9 @@ from jaxforget.inference import (bootstrap_interval, cluster_means, holm, minimu
 from jaxforget.store import atomic_write_json
 from jaxforget.tracking import open_tracker
 
+FIGURE = "heldout_forgetting.png"
+"""The report's figure, beside report.md."""
+
 SIGNS = "negative = less forgetting than the reference"
 """The sign of every change in forgetting that replay reports (report.md, summary.json, TensorBoard, console)."""
 
@@ -433,8 +436,10 @@ def report_markdown(summary: dict[str, Any], *, header: str, heldout_per_domain:
 
 def write_report(out: Path, summary: dict[str, Any], *, header: str, task_names: list[str], seeds: list[int],
                  config: dict[str, Any], heldout_per_domain: dict[str, int] | None = None,
-                 pool_per_domain: dict[str, int] | None = None) -> str:
-    """``out/summary.json``, ``out/report.md`` and TensorBoard scalars under ``out/tb``; returns the report.
+                 pool_per_domain: dict[str, int] | None = None, tb_dir: Path | None = None) -> str:
+    """``out/summary.json``, ``out/report.md``, ``out/heldout_forgetting.png`` (:func:`jaxforget.viz.arm_intervals`:
+    per strategy the task-level held-out forgetting, its mean and 95% t interval over tasks) and TensorBoard
+    scalars under ``tb_dir`` (default ``out/tb``; replay passes ``RUN/tb/replay``); returns the report.
 
     summary.json: the summary, the tasks and seeds, ``signs``, ``inference`` (unit, margin, alpha,
     confidence, power, bootstrap seed and resamples, Holm family sizes, the relative interval's method;
@@ -450,7 +455,12 @@ def write_report(out: Path, summary: dict[str, Any], *, header: str, task_names:
         inference=_settings(summary), fields=FIELDS, secondary=SECONDARY,
         heldout_per_domain=heldout_per_domain, pool_per_domain=pool_per_domain, config=config))
     (out / "report.md").write_text(report)
-    with open_tracker("tensorboard", out / "tb") as tracker:
+    from jaxforget import viz
+
+    fig, _ = viz.arm_intervals({label: [e["per_task"][t] for t in task_names] for label, e in summary.items()},
+                               title=f"Held-out forgetting per strategy: {len(task_names)} tasks x {len(seeds)} seeds")
+    viz.save_png(fig, out / FIGURE)
+    with open_tracker("tensorboard", tb_dir or out / "tb") as tracker:
         for label, e in summary.items():
             for i, t in enumerate(task_names):
                 if e["per_task"][t] is not None:

@@ -254,6 +254,37 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1] or 'value'}: {a!r} != {b!r}"]
 
 
+def output_settings(config: Any, *, leave_out: tuple[str, ...] = ("out", "force", "quiet")) -> dict[str, Any]:
+    """The fields of a command's config dataclass that shape its output, as JSON values (Paths as strings,
+    tuples as lists): what :func:`check_output` compares."""
+    import dataclasses
+
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in leave_out}
+    return json.loads(json.dumps(values, default=str))
+
+
+def check_output(record: Path, settings: dict[str, Any], *, force: bool, key: str = "flags") -> None:
+    """The one rule on a command's outputs, checked before any work: an output records the settings that
+    made it (``record``, a JSON file, under `key`); the same settings again replace it (the same question
+    gets the same place), other settings are refused, naming them, unless ``force``. Default output paths
+    keep the variants a user compares apart (forecast's offline / online / measured, predict's method
+    sets), so a refusal means the same place was asked for a different answer. (collect and replay apply
+    the rule through :meth:`RunDir.start`, and resume instead of replacing.)"""
+    if force or not record.exists():
+        return
+    try:
+        recorded = read_json_object(record, "a jaxforget output record").get(key)
+    except (OSError, ValueError):
+        recorded = None  # damaged or foreign: not ours to replace without --force
+    if recorded == settings:
+        return
+    diffs = (["it is not a jaxforget output record"] if not isinstance(recorded, dict) else
+             [f"--{d.replace('_', '-')}" for d in _diff(recorded, settings)])
+    shown = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+    raise RunError(f"{record}: holds the output of other settings ({shown}; recorded != now); add --force to replace "
+                   "it, or choose another --out")
+
+
 def read_npz(path: Path, required: tuple[str, ...] = (), *, hint: str = "delete it to recompute"
              ) -> dict[str, np.ndarray]:
     """Every array of an .npz file the run directory wrote, with the `required` keys present; a missing,

@@ -26,6 +26,10 @@ CMAP = "RdBu_r"  # blue (negative: improved) - white (0) - red (positive: forgot
 Z_LABEL = "Z (change in log-perplexity)"
 MISSING_COLOR = "0.75"
 DPI = 100
+LABEL_PT = 7
+"""The smallest text of any figure (task names, strip labels, ticks): readable in a report at 100%."""
+MAX_ROW_LABELS = 40
+"""Row names drawn beside a heatmap at most: more would overlap at :data:`LABEL_PT` on its height."""
 
 
 def symmetric_range(Z: Any, quantile: float = 0.99) -> float:
@@ -63,8 +67,8 @@ def _draw_matrix(fig: Figure, rect, Z: np.ndarray, vmax: float, *, title: str | 
     # rows and columns are indices: never a tick at 2.5
     main.xaxis.set_major_locator(MaxNLocator(integer=True))
     main.yaxis.set_major_locator(MaxNLocator(integer=True))
-    if row_labels is not None and len(row_labels) <= 60:
-        main.set_yticks(range(len(row_labels)), [str(s)[:24] for s in row_labels], fontsize=6)
+    if row_labels is not None and len(row_labels) <= MAX_ROW_LABELS:
+        main.set_yticks(range(len(row_labels)), [str(s)[:24] for s in row_labels], fontsize=LABEL_PT)
     if xlabel:
         main.set_xlabel(xlabel)
     if ylabel:
@@ -77,9 +81,9 @@ def _draw_matrix(fig: Figure, rect, Z: np.ndarray, vmax: float, *, title: str | 
                    interpolation="nearest")
         right.imshow(np.ma.masked_invalid(row_mean[:, None]), cmap=_cmap(), norm=norm, aspect="auto",
                      interpolation="nearest")
-        top.set_yticks([0], ["mean"], fontsize=6)
+        top.set_yticks([0], ["mean"], fontsize=LABEL_PT)
         top.tick_params(labelbottom=False)
-        right.set_xticks([0], ["mean"], fontsize=6)
+        right.set_xticks([0], ["mean"], fontsize=LABEL_PT)
         right.tick_params(labelleft=False)
         if title:
             top.set_title(title, fontsize=9)
@@ -124,31 +128,43 @@ def panels(matrices: Sequence[tuple[str, Any]], *, vmax: float, suptitle: str | 
 
 def r2_curve(r2: Mapping[str, float], *, title: str = "R² of low-rank fits",
              labels: Mapping[str, str] | None = None) -> Figure:
-    """R^2 of rank 1..k (``rank_<k>`` keys) against k, with the row-mean, column-mean and additive
-    (ridge and exact) fits as horizontal reference lines, named by ``labels`` (default: the keys)."""
-    fig = Figure(figsize=(6.0, 4.0), dpi=DPI)
-    ax = fig.add_axes((0.12, 0.13, 0.83, 0.77))
+    """Centred R^2 of rank 1..k (``rank_<k>`` keys) against k, each point labelled with its value, and the
+    row-mean, column-mean and additive (ridge and exact) fits as horizontal reference lines in their own
+    colours, named by ``labels`` (default: the keys) in a legend beside the axes (never over a line), the
+    y range padded so that no label is cut at the top."""
+    fig = Figure(figsize=(9.0, 4.0), dpi=DPI)
+    ax = fig.add_axes((0.09, 0.13, 0.5, 0.77))
     ranks = sorted(int(k.split("_")[1]) for k in r2 if k.startswith("rank_"))
     values = [r2[f"rank_{k}"] for k in ranks]
-    ax.plot(ranks, values, "o-", color="C3", label="rank k (multiplicative at k = 1)")
-    for key, style in (("additive_exact", (0, (5, 1))), ("additive", "--"), ("row_mean", ":"), ("col_mean", "-.")):
+    ax.plot(ranks, values, "o-", color="C3", label="rank k (multiplicative at k = 1)", zorder=3)
+    shown = list(values)
+    for key, style, color in (("additive_exact", (0, (5, 1)), "C0"), ("additive", "--", "C2"),
+                              ("row_mean", ":", "C4"), ("col_mean", "-.", "C1")):
         if key in r2:
             name = (labels or {}).get(key, key.replace("_", " "))
-            ax.axhline(r2[key], linestyle=style, color="0.3", label=f"{name} ({r2[key]:.3f})")
+            ax.axhline(r2[key], linestyle=style, color=color, linewidth=1.3, label=f"{name}: {r2[key]:.3f}")
+            shown.append(r2[key])
     for k, v in zip(ranks, values):
-        ax.annotate(f"{v:.3f}", (k, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        ax.annotate(f"{v:.3f}", (k, v), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=LABEL_PT)
+    finite = [v for v in shown if np.isfinite(v)] or [0.0, 1.0]
+    lo, hi = min(finite + [0.0]), max(finite)
+    pad = 0.08 * max(hi - lo, 0.1)
+    ax.set_ylim(lo - pad, hi + 2 * pad)  # room above the top point's label
     ax.set_xticks(ranks)
+    if len(ranks) == 1:
+        ax.set_xlim(ranks[0] - 0.5, ranks[0] + 0.5)
     ax.set_xlabel("rank k")
-    ax.set_ylabel("R²")
+    ax.set_ylabel("R² (centred: 1 − Σ(Z − fit)² / Σ(Z − mean Z)²)", fontsize=8)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=LABEL_PT + 1, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     ax.grid(alpha=0.3)
     return fig
 
 
 def task_distributions(Z: Any, row_names: Sequence[str], *, title: str) -> Figure:
     """Box plot of each task's forgetting over the examples (rows in the given order, first on top);
-    whiskers at the 5th / 95th percentiles, the mean as a dot, NaN left out."""
+    whiskers at the 5th / 95th percentiles, the mean as a dot, NaN left out. The examples beyond the
+    whiskers (10% of each task's) are not drawn, and the axis label says so."""
     Z = np.asarray(Z, np.float64)
     M = Z.shape[0]
     height = float(np.clip(0.16 * M + 1.5, 4.0, 24.0))
@@ -160,8 +176,9 @@ def task_distributions(Z: Any, row_names: Sequence[str], *, title: str) -> Figur
                whis=(5, 95), showfliers=False, widths=0.6)
     ax.plot([d.mean() if d.size else np.nan for d in data], positions, ".", color="C3", label="mean")
     ax.axvline(0, color="0.5", linewidth=0.8)
-    ax.set_yticks(positions, [str(s)[:30] for s in row_names], fontsize=6 if M > 40 else 8)
-    ax.set_xlabel(Z_LABEL)
+    ax.set_yticks(positions, [str(s)[:30] for s in row_names], fontsize=LABEL_PT if M > 40 else 8)
+    ax.set_xlabel(f"{Z_LABEL}\nbox: quartiles; whiskers: 5th-95th percentile; the 10% of examples beyond the "
+                  "whiskers are not drawn", fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     return fig
@@ -176,14 +193,44 @@ class Panel:
     xlabel: str
     ylabel: str
     note: str = ""  # e.g. "Pearson 0.41 (p 3e-4), Spearman 0.38 (p 1e-3)"
+    names: Sequence[str] | None = None
+    """One name per point (task names): every dot named when there are at most :data:`NAMED_POINTS`, else the
+    extreme ones (:func:`named_points`)."""
 
 
-def scatter_grid(panel_list: Sequence[Panel], *, title: str, ncols: int = 3) -> Figure:
-    """A grid of scatter plots (and box plots for categorical x), each annotated with its note."""
+NAMED_POINTS = 8
+"""Names a scatter panel writes at most: more would cover one another where the dots cluster."""
+
+
+def named_points(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points a panel names: all of them when few, else the extremes a reader asks about (the
+    four largest y, the two smallest, the smallest and the largest x), at most :data:`NAMED_POINTS`."""
+    if x.size <= NAMED_POINTS:
+        return np.arange(x.size)
+    by_y = np.argsort(-y, kind="stable")
+    picked = [*by_y[:4], *by_y[::-1][:2], int(np.argmin(x)), int(np.argmax(x))]
+    return np.array(sorted(set(int(i) for i in picked)))
+
+
+def informative(panel: Panel) -> bool:
+    """Whether a panel has something to show: at least two distinct x values among the points with both
+    coordinates (a statistic that is the same for every task, e.g. the steps of an uncapped run, has none)."""
+    y = np.asarray(panel.y, np.float64)
+    if any(isinstance(v, str) for v in panel.x):
+        return len({v for v, w in zip(panel.x, y) if v is not None and np.isfinite(w)}) >= 2
+    x = np.array([np.nan if v is None else float(v) for v in panel.x])
+    ok = np.isfinite(x) & np.isfinite(y)
+    return np.unique(x[ok]).size >= 2
+
+
+def scatter_grid(panel_list: Sequence[Panel], *, title: str, ncols: int = 3, subtitle: str = "") -> Figure:
+    """A grid of scatter plots (and box plots for categorical x), each annotated with its note, the dots
+    named (:attr:`Panel.names`) when few; ``subtitle`` (e.g. what the y scale means) under the title. Two
+    to four panels fill a compact grid (2 x 2 for four), so no panel is left empty without need."""
     n = max(len(panel_list), 1)
-    ncols = min(ncols, n)
+    ncols = min(ncols, n, 2 if n == 4 else ncols)
     nrows = -(-n // ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows + 0.5), dpi=DPI)
+    fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows + 0.5 + 0.3 * bool(subtitle)), dpi=DPI)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel()[len(panel_list):]:
         ax.set_axis_off()
@@ -197,14 +244,25 @@ def scatter_grid(panel_list: Sequence[Panel], *, title: str, ncols: int = 3) -> 
         else:
             x = np.array([np.nan if v is None else float(v) for v in p.x])
             ok = np.isfinite(x) & np.isfinite(y)
-            ax.scatter(x[ok], y[ok], s=6, alpha=0.5, color="C0", edgecolors="none")
+            few = p.names is not None and 0 < ok.sum() <= 200
+            ax.scatter(x[ok], y[ok], s=18 if few else 6, alpha=0.8 if few else 0.5, color="C0", edgecolors="none")
+            if few:
+                mid = (np.min(x[ok]) + np.max(x[ok])) / 2
+                kept = np.flatnonzero(ok)
+                for i in kept[named_points(x[kept], y[kept])]:  # names point inwards: none runs off the panel
+                    right = x[i] > mid
+                    ax.annotate(str(p.names[i])[:20], (x[i], y[i]), textcoords="offset points",
+                                xytext=(-3 if right else 3, 3), ha="right" if right else "left", fontsize=LABEL_PT,
+                                color="0.25")
+                ax.margins(x=0.15, y=0.12)  # room for the names at the edges
         ax.set_xlabel(p.xlabel, fontsize=8)
         ax.set_ylabel(p.ylabel, fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=LABEL_PT)
         if p.note:
-            ax.set_title(p.note, fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.12, top=0.88, hspace=0.55, wspace=0.3)
+            ax.set_title(p.note, fontsize=LABEL_PT)
+    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10 if not subtitle else 9)
+    top = 0.88 - (0.06 if subtitle else 0.0) * (2.0 / max(nrows, 1)) ** 0.5
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.12, top=top, hspace=0.55, wspace=0.3)
     return fig
 
 
@@ -257,6 +315,82 @@ def block_heatmap(R: Any, blocks: Sequence[tuple[np.ndarray, np.ndarray]], *, vm
             ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), nc, nr, fill=False, edgecolor="k", linewidth=1.2))
             ax.annotate(f"block {b + 1}", (c0 + nc / 2, r0 - 0.5), ha="center", va="bottom", fontsize=7)
     return fig, dict(rows=row_order, cols=col_order, seed=seed)
+
+
+def arm_intervals(per_task: Mapping[str, Sequence[float | None]], *, title: str,
+                  reference: str | None = "none") -> tuple[Figure, dict[str, dict[str, float | None]]]:
+    """Replay's held-out forgetting per arm (strategy), at the task level: each task's value (seeds
+    averaged) as a grey dot, the mean over tasks with its 95% t interval (over tasks, as the report's
+    primary table counts them) as a bar, arms top to bottom in the given order, and the ``reference`` arm's
+    mean as a dashed line when it ran. Returns the figure and the plotted numbers per arm (``mean``,
+    ``low``, ``high``, ``n``; the interval None with fewer than 2 tasks)."""
+    from jaxforget.inference import paired_t
+
+    labels = list(per_task)
+    fig = Figure(figsize=(7.0, float(np.clip(0.5 * len(labels) + 1.6, 3.0, 12.0))), dpi=DPI)
+    ax = fig.add_axes((0.3, 0.18, 0.65, 0.7))
+    numbers: dict[str, dict[str, float | None]] = {}
+    for y, label in enumerate(labels[::-1]):
+        v = np.array([x for x in per_task[label] if x is not None and np.isfinite(x)], np.float64)
+        if not v.size:
+            numbers[label] = dict(mean=None, low=None, high=None, n=0)
+            continue
+        t = paired_t(v, np.zeros_like(v))
+        low, high = (float(t["low"]), float(t["high"])) if v.size >= 2 else (None, None)
+        numbers[label] = dict(mean=float(v.mean()), low=low, high=high, n=int(v.size))
+        ax.plot(v, np.full(v.size, y) + np.linspace(-0.15, 0.15, v.size), ".", color="0.6", markersize=4,
+                label="a task (seeds averaged)" if y == len(labels) - 1 else None)
+        err = None if low is None else [[v.mean() - low], [high - v.mean()]]
+        ax.errorbar([v.mean()], [y], xerr=err, fmt="o", color="C3", capsize=4,
+                    label="mean over tasks, 95% t interval" if y == len(labels) - 1 else None)
+    ref = numbers.get(reference or "", {}).get("mean")
+    if ref is not None:
+        ax.axvline(ref, color="0.4", linestyle="--", linewidth=0.8, label=f"{reference} (mean)")
+    ax.set_yticks(range(len(labels)), labels[::-1], fontsize=8)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    ax.set_xlabel("held-out forgetting (mean Z on the never-replayed examples; lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
+    ax.grid(alpha=0.3, axis="x")
+    return fig, numbers
+
+
+def forecast_row(predicted: Any, revealed: Any, measured: Any | None = None, *, title: str) -> Figure:
+    """A forecast's row of Z: the predicted values of the N upstream examples sorted (a line), the ``k``
+    measured (revealed) entries as orange dots at their rank, and with the whole row measured
+    (``measured``, forecast --measure-all) the measured values as grey dots, plus a second panel of
+    predicted against measured on the examples not revealed, with the line y = x."""
+    pred = np.asarray(predicted, np.float64)
+    rev = np.asarray(revealed, bool)
+    order = np.argsort(pred, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    two = measured is not None
+    fig = Figure(figsize=(11.0 if two else 7.0, 4.2), dpi=DPI)
+    ax = fig.add_axes((0.08, 0.14, 0.5 if two else 0.86, 0.74))
+    if two:
+        z = np.asarray(measured, np.float64)
+        ax.plot(rank[~rev], z[~rev], ".", color="0.65", markersize=3, label="measured (not revealed)")
+    ax.plot(np.arange(order.size), pred[order], "-", color="C0", linewidth=1.4, label="predicted")
+    ax.plot(rank[rev], pred[rev], "o", color="C1", markersize=4, label=f"revealed ({int(rev.sum())} measured)")
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    ax.set_xlabel("upstream examples, sorted by the predicted value")
+    ax.set_ylabel(Z_LABEL)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    if two:
+        hidden = ~rev & np.isfinite(z)
+        bx = fig.add_axes((0.67, 0.14, 0.3, 0.74))
+        bx.scatter(z[hidden], pred[hidden], s=5, alpha=0.5, color="C0", edgecolors="none")
+        lo = float(np.nanmin([z[hidden].min(initial=0), pred[hidden].min(initial=0)]))
+        hi = float(np.nanmax([z[hidden].max(initial=0), pred[hidden].max(initial=0)]))
+        bx.plot([lo, hi], [lo, hi], "--", color="0.4", linewidth=0.8, label="y = x")
+        rmse = float(np.sqrt(np.mean((pred[hidden] - z[hidden]) ** 2))) if hidden.any() else float("nan")
+        bx.set_title(f"not revealed: RMSE {rmse:.4f}", fontsize=9)
+        bx.set_xlabel("measured Z")
+        bx.set_ylabel("predicted Z")
+        bx.legend(fontsize=7, loc="upper left")
+    return fig
 
 
 def fit_inside(fig: Figure, *, pad: float = 4.0, rounds: int = 4) -> Figure:

@@ -30,7 +30,7 @@ for isa in ("native", "AVX2"):
     f = np.load(work / f"run_{isa}" / "forgetting.npz")
     Z, names = f["Z"], [str(x) for x in f["task_names"]]
     row = Z.mean(1)
-    pred = json.loads((work / f"run_{isa}" / "predict.json").read_text())
+    pred = json.loads((work / f"run_{isa}" / "predict" / "additive+knn_baseline+mf.json").read_text())
     runs[isa] = (Z, names, row, fit_table(Z), pred)
     print(f"{isa:>6}: Z mean {Z.mean():.4f} std {Z.std():.4f} positive {np.mean(Z > 0):.1%}; "
           f"arith_chain {row[names.index('arith_chain')]:+.3f}; most {[names[i] for i in np.argsort(-row)[:3]]}, "

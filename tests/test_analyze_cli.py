@@ -84,9 +84,9 @@ def test_run_directory_full_analysis(run_dir):
     result = cli([str(run), "--max-rank", "3"])
     out = run / "analysis"
     sizes = {"heatmap_sorted.png": (10, 6), "rank1_residual.png": (16, 5), "component_1.png": (10, 6),
-             "component_2.png": (10, 6), "component_3.png": (10, 6), "r2_vs_rank.png": (6, 4),
-             "task_distributions.png": (8, 0.16 * M + 1.5), "correlations_tasks.png": (12.6, 7.3),
-             "correlations_examples.png": (12.6, 3.9), "residual_blocks.png": (10, 6), "r2_over_steps.png": (6, 4)}
+             "component_2.png": (10, 6), "component_3.png": (10, 6), "r2_vs_rank.png": (9, 4),
+             "task_distributions.png": (8, 0.16 * M + 1.5), "correlations_tasks.png": (12.6, 7.6),
+             "correlations_examples.png": (12.6, 4.2), "residual_blocks.png": (10, 6), "r2_over_steps.png": (6, 4)}
     assert sorted(f.name for f in out.glob("*.png")) == sorted(sizes)
     for name, size in sizes.items():
         check_png(out / name, size)
@@ -131,7 +131,7 @@ def test_run_directory_full_analysis(run_dir):
     assert [e.step for e in acc.Scalars("over_steps/r2_rank1")] == [50, 100]
     assert {f"analyze/{name[:-4]}" for name in sizes} <= set(acc.Tags()["images"])
     img = acc.Images("analyze/r2_vs_rank")[0]
-    assert (img.width, img.height) == (600, 400)
+    assert (img.width, img.height) == (900, 400)
 
 
 def test_bare_matrix_with_nan_and_column_sample(tmp_path):
@@ -216,6 +216,14 @@ def test_one_task_run_writes_what_is_computable_and_says_what_is_not(tmp_path, r
         {f.name for f in out.glob("*.png")}
     assert "correlations_tasks.png" not in {f.name for f in out.glob("*.png")}
     assert json.loads((out / "analysis.json").read_text())["not_computed"] == result["not_computed"]
+    # the closing block names report.md first and the next command; other flags in the same place need --force
+    assert f"open first  {out / 'report.md'}" in console.splitlines()
+    assert console.splitlines()[-1] == (f"next        python -m jaxforget.predict --matrix {one}   "
+                                        "(can forgetting be predicted?)")
+    with pytest.raises(SystemExit) as e:
+        cli([str(one), "--tracker", "none", "--max-rank", "1"])
+    assert e.value.code == 2 and f"{out / 'analysis.json'}: holds the output of other settings (--max-rank: 5 != 1" \
+        in capsys.readouterr().err
 
 
 def test_labels_of_the_fit_table_and_p_values(run_dir, tmp_path):

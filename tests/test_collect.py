@@ -98,11 +98,14 @@ def test_the_train_step_compiles_once_per_shape_across_tasks(reference):
 
     meta = RunDir(reference).read_meta()
     setup = build_setup(tiny(reference), echo=lambda *_: None)
+    from jaxforget.collect.config import resolve_lengths
+
+    resolved = resolve_lengths(tiny(reference))  # the built-in buckets (unset flags)
     shapes = set()
     for name in TASKS:
-        shapes |= set(Batcher(setup.task_train[name], batch_size=8, buckets=TrainConfig().buckets).shapes)
+        shapes |= set(Batcher(setup.task_train[name], batch_size=8, buckets=resolved.train.buckets).shapes)
     assert meta["compilations"]["train_step"] == len(shapes) < 3 * len(shapes)
-    assert meta["compilations"]["eval_step"] <= len(EvalConfig().buckets)
+    assert meta["compilations"]["eval_step"] <= len(resolved.eval.buckets) == 4
 
 
 def test_sidecar_files_describe_tasks_and_examples(reference):
@@ -242,10 +245,47 @@ def test_console_one_line_per_task_and_a_progress_bar_that_ends_at_its_total(cac
     for i, (name, line) in enumerate(zip(TASKS, task_lines)):
         assert re.fullmatch(rf"task {i + 1}/3 {name}: {steps[i]} steps, train loss \d+\.\d{{3}} -> \d+\.\d{{3}}, "
                             r"mean forgetting [+-]\d\.\d{4}", line), line
+    # the epoch cap is announced before training (issue 27), and the run ends naming its files and next step
+    lo, hi = min(steps), max(steps)
+    assert [x for x in lines if "cuts --train.max-steps" in x] == [
+        f"--train.max-epochs 0.5 cuts --train.max-steps {config.train.max_steps} to {lo if lo == hi else f'{lo}-{hi}'} "
+        f"steps on 3 of 3 tasks ({', '.join(TASKS)}): a task's training set is seen at most 0.5 times; raise "
+        "--train.max-epochs to train longer"]
+    end = lines[-1].splitlines()
+    assert f"wrote       {out / 'forgetting.npz'}" in end and f"open first  {out / 'summary.md'}" in end
+    assert end[-1] == f"next        python -m jaxforget.analyze {out}"
+    assert "R² (centred)" in (out / "summary.md").read_text()
     meta = RunDir(out).read_meta()
     assert Path(meta["model_dir"]).is_absolute()
     # --save-models may differ on a resume (it writes extra files, it does not change Z)
     assert collect(dataclasses.replace(config, save_models=True), echo=lines.append) == 0
+
+
+def test_the_closing_summary_is_an_aligned_table_that_ranks_only_enough_tasks(monkeypatch):
+    from jaxforget.collect.run import summarize
+
+    # the fits themselves are tested in tests/completion; here the table (fully measured: rank 1 = multiplicative)
+    fits = dict(row_mean=0.5, col_mean=0.1, additive=0.55, additive_exact=0.6, multiplicative=0.7, rank_1=0.7,
+                rank_2=0.8)
+    monkeypatch.setattr("jaxforget.collect.run.fit_table", lambda Z, ranks: dict(fits))
+
+    rng = np.random.default_rng(0)
+    alpha = np.linspace(-0.05, 0.2, 10)  # two tasks improve on average (negative mean Z)
+    Z = (alpha[:, None] + 0.01 * rng.standard_normal((10, 30))).astype(np.float32)
+    names, ids = [f"t{i}" for i in range(10)], [f"ex{j}" for j in range(30)]
+    text = summarize(dict(Z=Z, failed=np.zeros(10, bool)), names, ids)
+    lines = text.splitlines()
+    col = len(lines[0]) - len(lines[0][1:].lstrip())  # where the first line's value ("Z   10 tasks ...") starts
+    assert col == len("  multiplicative (α_i β_j, rank 1)") + 2  # the longest label, then two spaces
+    assert all(line[col - 2:col] == "  " and line[col] != " " for line in lines), text  # values in one column
+    assert sum("rank 1" in line for line in lines) == 1 and not any("rank_1" in line for line in lines)
+    most = next(line for line in lines if line.startswith("most forgetting tasks"))
+    least = next(line for line in lines if line.startswith("least forgetting tasks"))
+    assert most.split()[3:][::2] == ["t9", "t8", "t7"] and least.split()[3:][::2] == ["t0", "t1", "t2"]
+    assert least.split()[4].startswith("-0.0") and most.split()[4].startswith("+0.1")  # signs read right
+    # three tasks: no task ranking (it would list the same tasks twice, reversed)
+    three = summarize(dict(Z=Z[:3], failed=np.zeros(3, bool)), names[:3], ids)
+    assert "forgetting tasks" not in three and "most forgotten examples" in three
 
 
 def test_a_run_of_an_older_version_resumes_under_the_same_flags(reference, tmp_path):

@@ -13,7 +13,7 @@ from test_collect import flags
 
 from jaxforget.cli import numeric_fields
 from jaxforget.collect import CollectConfig, TrainConfig, check_config, cli
-from jaxforget.collect.config import RANGES, DataConfig, LoraTarget
+from jaxforget.collect.config import RANGES, DataConfig, LoraTarget, ModelConfig, resolve_lengths
 
 BAD_FLAGS = [
     (["--train.lr", "nan"], "--train.lr must be a finite number > 0; got nan"),
@@ -57,8 +57,8 @@ def test_a_bad_flag_is_refused_by_name_before_anything_is_written(tmp_path, caps
 
 
 def test_every_numeric_flag_has_a_range():
-    full = CollectConfig(mesh=(1,), tasks_per_pass=1, num_processes=1, process_id=0,  # the optional ones given
-                         data=DataConfig(chunk_tokens=64, chunk_docs=10))
+    full = resolve_lengths(CollectConfig(mesh=(1,), tasks_per_pass=1, num_processes=1, process_id=0,  # all given
+                                         data=DataConfig(chunk_tokens=64, chunk_docs=10)))
     assert set(numeric_fields(full)) == set(RANGES)
     check_config(dataclasses.replace(full, distributed=True))  # the defaults are in range
 
@@ -97,3 +97,40 @@ def test_the_whole_config_is_checked_not_only_the_fields_collect_reads_first():
     bad = dataclasses.replace(CollectConfig(), log_every=0, train=TrainConfig(lr=float("nan")))
     with pytest.raises(ValueError, match=r"^--train.lr must be a finite number > 0; got nan; --log-every must be >= 1"):
         check_config(bad)
+
+
+def test_length_defaults_follow_the_model(tmp_path, capsys):
+    import json
+
+    # the built-in world keeps its lengths and buckets: the default run's configuration (and Z) as before
+    builtin = resolve_lengths(CollectConfig())
+    assert (builtin.data.max_len, builtin.data.task_max_len) == (64, 96)
+    assert (builtin.train.buckets, builtin.eval.buckets) == ((32, 48, 64, 96), (16, 32, 48, 64))
+    assert resolve_lengths(builtin) is builtin
+    # another length for the built-in model: buckets from the quantiles, not ones too short for it
+    longer = resolve_lengths(CollectConfig(data=DataConfig(max_len=128)))
+    assert (longer.data.max_len, longer.eval.buckets, longer.train.buckets) == (128, (), ())
+
+    def model(context: int) -> CollectConfig:
+        path = tmp_path / f"m{context}"
+        path.mkdir(exist_ok=True)
+        (path / "config.json").write_text(json.dumps(dict(
+            architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=64, num_hidden_layers=1,
+            num_attention_heads=4, num_key_value_heads=4, intermediate_size=128, vocab_size=256,
+            max_position_embeddings=context)))
+        return CollectConfig(model=ModelConfig(path=path))
+
+    # --model.path: the paper's recipe (documents up to 2048 tokens, tasks 1024) within the model's context
+    olmo = resolve_lengths(model(4096))
+    assert (olmo.data.max_len, olmo.data.task_max_len, olmo.train.buckets, olmo.eval.buckets) == (2048, 1024, (), ())
+    short = resolve_lengths(model(512))
+    assert (short.data.max_len, short.data.task_max_len) == (512, 512)
+    given = resolve_lengths(CollectConfig(model=short.model, data=DataConfig(max_len=64)))
+    assert (given.data.max_len, given.data.task_max_len) == (64, 512)  # a given value is kept
+    check_config(dataclasses.replace(model(1024), out=tmp_path / "run"))  # the resolved defaults pass the checks
+    # and --help says so
+    with pytest.raises(SystemExit):
+        cli(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Default: 64 for the built-in base model; with --model.path, the model's context" in text
+    assert "with --model.path, the paper's fine-tuning length 1024" in text

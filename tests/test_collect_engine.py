@@ -101,3 +101,20 @@ def test_empty_bucket_lists_are_chosen_from_the_length_quantiles(rebuilt):
     assert train.buckets == quantile_buckets(task_lengths) and max(train.buckets) >= task_lengths.max()
     assert ev.buckets == quantile_buckets(up_lengths) and max(ev.buckets) >= up_lengths.max()
     assert resolve_buckets(setup, config.train, config.eval) == (config.train, config.eval)  # given lists are kept
+
+
+def test_the_epoch_cap_is_announced_when_it_cuts_max_steps(rebuilt):
+    import dataclasses
+
+    from jaxforget.collect.loop import epoch_cap_note
+
+    config, setup, _ = rebuilt
+    name = setup.task_names[0]
+    engine = build_engine(setup, config)
+    capped = dataclasses.replace(engine, train=dataclasses.replace(config.train, max_steps=100_000))
+    n = capped.schedule(name, setup.task_train[name], seed=0).n_steps
+    assert n < 100_000  # the tiny task's 3 epochs
+    assert epoch_cap_note({name: n, "other": 100_000}, 100_000, 3.0) == (
+        f"--train.max-epochs 3 cuts --train.max-steps 100000 to {n} steps on 1 of 2 tasks ({name}): a task's "
+        "training set is seen at most 3 times, as in the paper; raise --train.max-epochs to train longer")
+    assert epoch_cap_note({name: 12}, 12, 3.0) is None  # the tiny run's 12 steps: nothing cut, nothing said

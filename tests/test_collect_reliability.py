@@ -178,6 +178,15 @@ def test_nan_weights_are_refused_before_any_task_is_trained(cache, tmp_path, cap
     assert not RunDir(out).finished() and not RunDir(out).base_path.exists()
 
 
+def test_a_corpus_smaller_than_n_upstream_is_refused_naming_the_flag(cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli([*flags(out), "--data.n-upstream", "5000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data.n-upstream 5000: cannot sample 5000 upstream examples from a corpus of 1500")
+    assert err.count("\n") == 1 and "give --data.n-upstream at most the corpus size" in err
+    assert not RunDir(out).finished()
+
+
 # ------------------------------------------------------------------------------------------------
 # Subprocesses (slow): a real SIGKILL from outside, two processes at once, shard jobs at once
 

@@ -98,7 +98,7 @@ def test_two_process_run_equals_one_process_and_only_process_0_writes(cache, tmp
     # checkpoints and gathers that implies) and every batch too.
     p0, p1 = _run_two_processes([*small_flags(out), "--mesh", *map(str, MESH)], cache)
     assert p0.returncode == 0 and p1.returncode == 0, (p0.stderr[-3000:], p1.stderr[-3000:])
-    assert "3 tasks, 1 already done" in p0.stdout and f"wrote {out / 'forgetting.npz'}" in p0.stdout
+    assert "3 tasks, 1 already done" in p0.stdout and f"wrote       {out / 'forgetting.npz'}" in p0.stdout
     # Only process 0 echoes. gloo announces its connections on stdout from several threads, so its
     # lines can arrive in fragments: compare with what process 0 echoed instead of expecting silence.
     ours = [line for line in p0.stdout.splitlines() if len(line) > 20 and "Gloo" not in line and "peer" not in line]

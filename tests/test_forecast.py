@@ -26,9 +26,14 @@ def test_forecast_measures_k_scores_against_the_row_and_appends_it_as_collect_wo
 
     run = tmp_path / "run"
     shutil.copytree(two_tasks, run)
+    lines: list[str] = []
     summary = main(ForecastConfig(run=run, task=TASKS[2], k=10, seeds=(0, 1), measure_all=True, append=True,
-                                  top_n=5), echo=lambda *_: None)
-    out = run / "forecast" / TASKS[2]
+                                  top_n=5), echo=lines.append)
+    out = run / "forecast" / TASKS[2] / "measured"  # --measure-all's own directory
+    end = lines[-1].splitlines()  # the files, top.md first to open, the next command
+    assert end[0] == f"wrote       {out / 'top.md'}" and f"open first  {out / 'top.md'}" in end
+    assert end[-1] == f"next        python -m jaxforget.analyze {run}   (the run, now with {TASKS[2]})"
+    assert (out / "forecast.png").stat().st_size > 0
     f = np.load(out / "forecast.npz")
     ref = np.load(RunDir(tiny_run).forgetting_path)
     # the measured row is the row collect trains for this task at this position: bit for bit on one machine
@@ -112,12 +117,19 @@ def test_forecast_refuses_a_task_of_the_run_and_bad_flags(two_tasks, capsys):
     assert "'no_such_task': not a file, and not a task of the run's source" in capsys.readouterr().err
 
 
-def test_online_forecast_without_measuring_the_row(two_tasks, tmp_path):
-    out = tmp_path / "fc"
-    summary = main(ForecastConfig(run=two_tasks, task=TASKS[2], k=8, online=True, online_fraction=0.5, out=out),
-                   echo=lambda *_: None)
+def test_online_forecast_without_measuring_the_row(two_tasks, tmp_path, capsys):
+    config = ForecastConfig(run=two_tasks, task=TASKS[2], k=8, online=True, online_fraction=0.5)
+    summary = main(config, echo=lambda *_: None)
+    out = two_tasks / "forecast" / TASKS[2] / "online"  # its own directory: no other variant replaces it
+    assert summary["flags"]["k"] == 8 and (out / "forecast.png").exists()
     assert summary["scores"] is None and summary["forward_passes"]["measure_all"] == 0
     assert summary["measured_at_step"] == -(-summary["steps"] // 2)
     f = np.load(out / "forecast.npz")
     assert "z" not in f.files and f["revealed/seed0"].size == 8
     assert "Not scored" in (out / "report.md").read_text()
+    # other flags in the same directory are refused before any work, naming them; --force replaces
+    with pytest.raises(SystemExit) as e:
+        cli([str(two_tasks), "--task", TASKS[2], "--online", "--online-fraction", "0.5", "--k", "9"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"error: {out / 'summary.json'}: holds the output of other settings (--k: 8 != 9" in err
+    assert "add --force to replace it" in err

@@ -63,11 +63,29 @@ def test_tiny_plan_counts_bytes_per_device(tmp_path, capsys):
     assert p32.param_bytes == 4 * n_params and p32.base_copy_bytes == 4 * n_params
     assert p32.optimizer_bytes == 8 * n_params + 4 * 2  # two float32 moments + Adam's and the schedule's counts
     assert p32.fits and p32.train.temp_bytes > 0 and p32.eval.temp_bytes > 0
-    assert "fits in" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "fits in" in printed
+    # a small model's sizes in units that fit it, never 0.000B parameters, 0.00 TFLOP or 0.0 h (issue 27)
+    assert f"plan: {planmod.fmt_count(p32.n_params)} parameters" in printed and "K parameters" in printed
+    assert "0.000B" not in printed and "0.00 " not in printed and " 0.0 h" not in printed
+    # it ends with the collect command that runs what was planned (collect's flags, not --plan.*)
+    assert printed.splitlines()[-2:] == ["wrote  nothing", (
+        f"next   python -m jaxforget.collect --model.path {path} --data.max-len 32 --data.task-max-len 32 "
+        "--train.batch-size 4 --train.buckets 32 --eval.batch-size 4 --eval.buckets 32")]
+    assert planmod.collect_flags(dataclasses.replace(planmod.PlanCommand(), eval=dataclasses.replace(
+        planmod.PlanCommand().eval, em_base_correct_only=False))) == ["--eval.no-em-base-correct-only"]
     bf = planmod.plan_run(planmod.PlanCommand(**_parse(tiny_args(path, "--model.param-dtype", "bfloat16"))))
     assert bf.param_bytes == 2 * n_params and bf.optimizer_bytes == p32.optimizer_bytes  # moments stay float32
     tight = dataclasses.replace(p32, device_memory=planmod.parse_bytes("100KB"))
     assert tight.fits is False and "does not fit in" in tight.report()
+
+
+def test_sizes_are_printed_in_units_that_fit():
+    assert [planmod.fmt_count(n) for n in (950, 30_528, 1.177e9, 6.9e9)] == ["950", "30.5K", "1.18B", "6.9B"]
+    assert [planmod.fmt_flops(f) for f in (5.12e8, 3.4e9, 1.2e12, 2.5e15)] == [
+        "512 MFLOP", "3.4 GFLOP", "1.2 TFLOP", "2.5 PFLOP"]
+    assert [planmod.fmt_seconds(s) for s in (6e-5, 0.42, 12, 210, 7560, 3 * 86400)] == [
+        "< 0.01 s", "0.42 s", "12 s", "3.5 min", "2.1 h", "3 days"]
 
 
 def _parse(argv):

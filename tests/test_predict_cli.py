@@ -73,13 +73,33 @@ def test_split_by_fraction_indices_and_names(tmp_path, Z):
         resolve_test_rows("12", data, 0)
 
 
+def saved_k(path) -> int:
+    return json.loads(path.read_text())["flags"]["k"]
+
+
 def test_cli_writes_a_report(tmp_path, Z, capsys):
     with open(tmp_path / "ref.pkl", "wb") as fh:
         pickle.dump({"train_mat": Z[:7], "test_mat": Z[7:]}, fh)
-    out = tmp_path / "res.json"
-    report = cli(["--matrix", str(tmp_path / "ref.pkl"), "--methods", "additive", "knn", "--k", "10",
-                  "--seeds", "0", "1", "--out", str(out), "--top-n", "5"])
+    argv = ["--matrix", str(tmp_path / "ref.pkl"), "--methods", "additive", "knn", "--k", "10", "--seeds", "0", "1",
+            "--top-n", "5"]
+    report = cli(argv)
+    out = tmp_path / "predict_ref" / "additive+knn.json"  # named by the method set: another set has its own file
     printed = capsys.readouterr().out
+    assert printed.splitlines()[-3:] == [f"wrote       {out}", f"open first  {out}",
+                                         "next        python -m jaxforget.predict --matrix runs/default   "
+                                         "(a collected run's matrix)"]
+    # another method set has its own file; the same file asked for other flags is refused before any work,
+    # naming them, and replaced with --force
+    from jaxforget.predict import PredictConfig, _default_out
+    from jaxforget.store import check_output
+
+    assert _default_out(PredictConfig(matrix=tmp_path / "ref.pkl", methods=("additive",))) == out.with_name(
+        "additive.json")
+    assert _default_out(PredictConfig(matrix=tmp_path / "ref.pkl", methods=("mf:rank=10",))).name == "mf-rank=10.json"
+    with pytest.raises(SystemExit) as e:
+        cli([*argv, "--k", "5"])
+    assert e.value.code == 2 and f"{out}: holds the output of other settings (--k: 10 != 5" in capsys.readouterr().err
+    check_output(out, {"k": 5}, force=True)  # --force: no question asked
     assert "| additive |" in printed and "| knn |" in printed
     assert "3 test tasks (test0, test1, test2)" in printed  # named, not only counted
     saved = json.loads(out.read_text())

@@ -410,13 +410,15 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
         assert weighted == pytest.approx(e["heldout_forgetting"], rel=1e-5)
     assert summary["none"]["replayed_domains"] == {}
     assert sum(summary["random"]["replayed_domains"].values()) == pytest.approx(1.0)
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    tb = run_dir / "tb" / "replay_out"  # under the run's tb/, beside collect's events (issue 27)
+    assert list(tb.glob("events.out.tfevents.*")) and not (out / "tb").exists()
+    assert (out / "heldout_forgetting.png").stat().st_size > 0
     saved = json.loads((out / "summary.json").read_text())
     assert "negative = less forgetting" in saved["signs"]
     change = saved["summary"]["offline:additive"]["vs_none"]["relative_change"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0}).Reload()
+    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0}).Reload()
     assert acc.Scalars("change_vs_none/offline_additive")[0].value == pytest.approx(change, rel=1e-6)
     assert saved["inference"]["unit"] == "task" and saved["inference"]["margin"] == 0.03
     assert "pairs_needed" not in json.dumps(saved) and "power" not in saved
@@ -424,7 +426,11 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
     files = sorted((out / "results").glob("*.npz"))
     assert len(files) == 5
     stamps = [f.stat().st_mtime_ns for f in files]
-    again = main(config, echo=lambda *_: None)  # everything is on disk: nothing is recomputed
+    lines: list[str] = []
+    again = main(config, echo=lines.append)  # everything is on disk: nothing is recomputed
+    end = lines[-1].splitlines()  # the closing block: report.md first, the figure, the run's tb
+    assert end[0] == f"wrote       {out / 'report.md'}" and f"open first  {out / 'report.md'}" in end
+    assert f"            {out / 'heldout_forgetting.png'}" in end and any(str(tb) in line for line in end)
     assert [f.stat().st_mtime_ns for f in files] == stamps and again == summary
     # a result from before the arms shared their random streams (no stream field) is redone
     online = out / "results" / f"{TASK}.s0.online_additive.npz"
@@ -446,8 +452,24 @@ def test_command_end_to_end_resumes_and_reports(run_dir, out_dir):
     assert probe["random_by_construction"] == (float(fields["ess"]) >= 0.9)
     assert "| online:additive | " in report and "random by construction?" in report
     assert [f.stat().st_mtime_ns for f in files if f != online] == [t for f, t in zip(files, stamps) if f != online]
-    with pytest.raises(Exception, match="another configuration .*ratio"):
+    with pytest.raises(Exception, match="another configuration .*ratio.*Or add --force to start afresh"):
         main(dataclasses.replace(config, ratio=0.3), echo=lambda *_: None)
+
+
+def test_force_starts_a_replay_with_other_flags_afresh(tmp_path):
+    from jaxforget.replay import forget_other_replay
+    from jaxforget.store import RunDir
+
+    store = RunDir(tmp_path / "replay")
+    store.start(dict(config={"ratio": 0.15, "run": "runs/x"}))
+    (store.root / "results").mkdir()
+    (store.root / "results" / "t.s0.none.npz").write_bytes(b"x")
+    said: list[str] = []
+    forget_other_replay(store, {"ratio": 0.15, "run": "runs/x"}, said.append)  # the same flags: kept (a resume)
+    assert (store.root / "results" / "t.s0.none.npz").exists() and store.meta_path.exists() and not said
+    forget_other_replay(store, {"ratio": 0.3, "run": "runs/x"}, said.append)
+    assert not (store.root / "results").exists() and not store.meta_path.exists()
+    assert said == [f"--force: {store.root} held a replay with other flags; its results are deleted"]
 
 
 def test_cli_errors_are_clear(run_dir, tmp_path, capsys):

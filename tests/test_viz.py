@@ -53,7 +53,7 @@ def test_heatmap_colours_are_centred_at_zero(tmp_path):
 
 def test_curves_distributions_scatter(tmp_path, Z):
     r2 = {"row_mean": 0.2, "col_mean": 0.4, "additive": 0.6, "multiplicative": 0.8, "rank_1": 0.8, "rank_2": 0.9}
-    assert_png(viz.save_png(viz.r2_curve(r2), tmp_path / "r2.png"), (6.0, 4.0))
+    assert_png(viz.save_png(viz.r2_curve(r2), tmp_path / "r2.png"), (9.0, 4.0))
     fig = viz.task_distributions(Z, [f"t{i}" for i in range(12)], title="per task")
     assert_png(viz.save_png(fig, tmp_path / "d.png"), (8.0, 4.0))  # 12 tasks: the minimum height
     big = viz.task_distributions(np.tile(Z, (10, 1)), [f"t{i}" for i in range(120)], title="per task")
@@ -118,4 +118,45 @@ def test_matrix_ticks_are_integers_and_colour_bars_say_what_they_show(tmp_path):
     fig, _ = viz.block_heatmap(Z, [], vmax=1.0, title="b")
     assert fig.axes[-1].get_ylabel().startswith("residual")
     fig = viz.r2_curve({"additive": 0.4, "rank_1": 0.8}, labels={"additive": "additive (ridge ALS, λ 15/10)"})
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][1] == "additive (ridge ALS, λ 15/10) (0.400)"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][1] == "additive (ridge ALS, λ 15/10): 0.400"
+
+
+def _texts(fig):
+    """Every piece of text drawn on a figure (tick labels, labels, titles, annotations, legends)."""
+    from matplotlib.text import Text
+
+    return [t for t in fig.findobj(Text) if t.get_text().strip() and t.get_visible()]
+
+
+def test_figure_defects_of_issue_27_stay_fixed(tmp_path, Z):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    names = [f"task_{i:02d}" for i in range(12)]
+    r2 = {"row_mean": 0.06, "col_mean": 0.2, "additive": 0.14, "additive_exact": 0.26, "multiplicative": 0.79,
+          "rank_1": 0.79, "rank_2": 0.92, "rank_3": 1.0}
+    curve = viz.r2_curve(r2)
+    dist = viz.task_distributions(Z, names, title="per task")
+    rng = np.random.default_rng(0)
+    xs, ys = rng.normal(size=12), rng.normal(size=12)
+    grid = viz.scatter_grid([viz.Panel(xs, ys, "loss drop", "α", names=names)], title="α",
+                            subtitle="α_i: the task's weight")
+    figs = dict(curve=curve, dist=dist, grid=grid, heat=viz.heatmap(Z, vmax=0.5, row_labels=names),
+                panels=viz.panels([("Z", Z), ("fit", Z)], vmax=0.5, row_labels=names))
+    for name, fig in figs.items():
+        viz.save_png(fig, tmp_path / f"{name}.png")
+        small = [(t.get_text(), t.get_fontsize()) for t in _texts(fig) if t.get_fontsize() < viz.LABEL_PT]
+        assert not small, (name, small)  # task names and every other label at >= 7 pt
+    # r2_vs_rank: the top point's value label inside the axes (not clipped), the legend beside them (over no line)
+    renderer = FigureCanvasAgg(curve).get_renderer()
+    ax = curve.axes[0]
+    top = max((t for t in ax.texts), key=lambda t: t.get_window_extent(renderer).y1)
+    assert top.get_text() == "1.000" and top.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y1
+    assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+    # task_distributions says that it leaves the extreme examples out
+    assert "not drawn" in dist.axes[0].get_xlabel()
+    # correlations: the extreme dots named by their task (all of them when few), at most NAMED_POINTS
+    named = sorted(t.get_text() for t in grid.axes[0].texts)
+    assert 6 <= len(named) <= viz.NAMED_POINTS and names[int(np.argmax(ys))] in named and names[int(np.argmax(xs))] in named
+    small = viz.scatter_grid([viz.Panel(xs[:5], ys[:5], "x", "α", names=names[:5])], title="α")
+    assert sorted(t.get_text() for t in small.axes[0].texts) == names[:5]
+    assert not viz.informative(viz.Panel([12] * 5, rng.normal(size=5), "steps", "α"))  # constant x: no panel

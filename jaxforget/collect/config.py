@@ -64,7 +64,8 @@ class DataConfig:
     task_fields: tuple[str, ...] = ()
     """Overrides of the task preset's fields, role=field (e.g. prompt=question completion=answer task=source)."""
     n_upstream: int = 2000
-    """Upstream examples to measure (seeded sample; all if the corpus is smaller)."""
+    """Upstream examples to measure (a seeded sample of the corpus; a corpus with fewer examples is refused, so
+    give at most its size)."""
     stratify: Literal["none", "proportional", "balanced", "first"] = "proportional"
     """Sampling of upstream examples by source/domain: proportional or balanced quotas per source, none (uniform), or
     first (the first n in file then record order, no draw: the paper's Pile sample)."""
@@ -76,10 +77,14 @@ class DataConfig:
     appended (Jin & Ren; vLLM prompt log-probs). builtin: BOS (EOS when the tokenizer has none) prepended,
     EOS appended and scored (how the built-in base model was pretrained). auto: paper with --model.path,
     builtin for the built-in base model. The resolved policy is recorded in meta.json."""
-    max_len: int = 64
-    """Upstream examples are cut to this many tokens (the count of truncated examples is logged)."""
-    task_max_len: int = 96
-    """Task examples are cut to this many tokens, keeping the end (the answer)."""
+    max_len: int | None = None
+    """Upstream examples are cut to this many tokens, keeping the start (the count of truncated examples is logged).
+    Default: 64 for the built-in base model; with --model.path, the model's context (max_position_embeddings) or
+    2048 if smaller, as the paper scores whole documents (Pile documents cut at 2,000 tokens, RedPajama 2,048-token
+    chunks)."""
+    task_max_len: int | None = None
+    """Task examples are cut to this many tokens, keeping the end (the answer). Default: 96 for the built-in base
+    model; with --model.path, the paper's fine-tuning length 1024 (or the model's context when shorter)."""
     val_fraction: float = 0.1
     """Per-task validation split (not trained on; the paper's Dolly split: 0.2). Tasks whose files give the split
     (FLAN's `_train` / `_validation`) keep it."""
@@ -141,9 +146,10 @@ class TrainConfig:
     """Optimizer steps per task (the paper: 1,000) ..."""
     max_epochs: float = 3.0
     """... capped at this many epochs of the task's training examples (the paper: 3)."""
-    buckets: tuple[int, ...] = (32, 48, 64, 96)
+    buckets: tuple[int, ...] | None = None
     """Padded sequence lengths (one compilation each); the last must be >= data.task_max_len. Empty
-    (`--train.buckets` with no value): four lengths chosen from the tasks' length quantiles."""
+    (`--train.buckets` with no value): four lengths chosen from the tasks' length quantiles. Default: 32 48 64 96
+    for the built-in base model and its default lengths, else chosen from the quantiles."""
     seed: int = 0
     """Seed of batch order and adapter initialisation (per task: seed and task index)."""
     checkpoint_every: int = 50
@@ -167,9 +173,10 @@ class EvalConfig:
     """Upstream examples per evaluation batch."""
     eval_every: int = 0
     """Also measure every this many steps during fine-tuning (the M x T x N tensor); 0 = only at the end."""
-    buckets: tuple[int, ...] = (16, 32, 48, 64)
+    buckets: tuple[int, ...] | None = None
     """Padded lengths of upstream batches; the last must be >= data.max_len. Empty (`--eval.buckets` with no
-    value): four lengths chosen from the upstream examples' length quantiles."""
+    value): four lengths chosen from the upstream examples' length quantiles. Default: 16 32 48 64 for the
+    built-in base model and its default lengths, else chosen from the quantiles."""
     pack: bool = False
     """Pack several upstream examples into each row of the largest bucket's length (first-fit decreasing,
     batch_size rows per batch at most; attention and positions kept per example), instead of one padded
@@ -297,13 +304,6 @@ def check_config(config: CollectConfig) -> None:
                          f"of {', '.join(typing.get_args(LoraTarget))}")
     if config.mesh is not None and len(config.mesh) > 3:
         raise ValueError(f"{flag_name('mesh')} {config.mesh}: at most 3 axes (data, fsdp, tensor)")
-    if t.buckets and max(t.buckets) < d.task_max_len:
-        raise ValueError(f"--train.buckets {t.buckets}: the largest must be >= --data.task-max-len {d.task_max_len}")
-    if e.buckets and max(e.buckets) < d.max_len:
-        raise ValueError(f"--eval.buckets {e.buckets}: the largest must be >= --data.max-len {d.max_len}")
-    if d.chunk_tokens is not None and d.chunk_tokens > d.max_len:
-        raise ValueError(f"--data.chunk-tokens {d.chunk_tokens}: a chunk is one sequence; raise --data.max-len "
-                         f"{d.max_len} to at least {d.chunk_tokens}")
     if d.chunk_docs is not None and d.chunk_tokens is None:
         raise ValueError("--data.chunk-docs only applies with --data.chunk-tokens")
     if "nll" not in e.metrics:
@@ -334,6 +334,50 @@ def check_config(config: CollectConfig) -> None:
         from jaxforget.models.hf import read_arch
 
         read_arch(config.model.path)  # config.json read (and refused, naming the field) before anything is written
+    if config.merge is None:
+        r = resolve_lengths(config)
+        t, d, e = r.train, r.data, r.eval
+        if t.buckets and max(t.buckets) < d.task_max_len:
+            raise ValueError(f"--train.buckets {t.buckets}: the largest must be >= --data.task-max-len {d.task_max_len}")
+        if e.buckets and max(e.buckets) < d.max_len:
+            raise ValueError(f"--eval.buckets {e.buckets}: the largest must be >= --data.max-len {d.max_len}")
+        if d.chunk_tokens is not None and d.chunk_tokens > d.max_len:
+            raise ValueError(f"--data.chunk-tokens {d.chunk_tokens}: a chunk is one sequence; raise --data.max-len "
+                             f"{d.max_len} to at least {d.chunk_tokens}")
+
+
+BUILTIN_LENGTHS = (64, 96)
+"""--data.max-len, --data.task-max-len of the built-in base model (pretrained at 64 tokens)."""
+BUILTIN_BUCKETS = ((32, 48, 64, 96), (16, 32, 48, 64))
+"""--train.buckets, --eval.buckets of the built-in base model at its default lengths."""
+PAPER_LENGTHS = (2048, 1024)
+"""The paper's lengths for a model of its own (:file:`PAPER.md`): upstream documents scored whole, up to the
+context of the models it used (2,048), and fine-tuning examples cut to 1,024 tokens."""
+
+
+def resolve_lengths(config: CollectConfig) -> CollectConfig:
+    """`config` with the length defaults that follow the model filled in: --data.max-len, --data.task-max-len,
+    --train.buckets and --eval.buckets left unset are the built-in world's (64, 96 and their fixed buckets, so
+    the default run is unchanged) without --model.path, and with it the paper's recipe within the model's
+    context (``max_position_embeddings`` of its config.json) and buckets from the length quantiles. Given
+    values are kept; a config with every one set is returned as it is (so resolving twice is harmless)."""
+    d, t, e = config.data, config.train, config.eval
+    if None not in (d.max_len, d.task_max_len, t.buckets, e.buckets):
+        return config
+    if config.model.path is None:
+        max_len, task_max_len = BUILTIN_LENGTHS
+    else:
+        from jaxforget.models.hf import read_arch
+
+        context = read_arch(config.model.path).max_positions
+        max_len, task_max_len = (min(n, context) for n in PAPER_LENGTHS)
+    d = dataclasses.replace(d, max_len=max_len if d.max_len is None else d.max_len,
+                            task_max_len=task_max_len if d.task_max_len is None else d.task_max_len)
+    fixed = config.model.path is None and (d.max_len, d.task_max_len) == BUILTIN_LENGTHS
+    train_b, eval_b = BUILTIN_BUCKETS if fixed else ((), ())  # () = from the quantiles (collect.engine)
+    return dataclasses.replace(
+        config, data=d, train=dataclasses.replace(t, buckets=train_b if t.buckets is None else t.buckets),
+        eval=dataclasses.replace(e, buckets=eval_b if e.buckets is None else e.buckets))
 
 
 def upstream_field_map(d: DataConfig) -> FieldMap:

@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxforget import models
-from jaxforget.collect.config import CollectConfig, EvalConfig, TrainConfig
+from jaxforget.collect.config import CollectConfig, EvalConfig, TrainConfig, resolve_lengths
 from jaxforget.collect.setup import Setup
 from jaxforget.data.batching import Batch, Batcher, num_train_steps, quantile_buckets
 from jaxforget.data.packing import pack_examples
@@ -266,6 +266,7 @@ def build_engine(setup: Setup, config: CollectConfig) -> Engine:
     """Adapters (LoRA), optimizer, split model and the jitted steps, built once per run. Empty
     --train.buckets / --eval.buckets are chosen here from the setup's length quantiles
     (`engine.train.buckets`, `engine.eval.buckets`)."""
+    config = resolve_lengths(config)  # unset buckets: the built-in ones, or empty (from the quantiles)
     t, e = resolve_buckets(setup, config.train, config.eval)
     K = config.tasks_per_step
     lora = None

@@ -164,6 +164,21 @@ def run_schedule(engine: Engine, setup: Setup, index: int) -> TaskSchedule:
     return engine.schedule(name, setup.task_train[name], task_seed(engine.train.seed, index))
 
 
+def epoch_cap_note(steps: dict[str, int], max_steps: int, max_epochs: float) -> str | None:
+    """The line that says when --train.max-epochs cuts --train.max-steps (a small task's training set is seen
+    at most max_epochs times), naming the tasks cut and their steps; None when no task is cut. `steps`: each
+    task's real steps (:meth:`Engine.schedule`'s ``n_steps``)."""
+    cut = {name: n for name, n in steps.items() if n < max_steps}
+    if not cut:
+        return None
+    lo, hi = min(cut.values()), max(cut.values())
+    names = ", ".join(list(cut)[:3]) + (f", ... ({len(cut) - 3} more)" if len(cut) > 3 else "")
+    return (f"--train.max-epochs {max_epochs:g} cuts --train.max-steps {max_steps} to "
+            f"{lo if lo == hi else f'{lo}-{hi}'} steps on {len(cut)} of {len(steps)} tasks ({names}): a task's "
+            f"training set is seen at most {max_epochs:g} times{', as in the paper' if max_epochs == 3 else ''}; raise "
+            "--train.max-epochs to train longer")
+
+
 def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run: RunDir, engine: Engine,
                 tracker, progress, em_eval: Callable[[Any], np.ndarray] | None = None
                 ) -> list[dict[str, Any] | TaskFailed]:

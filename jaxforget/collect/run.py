@@ -21,15 +21,16 @@ from matplotlib import colormaps
 from tqdm import tqdm
 
 import jaxforget
-from jaxforget.collect.config import CollectConfig, check_config, config_dict, recorded_config
+from jaxforget.collect.config import CollectConfig, check_config, config_dict, recorded_config, resolve_lengths
 from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
 from jaxforget.collect.engine import batch_sharding, build_engine
-from jaxforget.collect.loop import TaskFailed, run_schedule, train_group
+from jaxforget.collect.loop import TaskFailed, epoch_cap_note, run_schedule, train_group
 from jaxforget.collect.setup import Setup, build_setup, read_em_records, read_run_tasks
 from jaxforget.completion import fit_table
 from jaxforget.exact_match import make_em_eval
 from jaxforget.models.sharding import to_host
-from jaxforget.store import RunDir, RunError, atomic_write_jsonl
+from jaxforget.cli import closing
+from jaxforget.store import RunDir, RunError, atomic_write_bytes, atomic_write_jsonl
 from jaxforget.tracking import open_tracker
 
 log = logging.getLogger("jaxforget.collect")
@@ -41,35 +42,80 @@ def versions() -> dict[str, str]:
                 flax=flax.__version__, optax=optax.__version__, numpy=np.__version__, backend=jax.default_backend())
 
 
+RANKED = 8
+"""Tasks (examples) needed before the summary lists the most and least forgetting ones: with fewer, the two
+lists are the same few names reversed."""
+
+
 def summarize(out: dict[str, np.ndarray], task_names: list[str], example_ids: list[str]) -> str:
-    """Shape, mean, std, fraction positive, extremes and the R^2 fit table of Z (failed rows excluded)."""
+    """collect's closing summary, a small aligned table: the shape and moments of Z, the centred R² of the
+    simple models (:func:`jaxforget.completion.fit_table`, labelled as analyze labels them), and, with at least
+    :data:`RANKED` tasks (examples), the most and least forgetting ones (failed rows excluded)."""
+    from jaxforget.analysis import r2_label
+
     Z = out["Z"]
     ok = ~out["failed"]
     Zok = Z[ok]
-    lines = [f"Z: {Z.shape[0]} tasks x {Z.shape[1]} examples ({int((~ok).sum())} failed tasks)"]
+    rows: list[tuple[str, str]] = [("Z", f"{Z.shape[0]} tasks x {Z.shape[1]} upstream examples"
+                                         + (f" ({int((~ok).sum())} tasks failed)" if (~ok).any() else ""))]
     if Zok.size == 0:
-        return "\n".join(lines)
+        return _table(rows)
     finite = Zok[np.isfinite(Zok)]
-    lines.append(f"mean {finite.mean():.4f}  std {finite.std():.4f}  positive {np.mean(finite > 0):.1%}")
-    row = np.nanmean(Zok, axis=1)
-    names_ok = [n for n, f in zip(task_names, ok) if f]
-    order = np.argsort(-row)
-    lines.append("most forgetting tasks:  " + ", ".join(f"{names_ok[i]} ({row[i]:+.3f})" for i in order[:3]))
-    lines.append("least forgetting tasks: " + ", ".join(f"{names_ok[i]} ({row[i]:+.3f})" for i in order[::-1][:3]))
-    col = np.nanmean(Zok, axis=0)
-    order = np.argsort(-col)
-    lines.append("most forgotten examples:  " + ", ".join(f"{example_ids[j]} ({col[j]:+.3f})" for j in order[:3]))
-    lines.append("least forgotten examples: " + ", ".join(f"{example_ids[j]} ({col[j]:+.3f})" for j in order[::-1][:3]))
+    rows.append(("mean Z", f"{finite.mean():+.4f} (std {finite.std():.4f}); {np.mean(finite > 0):.1%} of the entries "
+                           "> 0 (forgotten)"))
     if "Z_em" in out:
         em = out["Z_em"][ok]
-        lines.append(f"exact match: base right on {out['em_before'].mean():.1%} of {out['em_before'].size} examples; "
-                     f"forgotten (Z_em = 1) on {np.nanmean(em) if np.isfinite(em).any() else float('nan'):.1%} "
-                     "of the measured entries")
+        rows.append(("exact match", f"base right on {out['em_before'].mean():.1%} of {out['em_before'].size} examples; "
+                                    f"forgotten (Z_em = 1) on "
+                                    f"{np.nanmean(em) if np.isfinite(em).any() else float('nan'):.1%} of those measured"))
     if Zok.shape[0] >= 2:
         ranks = tuple(range(1, min(5, *Zok.shape) + 1))
         table = fit_table(Zok, ranks=ranks)
-        lines.append("R^2: " + "  ".join(f"{k} {v:.3f}" for k, v in table.items()))
-    return "\n".join(lines)
+        if abs(table["multiplicative"] - table["rank_1"]) < 5e-4:  # the same fit on a fully measured Z: one row
+            table.pop("rank_1")
+        exact = min(Zok.shape)
+        rows.append(("R² (centred)", "1 - Σ(Z - fit)² / Σ(Z - mean Z)²"))
+        rows += [(f"  {r2_label(k)}", f"{v:.3f}" + ("  (exact: rank = number of tasks)" if k == f"rank_{exact}"
+                                                      and exact == Zok.shape[0] else ""))
+                 for k, v in table.items()]
+    names_ok = [n for n, f in zip(task_names, ok) if f]
+    for what, means, names in (("tasks", np.nanmean(Zok, axis=1), names_ok),
+                               ("examples", np.nanmean(Zok, axis=0), example_ids)):
+        if len(names) < RANKED:
+            continue
+        order = np.argsort(-means, kind="stable")
+        verb = "forgetting" if what == "tasks" else "forgotten"
+        rows.append((f"most {verb} {what}", _ranked(order[:3], means, names)))
+        rows.append((f"least {verb} {what}", _ranked(order[::-1][:3], means, names)))
+    if any(label.startswith("most") for label, _ in rows):
+        rows.append(("", "(mean Z: + forgotten, - improved)"))
+    return _table(rows)
+
+
+def _ranked(order, means: np.ndarray, names: list[str]) -> str:
+    return "   ".join(f"{names[i]} {means[i]:+.3f}" for i in order)
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in rows)
+
+
+def write_summary(run: RunDir, text: str) -> Path:
+    """RUN/summary.md: the closing summary kept beside Z (the console scrolls away)."""
+    path = run.root / "summary.md"
+    atomic_write_bytes(path, f"# {run.root}\n\n```\n{text}\n```\n\nNext: `python -m jaxforget.analyze "
+                             f"{run.root}` (R² table, heatmaps, patterns).\n".encode())
+    return path
+
+
+def finished_lines(run: RunDir, out: dict[str, np.ndarray], task_names: list[str], example_ids: list[str]) -> str:
+    """The summary table, then what collect wrote, the file to open first and the next command."""
+    text = summarize(out, task_names, example_ids)
+    summary = write_summary(run, text)
+    wrote = [run.forgetting_path, *(p for p in (run.root / "tasks.jsonl", run.root / "upstream.jsonl") if p.exists()),
+             summary, f"{run.tb_dir}/ (TensorBoard: tensorboard --logdir {run.tb_dir})"]
+    return text + "\n\n" + closing(wrote, first=summary, next_steps=[f"python -m jaxforget.analyze {run.root}"])
 
 
 def heatmap_image(Z: np.ndarray) -> np.ndarray:
@@ -88,8 +134,7 @@ def merge(path: Path, echo=print) -> dict[str, np.ndarray]:
     meta = run.read_run_meta()
     out = run.assemble(meta["task_names"], meta["example_ids"],
                        em_base_correct_only=meta["config"].get("eval", {}).get("em_base_correct_only", True) is not False)
-    echo(summarize(out, meta["task_names"], meta["example_ids"]))
-    echo(f"wrote {run.forgetting_path}")
+    echo(finished_lines(run, out, meta["task_names"], meta["example_ids"]))
     return out
 
 
@@ -105,6 +150,7 @@ def collect(config: CollectConfig, echo=print) -> int:
         merge(config.merge, echo)
         return 0
     check_config(config)
+    config = resolve_lengths(config)  # the length defaults that follow the model, recorded as such in meta.json
     # every task file read and checked before anything else is touched: the upstream corpus (hours on Dolma),
     # the model and the run directory and its lock (the built-in world's tasks are read in build_setup)
     tasks = read_run_tasks(config) if config.data.tasks is not None else None
@@ -180,6 +226,10 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
     K = config.tasks_per_step
     # the bar counts each task's real steps (--train.max-steps capped by --train.max-epochs)
     steps = {i: run_schedule(engine, setup, i).n_steps for i in todo}
+    note = epoch_cap_note({task_names[i]: n for i, n in steps.items()}, config.train.max_steps,
+                          config.train.max_epochs)
+    if note:  # the user asked for more steps than the run will take: say so before the hours start
+        echo(note)
     pending, claimed = list(todo), {}  # process 0: tasks not yet taken; task locks held
     locks.callback(lambda: [lock.release() for lock in claimed.values()])
 
@@ -231,8 +281,9 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
     if primary:
         missing = sorted(set(range(len(task_names))) - set(run.finished()))
         if missing:
-            echo(f"{len(missing)} tasks still to do in other shards or processes; `python -m jaxforget.collect "
-                 f"--merge {run.root}` assembles Z once they are finished")
+            echo(f"{len(missing)} tasks still to do in other shards or processes")
+            echo(closing([f"{run.rows_dir}/ ({len(task_names) - len(missing)} of {len(task_names)} rows)"],
+                         next_steps=[f"python -m jaxforget.collect --merge {run.root}   (once every shard is done)"]))
         else:
             out = run.assemble(task_names, example_ids, em_base_correct_only=config.eval.em_base_correct_only)
             write_tasks_jsonl(run, task_names, [len(setup.task_train[n]) for n in task_names])
@@ -240,8 +291,7 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
                           if str(run.read_row(j)["status"]) == "failed"]
             run.update_meta(status="complete" if not all_failed else "complete_with_failures",
                             failed_tasks=all_failed)
-            echo(summarize(out, task_names, example_ids))
-            echo(f"wrote {run.forgetting_path}")
+            echo(finished_lines(run, out, task_names, example_ids))
         run.update_meta(compilations=engine.compilations())
     return 1 if failed else 0
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from jaxforget import models
 from jaxforget.cli import config_from_dict, range_errors
-from jaxforget.collect.config import (RANGES, CollectConfig, chat_template, em_field_map, task_field_map,
-                                      upstream_field_map)
+from jaxforget.collect.config import (RANGES, CollectConfig, chat_template, em_field_map, resolve_lengths,
+                                      task_field_map, upstream_field_map)
 from jaxforget.collect.distributed import is_primary, on_primary
 from jaxforget.data import readers, tokenize
 from jaxforget.data.tokenize import Tokenized
@@ -118,6 +118,7 @@ def build_setup(config: CollectConfig, echo=print, tasks: dict[str, list[readers
     read). The tasks are read first, before the model and the upstream corpus. In a multi-process run (after
     `init_distributed`) every process calls it; process 0 builds the built-in world and base model
     (when they are used and not cached yet) before the others look for them."""
+    config = resolve_lengths(config)  # a config not through collect() (research code, tests): the same defaults
     d = config.data
 
     def built_in() -> tuple[Path | None, Path | None]:
@@ -146,14 +147,22 @@ def build_setup(config: CollectConfig, echo=print, tasks: dict[str, list[readers
         raise FileNotFoundError(f"{model_dir}: no tokenizer files; collect needs the model's tokenizer")
 
     corpus = d.upstream if d.upstream is not None else world_dir / "upstream.jsonl"
+    def sample(n: int, flag: str) -> list:
+        try:
+            return readers.sample_upstream_files(corpus, n, seed=d.seed, stratify=d.stratify,
+                                                 fields=upstream_field_map(d))
+        except ValueError as e:
+            if not str(e).startswith("cannot sample"):  # a damaged record names its file and line already
+                raise
+            # the sampler does not know which flag asked for n: name it, and the fix, for the user
+            raise ValueError(f"{flag} {n}: {e} ({corpus}); give {flag} at most the corpus size") from None
+
     if d.chunk_tokens is not None:  # documents sampled, then chunked, then chunks sampled (the paper's MPT setup)
-        docs = readers.sample_upstream_files(corpus, d.chunk_docs, seed=d.seed, stratify=d.stratify,
-                                             fields=upstream_field_map(d))
+        docs = sample(d.chunk_docs, "--data.chunk-docs")
         upstream, upstream_tok = tokenize.chunk_upstream(docs, tokenizer, chunk_tokens=d.chunk_tokens,
                                                          n=d.n_upstream, seed=d.seed)
     else:
-        upstream = readers.sample_upstream_files(corpus, d.n_upstream, seed=d.seed, stratify=d.stratify,
-                                                 fields=upstream_field_map(d))
+        upstream = sample(d.n_upstream, "--data.n-upstream")
         upstream_tok = tokenize.tokenize_upstream(upstream, tokenizer, tokenize.TokenizeConfig(
             max_len=d.max_len, nll_tokens=config.nll_tokens, min_tokens=d.min_tokens, template=_template(d)))
     kept = {t.id for t in upstream_tok}
@@ -186,6 +195,8 @@ def setup_from_run(path: str | Path, echo=print) -> tuple[CollectConfig, Setup, 
     errors = range_errors(config, RANGES)  # a recorded value no flag could have given: an edited or damaged file
     if errors:
         raise RunError(f"{run.meta_path}: config out of range ({'; '.join(errors)})")
+    # the lengths too, for a record without them (a run set up by hand): model.path set below would change them
+    config = resolve_lengths(config)
     # the token accounting the run used, pinned before model.path is set below (which would turn 'auto' into
     # 'paper'); a run from before the flag used 'builtin'
     used = meta.get("nll_tokens") or ("builtin" if "nll_tokens" not in meta["config"].get("data", {})

@@ -207,7 +207,6 @@ def _mf_one(block: Block, H: Array, init: tuple, idx, w, zr, *, rank, biased, re
     """
     M, N = block.Z.shape
     dt = block.Z.dtype
-    d = rank + int(biased)
     n_t = jnp.sum(w)
     mu = (block.total + jnp.sum(w * zr)) / jnp.maximum(M * N + n_t, 1.0) if biased else jnp.zeros((), dt)
     reg_vec = jnp.full((rank,), reg, dt)
