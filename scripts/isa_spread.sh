@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# How far the README's default-run figures move across CPU vector ISAs. XLA's CPU kernels round
+# How far the default run's figures (docs/collect.md) move across CPU vector ISAs. XLA's CPU kernels round
 # differently on AVX2 and AVX-512, so another machine pretrains a slightly different base model and
 # gets a different Z. This runs the default pipeline from an empty cache (world, base model, collect,
 # predict) once with the machine's best ISA and once with XLA_FLAGS=--xla_cpu_max_isa=AVX2 (what an
 # AVX2-only CPU does), each in its own cache, and prints both sets of figures and their difference.
 # Measured on the development machine (AVX-512): identical to the bit, i.e. the flag does not reach
-# the kernels whose rounding differs between real CPUs (see the README, "What is deterministic").
+# the kernels whose rounding differs between real CPUs (see docs/collect.md, "What is deterministic").
 #   bash scripts/isa_spread.sh [WORK_DIR]        # about 6 minutes on a 2-core CPU
 set -euo pipefail
 work=${1:-runs/isa_spread}
