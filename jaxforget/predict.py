@@ -192,7 +192,7 @@ def main(config: PredictConfig) -> dict:
     methods, rep = parse_methods(config.methods)  # bad names fail before any work
     check_flags(config)
     out = config.out or _default_out(config)
-    settings = output_settings(config, leave_out=("out", "force", "save_predictions", "batch_size"))
+    settings = output_settings(config, leave_out=("out", "force", "save_predictions", "batch_size", "memory"))
     check_output(out, settings, force=config.force)
     if rep and (config.matrix is None or not (config.matrix / "meta.json").exists()):
         raise ValueError(f"--methods {rep[0][0]}: the LM-based predictor needs --matrix RUN, a run directory of "

@@ -85,7 +85,14 @@ def main() -> None:
     ap.add_argument("--surprise-seed", type=int, default=None,
                     help="random_state of surprise's SVD (default: unseeded, as the reference code)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--full-n", action="store_true", help="the protocol at 21 x 2,000, 85 x 10,000 and 85 x 141,871")
+    ap.add_argument("--joint-seeds", type=int, default=1, help="--full-n: seeds the joint refit is run on at full N")
+    ap.add_argument("--shape", default=None, help=argparse.SUPPRESS)  # --full-n's child process: ROWSxCOLS
     args = ap.parse_args()
+    if args.shape:
+        return full_n_child(args)
+    if args.full_n:
+        return full_n(args)
 
     import jax
 
@@ -174,6 +181,153 @@ def main() -> None:
             json.dump(dict(args=vars(args), rows=rows, jaxforget_mf_rmse_all=mf, jaxforget_total=j_total,
                            surprise_total=s_total, surprise_problems_run=len(problems), n_problems=n_problems),
                       fh, indent=2)
+
+
+FULL_N_SHAPES = [(21, 2_000, 5, 3), (85, 10_000, 19, 10), (85, 141_871, 19, 10)]
+"""(rows, columns, test rows, seeds): the default run's shape, the benchmark's, the paper's Dolma matrix."""
+PROTOCOL = ["additive", "knn_baseline", "mf"]
+
+
+def cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        flags = open("/proc/cpuinfo").read()
+        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+        return f"{names[0]} ({isa})" if names else platform.machine()
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def full_n(args) -> None:
+    import subprocess
+
+    rows = []
+    for M, N, n_test, n_seeds in FULL_N_SHAPES:
+        cmd = [sys.executable, __file__, "--shape", f"{M}x{N}", "--n-test", str(n_test), "--seeds",
+               *map(str, range(n_seeds)), "--matrix-seed", str(args.matrix_seed), "--k", str(args.k),
+               "--joint-seeds", str(args.joint_seeds if N > 100_000 else 0)]
+        print(f"== {M} x {N}: {n_test} test rows x {n_seeds} seeds", flush=True)
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"   process: {r['process_cpu_seconds']:.1f} CPU-s, peak {r['peak_rss_gib']:.2f} GiB, "
+              f"{r['compilations']} compilations", flush=True)
+    full = rows[-1]
+    full["surprise"] = surprise_full_n(args)
+    print(f"\nmachine: {cpu_name()}, {os.cpu_count()} CPUs; CPU-s = user + system, "
+          "all threads; RMSE on the hidden entries (observed / planted signal)\n")
+    print("| shape | method | solver | batching | CPU-s | RMSE observed | RMSE signal |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        for m in PROTOCOL:
+            x = r["methods"][m]
+            print(f"| {r['shape']} | {m} | {x['solver']} | {x['batching']} | {x['cpu_seconds']:.1f} | "
+                  f"{x['rmse']:.4f} | {x['rmse_signal']:.4f} |")
+        print(f"| {r['shape']} | whole process | | | {r['process_cpu_seconds']:.1f} | peak {r['peak_rss_gib']:.2f} GiB "
+              f"| {r['compilations']} compilations |")
+    if full.get("joint"):
+        j = full["joint"]
+        print(f"\njoint refit at {full['shape']} on {j['problems']} of {j['all_problems']} problems (seeds "
+              f"{j['seeds']}), CPU time extrapolated linearly to all:")
+        print("| method | joint CPU-s (extrapolated) | max abs difference | RMSE joint | RMSE train-block |")
+        print("|---|---|---|---|---|")
+        for m in PROTOCOL:
+            x = j["methods"][m]
+            print(f"| {m} | {x['cpu_seconds_all']:.0f} | {x['max_abs_diff']:.1e} | {x['rmse_joint']:.5f} | "
+                  f"{x['rmse_block']:.5f} |")
+    sp = full["surprise"]
+    print(f"\nscikit-surprise's reference loop at {full['shape']}: one problem at {sp['epochs']} epochs, "
+          f"extrapolated to 1,000 epochs and {full['problems']} problems:")
+    total = 0.0
+    for m, x in sp["methods"].items():
+        all_problems = x["seconds_1000_epochs"] * full["problems"]
+        total += all_problems
+        print(f"| {m} | {x['seconds'][0]:.1f} s / {x['seconds'][1]:.1f} s | {x['seconds_1000_epochs']:.0f} s per "
+              f"problem | {all_problems / 3600:.0f} h for all |")
+    ours = full["process_cpu_seconds"]
+    print(f"reference protocol ~{total:.0f} s (extrapolated) against jaxforget's {ours:.0f} CPU-s: ~{total / ours:.0f}x")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(dict(args=vars(args), machine=cpu_name(), shapes=rows), fh, indent=2)
+
+
+def full_n_child(args) -> None:
+    """One shape of --full-n in this process; prints one JSON line."""
+    import resource
+
+    import jax
+    from jax import monitoring
+
+    compiles = []
+    monitoring.register_event_duration_secs_listener(
+        lambda name, *_, **__: compiles.append(1) if name == "/jax/core/compile/backend_compile_duration" else None)
+    from jaxforget.completion import evaluate, planted_matrix
+
+    M, N = map(int, args.shape.split("x"))
+    P = planted_matrix(M, N, rank=5, n_blocks=4, seed=args.matrix_seed)
+    test_rows = list(range(M - args.n_test, M))
+    res = evaluate(P.Z, test_rows=test_rows, methods=PROTOCOL, k=args.k, seeds=args.seeds, reveal="reference")
+    signal = np.broadcast_to(P.signal[test_rows][None], res.hidden.shape)
+
+    def rmse(pred, truth, where):
+        return float(np.sqrt(np.mean((pred[where] - truth[where]) ** 2)))
+
+    methods = {}
+    for m in PROTOCOL:
+        how = res.settings["solvers"][m]
+        b = how["batching"]
+        methods[m] = dict(solver=how["solver"], cpu_seconds=how["cpu_seconds"],
+                          batching=f"{b['batch']}/{b['problems']} at once, {b['bytes'] / 2**30:.2f} GiB",
+                          rmse=float(res.summary()[m]["rmse"][0]), rmse_signal=rmse(res.predictions[m], signal,
+                                                                                     res.hidden))
+    out = dict(shape=f"{M} x {N}", problems=len(args.seeds) * args.n_test, methods=methods,
+               process_cpu_seconds=time.process_time(), compilations=len(compiles),
+               peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, backend=jax.default_backend())
+    if args.joint_seeds:
+        seeds = args.seeds[:args.joint_seeds]
+        joint = {}
+        for m in PROTOCOL:
+            t = time.process_time()
+            j = evaluate(P.Z, test_rows=test_rows, methods=[m], k=args.k, seeds=seeds, reveal="reference",
+                         solver="joint")
+            cpu = time.process_time() - t
+            a, b = j.predictions[m], res.predictions[m][:len(seeds)]
+            hidden = j.hidden
+            joint[m] = dict(cpu_seconds=cpu, cpu_seconds_all=cpu * len(args.seeds) / len(seeds),
+                            max_abs_diff=float(np.abs(a - b).max()), rmse_joint=rmse(a, P.Z[test_rows][None], hidden),
+                            rmse_block=rmse(b, P.Z[test_rows][None], hidden))
+        out["joint"] = dict(seeds=seeds, problems=len(seeds) * args.n_test, all_problems=out["problems"],
+                            methods=joint)
+    print(json.dumps(out))
+
+
+def surprise_full_n(args, epochs=(5, 20)) -> dict:
+    """scikit-surprise on one problem of the full-N shape at two epoch counts; time per problem at 1,000
+    epochs from the line through the two."""
+    from jaxforget.completion import planted_matrix, reference_reveal
+
+    M, N, n_test, _ = FULL_N_SHAPES[-1]
+    Z = planted_matrix(M, N, rank=5, n_blocks=4, seed=args.matrix_seed).Z
+    train, t_row = Z[:M - n_test], Z[M - n_test]
+    rev = reference_reveal(0, np.ones((1, N), bool), args.k)[0]
+    mask = np.concatenate([np.ones_like(train, bool), rev[None]])
+    trainset = surprise_trainset(np.concatenate([train, t_row[None]]), mask, REFERENCE_SCALE)
+    hidden = np.flatnonzero(~rev)
+    out = {}
+    for m in ("additive", "knn_baseline", "svd"):
+        seconds = []
+        for e in epochs:
+            t = time.process_time()
+            algo = surprise_algos(e, 0)[m]().fit(trainset)
+            [algo.predict(M - n_test, j) for j in hidden]
+            seconds.append(time.process_time() - t)
+        per_epoch = (seconds[1] - seconds[0]) / (epochs[1] - epochs[0])
+        out[m] = dict(seconds=seconds, seconds_1000_epochs=seconds[0] + (1000 - epochs[0]) * per_epoch)
+        print(f"   surprise {m}: {seconds[0]:.1f} s at {epochs[0]} epochs, {seconds[1]:.1f} s at {epochs[1]}", flush=True)
+    return dict(epochs=list(epochs), methods=out)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def _features(kind: str, Z0: Array, W: Array, col_centre: Array, offset: Array, 
     return Z0 * W  # cosine
 
 
-def _pair_sim(
+def pair_sim(
     kind: str, XA: Array, WA: Array, XB: Array, WB: Array, min_support: int, shrinkage: Array
 ) -> Array:
     """``[Ra, Rb]`` similarities between the rows of A and B (no diagonal convention applied)."""
@@ -116,7 +116,7 @@ def _col_centre(Z0: Array, W: Array) -> Array:
 
 def _full_sim(kind, Z0, W, mu, b_row, b_col, min_support, shrinkage) -> Array:
     X = _features(kind, Z0, W, _col_centre(Z0, W), mu + b_row, b_col)
-    s = _pair_sim(kind, X, W, X, W, min_support, shrinkage)
+    s = pair_sim(kind, X, W, X, W, min_support, shrinkage)
     return jnp.where(jnp.eye(Z0.shape[0], dtype=bool), jnp.ones((), s.dtype), s)
 
 
@@ -250,7 +250,7 @@ def _fold_in(fit: KNNFit, z: Array, mask: Array) -> Array:
     col_centre = _col_centre(fit.Z0, fit.W)
     X = _features(kind, fit.Z0, fit.W, col_centre, fit.mu + fit.b_row, fit.b_col)
     x = _features(kind, z0[None], w[None], col_centre, (fit.mu + b_new)[None], fit.b_col)
-    s = _pair_sim(kind, x, w[None], X, fit.W, fit.min_support, fit.shrinkage)[0]  # [M]
+    s = pair_sim(kind, x, w[None], X, fit.W, fit.min_support, fit.shrinkage)[0]  # [M]
     one = jnp.ones((1,), s.dtype)
     return _predict_from(
         jnp.concatenate([s, one]),

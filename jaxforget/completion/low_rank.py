@@ -39,7 +39,7 @@ from jaxforget.completion._common import (
 METHODS = ("als", "gd")
 # Added to every ridge system so that a row/column observed fewer than k times (or reg=0) stays
 # solvable; far below any regularisation a user would set.
-_JITTER = 1e-6
+JITTER = 1e-6
 
 
 @partial(jax.tree_util.register_dataclass, data_fields=("mu", "b_row", "b_col", "P", "Q", "reg", "reg_bias"),
@@ -104,7 +104,7 @@ class LowRankFit:
         if self.link == "logit":
             x = _newton_row(Qt, reg_vec, z0, w, self.mu + self.b_col)
         else:
-            A = einsum("n,nk,nl->kl", w, Qt, Qt) + jnp.diag(reg_vec + _JITTER)
+            A = einsum("n,nk,nl->kl", w, Qt, Qt) + jnp.diag(reg_vec + JITTER)
             x = jnp.linalg.solve(A, mm(w * (z0 - self.mu - self.b_col), Qt))
         return self.mu + self.b_col + mm(Qt, x)
 
@@ -128,7 +128,7 @@ def _ridge_rows(W: Array, T: Array, F: Array, reg_vec: Array) -> Array:
     """
     d = F.shape[-1]
     outer = (F[:, :, None] * F[:, None, :]).reshape(F.shape[0], d * d)
-    A = mm(W, outer).reshape(W.shape[0], d, d) + jnp.diag(reg_vec + _JITTER)
+    A = mm(W, outer).reshape(W.shape[0], d, d) + jnp.diag(reg_vec + JITTER)
     rhs = mm(W * T, F)
     return jnp.linalg.solve(A, rhs[..., None])[..., 0]
 
@@ -356,7 +356,7 @@ def _newton_row(F: Array, reg_vec: Array, y: Array, w: Array, offset: Array, n_s
     def step(x, _):
         p = jax.nn.sigmoid(offset + mm(F, x))
         g = mm(w * (p - y), F) + reg_vec * x
-        H = einsum("n,nk,nl->kl", w * p * (1 - p), F, F) + jnp.diag(reg_vec + _JITTER)
+        H = einsum("n,nk,nl->kl", w * p * (1 - p), F, F) + jnp.diag(reg_vec + JITTER)
         return x - jnp.linalg.solve(H, g), None
 
     x, _ = jax.lax.scan(step, jnp.zeros(F.shape[-1], F.dtype), None, length=n_steps)

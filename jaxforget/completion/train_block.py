@@ -31,16 +31,17 @@ A problem's revealed entries arrive as ``idx [K]`` (column indices; ``N`` pads a
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxforget.completion._common import Array, mm
-from jaxforget.completion.knn import _pair_sim
-from jaxforget.completion.low_rank import _JITTER
+from jaxforget.completion.knn import pair_sim
+from jaxforget.completion.low_rank import JITTER
 
-__all__ = ["Block", "extras", "gram", "make_block", "mf_init", "revealed_columns", "row_function", "supports"]
+__all__ = ["Block", "extras", "gram", "make_block", "mf_init", "problems", "row_function", "supports"]
 
 
 @jax.tree_util.register_dataclass
@@ -56,6 +57,7 @@ class Block:
 
 @jax.jit
 def make_block(Z: Array) -> Block:
+    """The block's sums, computed once for every problem."""
     col_sum = jnp.sum(Z, axis=0)
     return Block(Z, col_sum, jnp.sum(Z, axis=1), jnp.sum(col_sum))
 
@@ -69,21 +71,19 @@ def gram(block: Block) -> Array:
     return jnp.concatenate([top, jnp.concatenate([block.row_sum[None], corner], axis=1)], axis=0)
 
 
-def revealed_columns(reveal: Array, K: int) -> tuple[Array, Array]:
-    """``(idx [P, K] int32, w [P, K])`` from ``reveal: bool[P, N]`` with at most ``K`` entries per row:
-    the revealed columns in increasing order, padded with ``N`` (weight 0)."""
-    return _revealed_columns(reveal, K)
-
-
-@jax.jit(static_argnames=("K",))
-def _revealed_columns(reveal: Array, K: int) -> tuple[Array, Array]:
+@partial(jax.jit, static_argnames=("K",))
+def problems(Z_train: Array, z: Array, reveal: Array, K: int) -> tuple[Block, Array, Array, Array]:
+    """The block and the problems' revealed entries: ``(block, idx [P, K] int32, w [P, K], zr [P, K])`` from
+    the test rows ``z [P, N]`` and ``reveal: bool[P, N]`` (at most ``K`` entries a row): the revealed columns
+    in increasing order, padded with ``N`` (weight 0, value 0)."""
     N = reveal.shape[-1]
     # top_k of the 0/1 mask returns the revealed columns first; on ties it keeps the lower index first
     _, idx = jax.lax.top_k(reveal.astype(jnp.float32), K)
     ok = jnp.take_along_axis(reveal, idx, axis=-1)
-    idx = jnp.where(ok, idx, N)
-    idx = jnp.sort(idx, axis=-1).astype(jnp.int32)
-    return idx, (idx < N).astype(jnp.float32)
+    idx = jnp.sort(jnp.where(ok, idx, N), axis=-1).astype(jnp.int32)
+    w = (idx < N).astype(z.dtype)
+    zr = jnp.take_along_axis(z, jnp.minimum(idx, N - 1), axis=-1) * w
+    return make_block(Z_train), idx, w, zr
 
 
 def _gather(x: Array, idx: Array) -> Array:
@@ -156,7 +156,7 @@ def _knn_one(block: Block, idx, w, zr, *, k, min_k, sim, rule, min_support, shri
     else:  # cosine
         x_t, X = zr, Z_R
     W_R = jnp.broadcast_to(w, (M, w.shape[0]))
-    s = _pair_sim(sim, (x_t * w)[None], w[None], X * W_R, W_R, min_support, jnp.asarray(shrinkage, dt))[0]  # [M]
+    s = pair_sim(sim, (x_t * w)[None], w[None], X * W_R, W_R, min_support, jnp.asarray(shrinkage, dt))[0]  # [M]
 
     # Unrevealed columns: the candidates are the train rows, in knn._predict_from's order.
     order = jnp.argsort(-s, stable=True)
@@ -212,7 +212,7 @@ def _mf_one(block: Block, H: Array, init: tuple, idx, w, zr, *, rank, biased, re
     reg_vec = jnp.full((rank,), reg, dt)
     if biased:
         reg_vec = jnp.concatenate([reg_vec, jnp.full((1,), reg_bias, dt)])
-    ridge = jnp.diag(reg_vec + _JITTER)
+    ridge = jnp.diag(reg_vec + JITTER)
     Z_R = _gather(block.Z, idx)  # [M, K]
     g_R = jnp.concatenate([Z_R, jnp.ones((1, w.shape[0]), dt)], axis=0) * w  # [M+1, K], padding zeroed
 
@@ -280,7 +280,7 @@ def mf_init(block: Block, seeds: Array, *, rank: int, biased: bool) -> tuple[Arr
     return _mf_init(block, seeds, rank, biased)
 
 
-@jax.jit(static_argnames=("rank", "biased"))
+@partial(jax.jit, static_argnames=("rank", "biased"))
 def _mf_init(block, seeds, rank, biased):
     N = block.Z.shape[1]
     dt = block.Z.dtype
