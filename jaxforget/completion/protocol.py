@@ -6,8 +6,13 @@ entries and predicts the rest. Metrics are computed on the hidden entries of all
 per seed, then reported as mean and standard deviation over seeds.
 
 Unlike the paper's reference code (one scikit-surprise refit per test task in a Python loop), every
-(seed, test task) problem is solved in one compiled program: the problems are stacked and the
-method's jitted core is vmapped over them (``batch_size`` bounds how many are solved at once).
+(seed, test task) problem of a method is solved in one compiled program. Where the train rows are
+fully observed, ``additive``, ``knn``, ``knn_baseline`` and ``mf`` solve each problem through its
+revealed columns against the train rows prepared once (:mod:`.train_block`, ``solver="train_block"``:
+the joint fit's estimator, cost independent of the train block per problem); otherwise the method's
+jitted core is refitted on the stacked train rows + test row, vmapped over the problems
+(``solver="joint"``). Either way the problems are batched to a memory budget from XLA's memory
+analysis of the compiled program (:mod:`.batching`), or ``batch_size`` at a time.
 ``mode="fold_in"`` instead fits the train rows once and folds each revealed row in without
 refitting, the streaming use case (:class:`jaxforget.completion.Completer` keeps such a fit).
 
