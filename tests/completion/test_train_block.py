@@ -76,17 +76,17 @@ def test_auto_solver_choice(planted):
         evaluate(planted, methods=["mf"], solver="fast", **kw)
 
 
-@pytest.mark.parametrize("solver", [pytest.param("joint", marks=slow), "train_block"])
-def test_memory_budget_batches_the_problems(planted, solver):
-    kw = dict(test_rows=TEST_ROWS, methods=["mf"], k=10, seeds=(0, 1, 2), solver=solver)
+@pytest.mark.parametrize("solver,method", [("train_block", "additive"), pytest.param("joint", "mf", marks=slow)])
+def test_memory_budget_batches_the_problems(planted, solver, method):
+    kw = dict(test_rows=TEST_ROWS, methods=[method], k=10, seeds=(0, 1, 2), solver=solver)
     whole = evaluate(planted, **kw)
-    plan = whole.settings["solvers"]["mf"]["batching"]
+    plan = whole.settings["solvers"][method]["batching"]
     assert plan["problems"] == 12 and plan["batch"] == 12 and plan["fits"] and plan["compiles"] == 1
     budget = plan["bytes"] - 1  # all at once no longer fits
     part = evaluate(planted, memory=budget, **kw)
-    plan = part.settings["solvers"]["mf"]["batching"]
+    plan = part.settings["solvers"][method]["batching"]
     assert plan["batch"] < 12 and plan["bytes"] <= budget and plan["fits"] and plan["budget"] == budget
-    np.testing.assert_allclose(part.predictions["mf"], whole.predictions["mf"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(part.predictions[method], whole.predictions[method], atol=1e-5, rtol=0)
 
 
 def test_complete_rows_uses_the_train_block_solver(planted):
