@@ -76,6 +76,26 @@ def test_auto_solver_choice(planted):
         evaluate(planted, methods=["mf"], solver="fast", **kw)
 
 
+def test_plan_batch_takes_the_largest_batch_that_fits():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxforget.completion.batching import plan_batch, program_bytes
+
+    xs = jnp.asarray(np.random.default_rng(0).normal(size=(24, 256)), jnp.float32)
+
+    def program_for(batch):  # each problem holds a 256 x 256 temporary: bytes grow with the batch
+        one = lambda x: jnp.sort(jnp.outer(x, x), axis=0)[0]  # noqa: E731 (a sort: the temporary is not fused away)
+        return jax.jit(lambda a: jax.vmap(one)(a) if batch is None else jax.lax.map(one, a, batch_size=batch))
+
+    whole = program_bytes(program_for(None).lower(xs).compile())
+    plan = plan_batch(program_for, (xs,), 24, whole // 3)
+    assert 1 <= plan.batch < 24 and plan.fits and plan.bytes <= whole // 3 and plan.compiles <= 6
+    assert plan.bytes == program_bytes(program_for(plan.batch).lower(xs).compile())
+    np.testing.assert_allclose(program_for(plan.batch)(xs), program_for(None)(xs), rtol=1e-6)
+    assert plan_batch(program_for, (xs,), 24, whole).batch == 24  # all at once when it fits
+
+
 @pytest.mark.parametrize("solver,method", [("train_block", "additive"), pytest.param("joint", "mf", marks=slow)])
 def test_memory_budget_batches_the_problems(planted, solver, method):
     kw = dict(test_rows=TEST_ROWS, methods=[method], k=10, seeds=(0, 1, 2), solver=solver)
@@ -85,7 +105,9 @@ def test_memory_budget_batches_the_problems(planted, solver, method):
     budget = plan["bytes"] - 1  # all at once no longer fits
     part = evaluate(planted, memory=budget, **kw)
     plan = part.settings["solvers"][method]["batching"]
-    assert plan["batch"] < 12 and plan["bytes"] <= budget and plan["fits"] and plan["budget"] == budget
+    # a smaller batch is taken; whether it fits depends on the backend's fixed cost at this tiny size (on a
+    # GPU a lax.map loop of 1 problem outweighs the vmapped 12), and the record says which
+    assert plan["batch"] < 12 and plan["budget"] == budget and plan["fits"] == (plan["bytes"] <= budget)
     np.testing.assert_allclose(part.predictions[method], whole.predictions[method], atol=1e-5, rtol=0)
 
 
