@@ -100,3 +100,20 @@ def test_collect_help_names_the_command():
     out = subprocess.run([sys.executable, "-m", "jaxforget.collect", "--help"], capture_output=True, text=True,
                          check=True)
     assert out.stdout.startswith("usage: python -m jaxforget.collect ")
+
+
+def test_importing_any_module_leaves_the_xla_backend_uninitialised():
+    # `collect --distributed` must call jax.distributed.initialize() before any JAX computation: a module-level
+    # jnp constant anywhere in the package would start the backend at import and break every multi-process run
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, jaxforget\n"
+            "for m in pkgutil.walk_packages(jaxforget.__path__, 'jaxforget.'):\n"
+            "    if not m.name.endswith('__main__'):\n"
+            "        importlib.import_module(m.name)\n"
+            "from jax._src import xla_bridge\n"
+            "print(xla_bridge.backends_are_initialized())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxforget.completion._common import Array
 
@@ -81,7 +82,7 @@ def roc_auc(scores: Array, labels: Array, mask: Array) -> Array:
     return jnp.where((n_pos > 0) & (n_neg > 0), auc, jnp.nan)
 
 
-_LAST = jnp.uint32(0xFFFFFFFF)
+_LAST = np.uint32(0xFFFFFFFF)  # numpy: a jnp constant here would start the XLA backend at import
 
 
 def labels_in_score_order(scores: Array, labels: Array, valid: Array) -> tuple[Array, Array]:
