@@ -547,6 +547,9 @@ class RunDir:
         out = dict(Z=nll_after - nll_before[None], nll_before=nll_before, nll_after=nll_after,
                    task_names=np.asarray(task_names), example_ids=np.asarray(example_ids),
                    failed=np.asarray([str(r["status"]) == "failed" for r in rows]))
+        if any("measured" in r for r in rows):  # --eval.budget: which entries were measured (none on a failed row)
+            out.update({k: np.stack([r[k] if k in r else np.zeros(N, bool) for r in rows]).astype(bool)
+                        for k in ("measured", "holdout")})
         if all("nll_steps" in r for r in rows) and rows:
             # Tasks capped by epochs stop (and are measured) earlier: align rows on the union of the
             # evaluated steps, NaN where a task was not measured at that step.

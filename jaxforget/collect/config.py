@@ -191,6 +191,25 @@ class EvalConfig:
     """Prompts per decoding batch for em."""
     em_base_correct_only: bool = True
     """Z_em only on the examples the base model answers right (NaN elsewhere), as the paper."""
+    budget: float = 1.0
+    """Fraction of the upstream examples measured after each task, 0 < F <= 1: the anchors plus a seeded random
+    share (--eval.select); the rest of the row is completed (--eval.completion): forgetting.npz keeps Z (NaN where
+    not measured), the `measured` mask and Z_completed. The base model is measured on all. 1: every entry."""
+    anchors: int | None = None
+    """With --eval.budget: examples measured for every task (shared columns that tie the rows together for the
+    completion), part of the budget. Default: a fifth of each task's measured examples."""
+    select: Literal["random", "active"] = "random"
+    """With --eval.budget: random measures a seeded random share per task; active draws half of it at random, then
+    measures the columns the completion of the task's row is least sure of (largest predictive variance on the
+    column factors of the rows finished so far; docs/collect.md#budget says why not the most forgotten)."""
+    completion: str = "mf"
+    """With --eval.budget: the completion method (jaxforget.completion, options as method:key=value, e.g.
+    mf:rank=3): rows folded in as they arrive, refitted on every measured entry at the end."""
+    holdout: float = 0.2
+    """With --eval.budget: share of each task's random measured examples (anchors excluded) held back from a second
+    refit that reports the completion's error per task (RMSE, Spearman, top-100 precision). 0: no error bars."""
+    seed: int = 0
+    """With --eval.budget: seed of the anchors, the random shares, the held-back slices and the completion."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +295,8 @@ RANGES: dict[str, Range] = {
                      "eval.buckets", "eval.em_max_new_tokens", "eval.em_batch_size", "log_every", "tasks_per_step",
                      "tasks_per_pass", "mesh", "num_processes"), at_least(1)),
     **dict.fromkeys(("data.seed", "train.seed", "process_id", "train.warmup_steps", "train.checkpoint_every",
-                     "eval.eval_every", "train.weight_decay"), at_least(0)),
+                     "eval.eval_every", "train.weight_decay", "eval.anchors", "eval.seed"), at_least(0)),
+    "eval.budget": Range(0, 1, lo_open=True), "eval.holdout": Range(0, 1, hi_open=True),
     **dict.fromkeys(("train.lr", "train.lora_alpha", "train.clip_norm", "train.max_epochs"), above(0)),
     "data.max_len": at_least(2), "data.task_max_len": at_least(2), "data.min_tokens": at_least(2),
     "data.chunk_tokens": at_least(2), "data.chunk_docs": at_least(1),
@@ -308,6 +328,11 @@ def check_config(config: CollectConfig) -> None:
         raise ValueError("--data.chunk-docs only applies with --data.chunk-tokens")
     if "nll" not in e.metrics:
         raise ValueError("--eval.metrics must include nll (Z); em is measured in addition to it")
+    from jaxforget.collect.budget import budget_errors
+
+    errors = budget_errors(e, d.n_upstream)
+    if errors:
+        raise ValueError("; ".join(errors))
     if "em" in e.metrics and d.em_upstream is None:
         raise ValueError("--eval.metrics em needs --data.em-upstream (prompt/completion or messages records)")
     upstream_field_map(d), task_field_map(d)  # unknown roles or malformed role=field fail here

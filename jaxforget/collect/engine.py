@@ -130,6 +130,8 @@ class Engine:
     """Of a (B, T) training batch."""
     evaluate: Callable[[Any], np.ndarray] = dataclasses.field(init=False)
     """params -> float32 (K, N) NLL of the run's upstream examples (set by build_engine)."""
+    upstream: Sequence[Tokenized] = ()
+    """The run's upstream examples (`evaluate`'s; `evaluate_columns` measures a subset of them)."""
 
     def schedule(self, name: str, examples: Sequence[Tokenized], seed: int) -> TaskSchedule:
         """The fine-tuning of one task on `examples`: --train.max-steps capped at --train.max-epochs, the
@@ -206,6 +208,19 @@ class Engine:
             return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
         return evaluate
+
+    def evaluate_columns(self, params, columns: np.ndarray) -> np.ndarray:
+        """float32 (K, N): `evaluate` on the upstream examples where ``columns`` (bool [N]) is True, NaN
+        elsewhere (--eval.budget). The subset's batches have the bucket shapes of the full set (no new
+        compilation; --eval.pack: rounded segment counts, rarely one more), so the time falls with the
+        subset's size. Every process of a multi-process mesh must call it with the same columns."""
+        idx = np.flatnonzero(columns)
+        if idx.size == len(self.upstream):
+            return self.evaluate(params)
+        sub = self.evaluator([self.upstream[j] for j in idx])(params)
+        out = np.full((sub.shape[0], len(self.upstream)), np.nan, np.float32)
+        out[:, idx] = sub
+        return out
 
     def _packed_evaluator(self, examples: Sequence[Tokenized]) -> Callable[[Any], np.ndarray]:
         """`evaluator` over packed rows of the largest eval bucket's length (`pack_examples`): at most
@@ -286,5 +301,5 @@ def build_engine(setup: Setup, config: CollectConfig) -> Engine:
     engine = Engine(k=K, split=split, tx=tx, base_params=base_state.params, lora=lora, arch=setup.model.arch,
                     train=t, eval=e, pad_id=setup.pad_id, mesh=setup.mesh, train_step=train_step,
                     eval_step=eval_step, sharding=batch_sharding(setup.mesh, t.batch_size))
-    engine.evaluate = engine.evaluator(setup.upstream_tok)
+    engine.evaluate, engine.upstream = engine.evaluator(setup.upstream_tok), setup.upstream_tok
     return engine

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxforget import models
 from jaxforget.collect import checkpoints
+from jaxforget.collect.budget import Budget
 from jaxforget.collect.config import CollectConfig, config_dict
 from jaxforget.collect.distributed import is_primary
 from jaxforget.collect.engine import Engine, TaskSchedule, stack_slots, task_seed
@@ -180,7 +181,8 @@ def epoch_cap_note(steps: dict[str, int], max_steps: int, max_epochs: float) -> 
 
 
 def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run: RunDir, engine: Engine,
-                tracker, progress, em_eval: Callable[[Any], np.ndarray] | None = None
+                tracker, progress, em_eval: Callable[[Any], np.ndarray] | None = None, budget: Budget | None = None,
+                choose: Callable[[list[int], list[np.ndarray]], list[np.ndarray]] | None = None
                 ) -> list[dict[str, Any] | TaskFailed]:
     """Fine-tune tasks `indices` (at most K) together, each from its own start, and measure their
     upstream NLL. Returns, per task, its row fields or the TaskFailed that ended it.
@@ -191,8 +193,14 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
     tasks' steps (steps trained before a resume, or lost to a failure, are added at the end).
 
     Row fields: nll_after [N], train_losses, steps_run, train_tokens, seconds (wall time of the whole
-    group), seed; nll_steps [T, N] and steps [T] with --eval.eval-every; with --save-models the
-    fine-tuned model is written to RUN/models/<task>.
+    group), eval_seconds (of the group's closing measurement), seed; nll_steps [T, N] and steps [T] with
+    --eval.eval-every; with --save-models the fine-tuned model is written to RUN/models/<task>.
+
+    With a `budget` (--eval.budget) each task measures its first round of columns (the union of the
+    group's is evaluated, each task keeping its own), then, with active selection, the second round that
+    ``choose(indices, first_rounds)`` returns; nll_after is NaN where not measured, and the row also holds
+    ``measured`` and ``holdout`` (bool [N]; :mod:`jaxforget.collect.budget`). Intermediate measurements
+    (--eval.eval-every) cover the first round.
     """
     t, K, n_real = config.train, engine.k, len(indices)
     names = [setup.task_names[i] for i in indices]
@@ -224,12 +232,21 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
 
     loop = TrainLoop(engine, schedules, state, first_step=first, losses=losses, failed=failed,
                      log_every=config.log_every, on_loss=on_loss)
+    first = [budget.first_round(i) for i in indices] if budget is not None else None
+
+    def measure(params, columns: list[np.ndarray] | None) -> np.ndarray:
+        """(K, N) NLL: every example, or each slot's `columns` (NaN elsewhere) from one pass over their union."""
+        if columns is None:
+            return engine.evaluate(params)
+        nll = engine.evaluate_columns(params, np.logical_or.reduce(columns))
+        return np.stack([np.where(c, x, np.nan) for c, x in zip(columns, nll)] + list(nll[len(columns):]))
+
     t0 = time.perf_counter()
     counted = 0  # steps shown on `progress`: it ends at the group's planned steps, resumed or failed ones included
     for done, active in loop:
         due = [k for k in range(n_real) if active[k] and not failed[k] and done < schedules[k].n_steps]
         if config.eval.eval_every and done % config.eval.eval_every == 0 and due:
-            nll = engine.evaluate(loop.state.params)
+            nll = measure(loop.state.params, first)
             for k in due:
                 nll_steps[k].append(nll[k])
                 eval_steps[k].append(done)
@@ -243,21 +260,36 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
         counted += int(active.sum())
     progress.update(sum(s.n_steps for s in schedules) - counted)
     state = loop.state
-    nll_after = engine.evaluate(state.params) if not all(failed) else None
+    t_eval = time.perf_counter()
+    nll_after = measured = None
+    if not all(failed):
+        nll_after = measure(state.params, first)
+        measured = first
+        if budget is not None and choose is not None:
+            second = choose(indices, first)
+            if any(s.any() for s in second):
+                more = measure(state.params, second)
+                nll_after = np.where(np.isnan(nll_after), more, nll_after)
+                measured = [f | s for f, s in zip(first, second)]
+    eval_seconds = time.perf_counter() - t_eval
     results: list[dict[str, Any] | TaskFailed] = []
     for k, name in enumerate(names):
         if not failed[k]:
             failed[k] = diverged(losses[k], t.divergence_factor)
-        if not failed[k] and not np.all(np.isfinite(nll_after[k])):
+        seen = nll_after[k] if measured is None or failed[k] else nll_after[k][measured[k]]
+        if not failed[k] and not np.all(np.isfinite(seen)):
             failed[k] = "non-finite upstream NLL after fine-tuning"
         if not failed[k]:
-            failed[k] = wrecked(losses[k], nll_after[k], setup.model.arch.vocab_size)
+            failed[k] = wrecked(losses[k], seen, setup.model.arch.vocab_size)
         if failed[k]:
             results.append(TaskFailed(failed[k]))
             continue
         fields = dict(nll_after=nll_after[k], train_losses=np.asarray(losses[k], np.float32),
                       steps_run=np.asarray(schedules[k].n_steps), train_tokens=np.asarray(loop.n_tokens[k]),
-                      seconds=np.asarray(time.perf_counter() - t0), seed=np.asarray(schedules[k].seed))
+                      seconds=np.asarray(time.perf_counter() - t0), eval_seconds=np.asarray(eval_seconds),
+                      seed=np.asarray(schedules[k].seed))
+        if measured is not None:
+            fields.update(measured=measured[k], holdout=budget.held_back(indices[k], first[k]))
         if config.eval.eval_every:
             fields.update(nll_steps=np.stack(nll_steps[k] + [nll_after[k]]),
                           steps=np.asarray(eval_steps[k] + [schedules[k].n_steps]))

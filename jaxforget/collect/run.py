@@ -21,7 +21,10 @@ from matplotlib import colormaps
 from tqdm import tqdm
 
 import jaxforget
-from jaxforget.collect.config import CollectConfig, check_config, config_dict, recorded_config, resolve_lengths
+from jaxforget.cli import config_from_dict
+from jaxforget.collect.budget import Budget, RowCompleter, complete, holdout_scores
+from jaxforget.collect.config import (CollectConfig, EvalConfig, check_config, config_dict, recorded_config,
+                                      resolve_lengths)
 from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
 from jaxforget.collect.engine import batch_sharding, build_engine
 from jaxforget.collect.loop import TaskFailed, epoch_cap_note, run_schedule, train_group
@@ -30,7 +33,7 @@ from jaxforget.completion import fit_table
 from jaxforget.exact_match import make_em_eval
 from jaxforget.models.sharding import to_host
 from jaxforget.cli import closing
-from jaxforget.store import RunDir, RunError, atomic_write_bytes, atomic_write_jsonl
+from jaxforget.store import RunDir, RunError, atomic_write_bytes, atomic_write_jsonl, atomic_write_npz
 from jaxforget.tracking import open_tracker
 
 log = logging.getLogger("jaxforget.collect")
@@ -47,10 +50,13 @@ RANKED = 8
 lists are the same few names reversed."""
 
 
-def summarize(out: dict[str, np.ndarray], task_names: list[str], example_ids: list[str]) -> str:
+def summarize(out: dict[str, np.ndarray], task_names: list[str], example_ids: list[str],
+              budget: dict[str, Any] | None = None) -> str:
     """collect's closing summary, a small aligned table: the shape and moments of Z, the centred R² of the
     simple models (:func:`jaxforget.completion.fit_table`, labelled as analyze labels them), and, with at least
-    :data:`RANKED` tasks (examples), the most and least forgetting ones (failed rows excluded)."""
+    :data:`RANKED` tasks (examples), the most and least forgetting ones (failed rows excluded). A budgeted run
+    (`budget`: meta.json's record) also says how much was measured and the completion's held-back error; its
+    moments, fits and rankings use the measured entries only (examples never measured are not ranked)."""
     from jaxforget.analysis import r2_label
 
     Z = out["Z"]
@@ -61,8 +67,11 @@ def summarize(out: dict[str, np.ndarray], task_names: list[str], example_ids: li
     if Zok.size == 0:
         return _table(rows)
     finite = Zok[np.isfinite(Zok)]
-    rows.append(("mean Z", f"{finite.mean():+.4f} (std {finite.std():.4f}); {np.mean(finite > 0):.1%} of the entries "
-                           "> 0 (forgotten)"))
+    if budget is not None:
+        rows += budget_lines(out, budget)
+    rows.append(("mean Z" + (" (measured)" if budget else ""),
+                 f"{finite.mean():+.4f} (std {finite.std():.4f}); {np.mean(finite > 0):.1%} of the entries > 0 "
+                 "(forgotten)"))
     if "Z_em" in out:
         em = out["Z_em"][ok]
         rows.append(("exact match", f"base right on {out['em_before'].mean():.1%} of {out['em_before'].size} examples; "
@@ -79,17 +88,38 @@ def summarize(out: dict[str, np.ndarray], task_names: list[str], example_ids: li
                                                       and exact == Zok.shape[0] else ""))
                  for k, v in table.items()]
     names_ok = [n for n, f in zip(task_names, ok) if f]
-    for what, means, names in (("tasks", np.nanmean(Zok, axis=1), names_ok),
-                               ("examples", np.nanmean(Zok, axis=0), example_ids)):
+    seen = np.isfinite(Zok)
+    for what, means, names in (("tasks", _mean(Zok, seen, 1), names_ok), ("examples", _mean(Zok, seen, 0), example_ids)):
         if len(names) < RANKED:
             continue
-        order = np.argsort(-means, kind="stable")
+        order = [i for i in np.argsort(-means, kind="stable") if np.isfinite(means[i])]
         verb = "forgetting" if what == "tasks" else "forgotten"
         rows.append((f"most {verb} {what}", _ranked(order[:3], means, names)))
         rows.append((f"least {verb} {what}", _ranked(order[::-1][:3], means, names)))
     if any(label.startswith("most") for label, _ in rows):
         rows.append(("", "(mean Z: + forgotten, - improved)"))
     return _table(rows)
+
+
+def _mean(Z: np.ndarray, seen: np.ndarray, axis: int) -> np.ndarray:
+    """Means of the measured entries along `axis`; NaN where none is measured (no warning)."""
+    n = seen.sum(axis)
+    return np.where(n > 0, np.where(seen, Z, 0.0).sum(axis) / np.maximum(n, 1), np.nan)
+
+
+def budget_lines(out: dict[str, np.ndarray], budget: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary's lines of a budgeted run: what was measured, and the completion's held-back error."""
+    lines = [("measured", f"{budget['measured_fraction']:.1%} of the entries (--eval.budget {budget['fraction']:g}: "
+                          f"{budget['per_task']} examples per task, {budget['anchors']} of them anchors shared by every "
+                          f"task; {budget['select']} selection); the rest completed by {budget['method']} "
+                          "(Z_completed)")]
+    pooled = (budget.get("holdback") or {}).get("pooled")
+    if pooled:
+        top = next(iter(budget["holdback"]["per_task"].values()))["top"]
+        lines.append(("completion error", f"on {pooled['n']} measured entries held back from a refit: RMSE "
+                                          f"{pooled['rmse']:.4f}, Spearman {pooled['spearman_median']:.3f} (median over "
+                                          f"tasks), top-{top} precision {pooled['precision_mean']:.2f} (mean)"))
+    return lines
 
 
 def _ranked(order, means: np.ndarray, names: list[str]) -> str:
@@ -111,7 +141,7 @@ def write_summary(run: RunDir, text: str) -> Path:
 
 def finished_lines(run: RunDir, out: dict[str, np.ndarray], task_names: list[str], example_ids: list[str]) -> str:
     """The summary table, then what collect wrote, the file to open first and the next command."""
-    text = summarize(out, task_names, example_ids)
+    text = summarize(out, task_names, example_ids, run.read_meta().get("budget"))
     summary = write_summary(run, text)
     wrote = [run.forgetting_path, *(p for p in (run.root / "tasks.jsonl", run.root / "upstream.jsonl") if p.exists()),
              summary, f"{run.tb_dir}/ (TensorBoard: tensorboard --logdir {run.tb_dir})"]
@@ -132,9 +162,29 @@ def merge(path: Path, echo=print) -> dict[str, np.ndarray]:
     """Assemble forgetting.npz of a run directory from its rows (every task must be finished)."""
     run = RunDir(path)
     meta = run.read_run_meta()
-    out = run.assemble(meta["task_names"], meta["example_ids"],
-                       em_base_correct_only=meta["config"].get("eval", {}).get("em_base_correct_only", True) is not False)
+    recorded = recorded_config(meta["config"]).get("eval", {})
+    e = config_from_dict(EvalConfig, recorded, "meta.json: config.eval") if isinstance(recorded, dict) else EvalConfig()
+    out = assemble(run, meta["task_names"], meta["example_ids"], e)
     echo(finished_lines(run, out, meta["task_names"], meta["example_ids"]))
+    return out
+
+
+def assemble(run: RunDir, task_names: list[str], example_ids: list[str], e: EvalConfig) -> dict[str, np.ndarray]:
+    """forgetting.npz from the rows (:meth:`RunDir.assemble`); with --eval.budget also ``Z_completed`` (the refit on
+    every measured entry), ``anchors`` and, in meta.json's ``budget``, the settings and the held-back error bars
+    (:func:`jaxforget.collect.budget.complete`)."""
+    out = run.assemble(task_names, example_ids, em_base_correct_only=e.em_base_correct_only, write=False)
+    budget = Budget.from_eval(e, len(example_ids))
+    if budget is not None:
+        Z_completed, scores = complete(out["Z"], out["measured"], out["holdout"], out["failed"], budget)
+        out.update(Z_completed=Z_completed, anchors=budget.anchor_columns())
+        ok = ~out["failed"]
+        record = dict(budget.record(), measured_fraction=float(out["measured"][ok].mean()) if ok.any() else 0.0,
+                      measured_entries=int(out["measured"].sum()), holdback=dict(
+                          pooled=scores["pooled"],
+                          per_task={n: s for n, s in zip(task_names, scores["per_task"]) if s is not None}))
+        run.update_meta(budget=record)
+    atomic_write_npz(run.forgetting_path, **out)
     return out
 
 
@@ -222,6 +272,21 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
     tracker = open_tracker("tensorboard", run.tb_dir) if primary else open_tracker("none")
     if not resumed:
         tracker.hparams(_flat(config_dict(config)), {"tasks": float(len(task_names))})
+    budget = Budget.from_eval(config.eval, len(example_ids))
+    completer = RowCompleter(budget) if budget is not None and primary else None
+    if completer is not None:
+        completer.update(ok_rows([run.read_row(j) for j in run.finished()], nll_before))  # a resumed run's rows
+    choose = None
+    if budget is not None and budget.select == "active":
+
+        def choose(indices: list[int], first: list[np.ndarray]) -> list[np.ndarray]:
+            picked = on_primary(lambda: [np.flatnonzero(budget.second_round(i, f, completer.factors())).tolist()
+                                         for i, f in zip(indices, first)], "choose the active columns")
+            masks = [np.zeros(len(example_ids), bool) for _ in picked]
+            for m, cols in zip(masks, picked):
+                m[cols] = True
+            return masks
+
     failed = []
     K = config.tasks_per_step
     # the bar counts each task's real steps (--train.max-steps capped by --train.max-epochs)
@@ -268,14 +333,13 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
                 break
             progress.set_postfix(task=", ".join(task_names[i] for i in group))
             results = train_group(group, setup=setup, config=config, run=run, engine=engine, tracker=tracker,
-                                  em_eval=em_eval,
-                                  progress=progress)
+                                  em_eval=em_eval, progress=progress, budget=budget, choose=choose)
             failed += [task_names[i] for i, fields in zip(group, results) if isinstance(fields, TaskFailed)]
             if config.train.checkpoint_every > 0:
                 barrier(f"closed checkpoints of group {group[0]}")  # before process 0 removes them
             if primary:
                 _record_group(group, results, run=run, task_names=task_names, nll_before=nll_before,
-                              tracker=tracker, echo=say)
+                              tracker=tracker, echo=say, completer=completer)
                 for i in group:  # its row is written: anyone locking it later finds the row and passes
                     claimed.pop(i).release(unlink=True)
     if primary:
@@ -285,7 +349,7 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
             echo(closing([f"{run.rows_dir}/ ({len(task_names) - len(missing)} of {len(task_names)} rows)"],
                          next_steps=[f"python -m jaxforget.collect --merge {run.root}   (once every shard is done)"]))
         else:
-            out = run.assemble(task_names, example_ids, em_base_correct_only=config.eval.em_base_correct_only)
+            out = assemble(run, task_names, example_ids, config.eval)
             write_tasks_jsonl(run, task_names, [len(setup.task_train[n]) for n in task_names])
             all_failed = [str(run.read_row(j)["name"]) for j in range(len(task_names))
                           if str(run.read_row(j)["status"]) == "failed"]
@@ -316,9 +380,34 @@ def check_base_nll(nll_before: np.ndarray, example_ids: list[str], setup: Setup)
                    "No task was trained.")
 
 
+def ok_rows(rows: list[dict[str, Any]], nll_before: np.ndarray) -> np.ndarray:
+    """[M', N] Z of the `rows` (RunDir.read_row) that did not fail, NaN where not measured."""
+    z = [r["nll_after"] - nll_before for r in rows if str(r["status"]) == "ok"]
+    return np.stack(z) if z else np.zeros((0, nll_before.size), np.float32)
+
+
+def _fold_in(fields: dict[str, Any], z: np.ndarray, completer: RowCompleter, tracker, index: int) -> str:
+    """--eval.budget: the row folded into the fit of the rows finished before it (``z_fold``, the measured entries
+    kept) and scored on its held-back entries (``fold_*``; TensorBoard ``budget/``); returns the log line's part."""
+    measured, held = fields["measured"], fields["holdout"]
+    pred = completer.fold_in(z, measured & ~held)
+    scores = holdout_scores(pred, z, held)
+    fields.update(z_fold=np.where(measured, z, pred), fold_rows=np.asarray(completer.n_rows),
+                  **{f"fold_{k}": np.asarray(v) for k, v in scores.items()})
+    for k in ("rmse", "spearman", "precision"):
+        if np.isfinite(scores[k]):
+            tracker.scalar(f"budget/fold_in_{k}", scores[k], index)
+    text = f"; measured {int(measured.sum())} of {z.size}"
+    if scores["n"]:
+        text += (f", fold-in on {completer.n_rows} rows: RMSE {scores['rmse']:.4f}, Spearman {scores['spearman']:.3f} "
+                 f"on {scores['n']} held back")
+    return text
+
+
 def _record_group(group: list[int], results: list, *, run: RunDir, task_names: list[str], nll_before: np.ndarray,
-                  tracker, echo) -> None:
-    """Process 0, after a group of tasks: their rows, TensorBoard summaries, the checkpoint removed."""
+                  tracker, echo, completer: RowCompleter | None = None) -> None:
+    """Process 0, after a group of tasks: their rows (--eval.budget: folded in, :func:`_fold_in`), TensorBoard
+    summaries, the checkpoint removed."""
     for i, fields in zip(group, results):
         name = task_names[i]
         if isinstance(fields, TaskFailed):
@@ -326,18 +415,22 @@ def _record_group(group: list[int], results: list, *, run: RunDir, task_names: l
             run.write_row(i, name=name, nll_after=np.full(len(nll_before), np.nan), status="failed",
                           reason=str(fields))
             continue
-        run.write_row(i, name=name, **fields)
         z = fields["nll_after"] - nll_before
+        budget_text = _fold_in(fields, z, completer, tracker, i) if completer is not None else ""
+        run.write_row(i, name=name, **fields)
         losses = fields["train_losses"]
         echo(f"task {i + 1}/{len(task_names)} {name}: {int(fields['steps_run'])} steps, train loss "
-             f"{losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}, mean forgetting {np.mean(z):+.4f}")
-        tracker.scalar("upstream_nll/mean_after", float(np.mean(fields["nll_after"])), i)
-        tracker.scalar("forgetting/mean", float(np.mean(z)), i)
-        tracker.histogram(f"forgetting/{name}", z, i)
+             f"{losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}, mean forgetting {np.nanmean(z):+.4f}{budget_text}")
+        tracker.scalar("upstream_nll/mean_after", float(np.nanmean(fields["nll_after"])), i)
+        tracker.scalar("forgetting/mean", float(np.nanmean(z)), i)
+        tracker.histogram(f"forgetting/{name}", z[np.isfinite(z)], i)
     shutil.rmtree(run.checkpoints_dir / f"task_{group[0]:05d}", ignore_errors=True)
     done_rows = sorted(run.finished())
-    rows = np.stack([run.read_row(j)["nll_after"] for j in done_rows]) - nll_before[None]
+    read = [run.read_row(j) for j in done_rows]
+    rows = np.stack([r["z_fold"] if "z_fold" in r else r["nll_after"] - nll_before for r in read])
     tracker.image("forgetting/Z_sorted", heatmap_image(rows), len(done_rows))
+    if completer is not None:
+        completer.update(ok_rows(read, nll_before))
     tracker.flush()
 
 
