@@ -12,11 +12,18 @@ has statistics), ``residual_blocks.png`` (when a block is found), ``r2_over_step
 has the per-step tensor). The same scalars and images go to TensorBoard under ``RUN/tb/analyze``
 (``OUT/tb`` for a bare matrix file).
 
+Every fit uses the measured entries only (finite Z; NaN = not measured), and where some are not measured
+the console and the report say how many the fits used. A budgeted run (``collect --eval.budget``) also
+holds ``Z_completed``, the completion's predictions of the entries not measured: those are never fitted
+here; the completed matrix gets its own R² table (``completed_fit_table.md``) and sorted heatmap
+(``completed_heatmap_sorted.png``), labelled as not measurements.
+
 Run-directory files read besides ``forgetting.npz`` (all optional; a missing file or key only removes
 the statistics it carries; ``collect`` writes them):
 
 * ``forgetting.npz``: ``Z [M, N]``, ``task_names [M]``, ``example_ids [N]``, ``nll_before [N]`` (base
-  NLL per example), ``Z_steps [M, T, N]`` with ``steps [T]`` (forgetting at intermediate steps).
+  NLL per example), ``Z_steps [M, T, N]`` with ``steps [T]`` (forgetting at intermediate steps),
+  ``Z_completed [M, N]`` and ``measured [M, N]`` (a budgeted run).
 * ``tasks.jsonl``, one JSON object per task: ``name`` (required, matches ``task_names``), ``source``
   (string), ``n_train``, ``n_train_tokens``, ``steps``, ``train_loss_before``, ``train_loss_after``,
   ``base_loss`` (numbers; ``train_loss_drop = before - after`` is derived).
@@ -34,7 +41,7 @@ import dataclasses
 import json
 import platform
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import tyro
@@ -333,6 +340,8 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
     if config.residual_rank > min(M, N):
         raise ValueError(f"--residual-rank {config.residual_rank} exceeds min(tasks, examples) = {min(M, N)}")
     mask_np = np.asarray(mask)
+    coverage = data.coverage()
+    incomplete = coverage["n_measured"] < coverage["n_entries"] or data.Z_completed is not None
     out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
     files: list[str] = []
 
@@ -345,6 +354,9 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
     good = A.goodness(Z0, mask, max_rank=config.max_rank, seed=config.seed)
     k = min(config.max_rank, M, N)
     not_computed, limit_notes = _small_matrix_limits(M, N, config, k, bool(md.task_stats))
+    if coverage["n_disagree"]:
+        limit_notes.append(f"the file's `measured` mask disagrees with Z's NaN on {coverage['n_disagree']:,} "
+                           "entries; the finite entries of Z are taken as the measured ones")
     U, s, V = A.components(A.rank_fit(Z0, mask, rank=k, seed=config.seed))
     fit1 = A.rank_fit(Z0, mask, rank=1, seed=config.seed)
     U1, s1, V1 = A.components(fit1)
@@ -365,8 +377,9 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
     sub = np.ix_(row_order, shown)
     residual1 = Zn - rank1
     sorted_names = [data.row_names[i] for i in row_order]
+    only = "\nmeasured entries only (grey: not measured)" if incomplete else ""
     save(viz.heatmap(Zn[sub], vmax=vmax, row_labels=sorted_names,
-                     title=f"Z sorted by task effect α (rows) and example effect β (columns); {sample_note}"),
+                     title=f"Z sorted by task effect α (rows) and example effect β (columns); {sample_note}{only}"),
          "heatmap_sorted.png")
     save(viz.panels([("Z", Zn[sub]), (f"rank-1 fit α·β (R² {good['r2']['multiplicative']:.3f})", rank1[sub]),
                      ("residual Z − α·β", residual1[sub])], vmax=vmax, row_labels=sorted_names,
@@ -381,8 +394,11 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
             row_labels=sorted_names, cbar_label=f"component {r + 1} = σ u vᵀ (change in log-perplexity)"),
             f"component_{r + 1}.png")
     save(viz.r2_curve(good["r2"], labels=A.R2_LABELS), "r2_vs_rank.png")
+    per_task = mask_np.sum(axis=1)
+    over = (f"its measured examples ({per_task.min():,}–{per_task.max():,} of {N:,})" if incomplete
+            else f"{N:,} examples")
     save(viz.task_distributions(Zn[row_order], sorted_names,
-                                title=f"Forgetting per task over {N:,} examples (tasks sorted by α)"),
+                                title=f"Forgetting per task over {over} (tasks sorted by α)"),
          "task_distributions.png")
 
     # Correlations of the effects with run statistics.
@@ -432,6 +448,15 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
         save(viz.r2_over_steps([r["step"] for r in over_steps], [r["r2_rank1"] for r in over_steps],
                                [r["mean"] for r in over_steps]), "r2_over_steps.png")
 
+    # A budgeted run's completed matrix: measurements plus a model's predictions, shown apart.
+    completed = None
+    if data.Z_completed is not None:
+        completed = analyze_completed(data.Z_completed, config, coverage, order=(row_order, shown),
+                                      vmax=vmax, sample_note=sample_note, row_names=sorted_names, save=save)
+        if completed is None:
+            not_computed["completed"] = ("the completed matrix (Z_completed): a task has no finite entry in it "
+                                         "(a failed row); --drop-empty-rows leaves such tasks out")
+
     if config.tracker == "tensorboard":
         tb_path = config.path / "tb" / "analyze" if config.path.is_dir() else out / "tb"
     else:
@@ -446,6 +471,9 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
                     null_scores=search.null_scores if search else None, found=blocks),
         over_steps=over_steps, run_files=md.files, notes=md.notes + limit_notes, not_computed=not_computed,
         run_meta=md.meta,
+        **({"coverage": dict(coverage, fit_note=fit_note(coverage, data.Z_completed is not None))}
+           if incomplete else {}),  # a full matrix's analysis.json stays as it was
+        **({"completed": completed} if completed is not None else {}),
         config={f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, versions=_versions(),
         flags=output_settings(config, leave_out=FLAGS_LEFT_OUT),
         tracker=dict(kind=config.tracker, path=None if config.tracker == "none" else str(tb_path)),
@@ -453,6 +481,9 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
     fit_md = _r2_markdown(good["r2"])
     (out / "fit_table.md").write_text(fit_md + "\n", encoding="utf-8")
     files.append("fit_table.md")
+    if completed is not None:
+        (out / COMPLETED_TABLE).write_text(_r2_markdown(completed["r2"]) + "\n", encoding="utf-8")
+        files.append(COMPLETED_TABLE)
     report = render_report(result, fit_md, files, md)
     (out / "report.md").write_text(report, encoding="utf-8")
     files += ["report.md", "analysis.json"]
@@ -462,6 +493,44 @@ def analyze(data: MatrixData, config: AnalyzeConfig, metadata: RunMetadata | Non
     with open_tracker(config.tracker, tb_path) as tracker:
         log_analysis(tracker, result, report, out, Z[mask_np])
     return result
+
+
+COMPLETED_HEATMAP = "completed_heatmap_sorted.png"
+COMPLETED_TABLE = "completed_fit_table.md"
+"""The completed matrix's figure and table: named apart from heatmap_sorted.png / fit_table.md, which are
+measurements."""
+
+
+def fit_note(coverage: dict[str, int], has_completed: bool) -> str:
+    """How many entries the fits used: ``fitted on 12,345 of 170,000 entries (7.3%) measured; 8,500
+    completed entries not used`` (the last part for a file with Z_completed)."""
+    n, total = coverage["n_measured"], coverage["n_entries"]
+    text = f"fitted on {n:,} of {total:,} entries ({n / total:.1%}) measured"
+    return text + (f"; {coverage['n_completed']:,} completed entries not used" if has_completed else "")
+
+
+def analyze_completed(Z_completed: np.ndarray, config: AnalyzeConfig, coverage: dict[str, int], *,
+                      order: tuple[np.ndarray, np.ndarray], vmax: float, sample_note: str,
+                      row_names: list[str], save: Callable[[Any, str], str]) -> dict[str, Any] | None:
+    """The R² table of ``Z_completed [M, N]`` (the same fits as the measured table, on every finite
+    entry) and its heatmap in the measured heatmap's order (``order``: rows, shown columns), saved
+    as :data:`COMPLETED_HEATMAP`; None when a row of it has no finite entry. Its entries are a
+    completion's predictions where Z is NaN, so nothing here is a measurement."""
+    from jaxforget import analysis as A
+    from jaxforget import viz
+
+    Zc = np.asarray(Z_completed, np.float32)
+    if not np.isfinite(Zc).any(axis=1).all():
+        return None
+    good = A.goodness(Zc, max_rank=config.max_rank, seed=config.seed)
+    n_pred = coverage["n_completed"]
+    save(viz.heatmap(Zc[np.ix_(*order)], vmax=vmax, row_labels=row_names,
+                     cbar_label="Z_completed: measured + predicted (change in log-perplexity)",
+                     title=f"Z_completed, NOT measurements: {n_pred:,} of {Zc.size:,} entries are the completion's "
+                           f"predictions\nrows, columns and colours as in heatmap_sorted.png; {sample_note}"),
+         COMPLETED_HEATMAP)
+    return dict(r2=good["r2"], fit_method=good["method"], n_entries=int(good["counts"]["n_observed"]),
+                n_predicted=n_pred, files=[COMPLETED_HEATMAP, COMPLETED_TABLE])
 
 
 def _block_records(search, data: MatrixData, md: RunMetadata, top_examples: int) -> list[dict[str, Any]]:
@@ -491,6 +560,8 @@ def log_analysis(tracker, result: dict[str, Any], report: str, out: Path, entrie
     (``analyze/<name>``), histograms of the effects and of Z's measured ``entries``, the report as
     text and the configuration as hparams."""
     tracker.scalars(result["r2"], prefix="r2/")
+    if "completed" in result:
+        tracker.scalars(result["completed"]["r2"], prefix="completed_r2/")
     tracker.scalars(result["moments"], prefix="z/")
     for row in result["over_steps"] or []:
         if row["r2_rank1"] is not None:
@@ -518,6 +589,14 @@ def render_report(result: dict[str, Any], fit_md: str, files: list[str], md: Run
               f"{c['n_missing']:,} not measured (NaN; ignored by every fit) in {c['rows_with_missing']} rows and "
               f"{c['cols_with_missing']} columns. Mean Z {m['mean']:.4g}, standard deviation {m['std']:.4g}, "
               f"{m['frac_nonneg']:.1%} of entries ≥ 0.", ""]
+    budget = (md.meta or {}).get("budget")
+    if isinstance(budget, dict):
+        lines += [f"A budgeted run (`collect --eval.budget {budget.get('fraction')} --eval.select "
+                  f"{budget.get('select', '?')}`, {budget.get('anchors', '?')} anchor columns measured for every "
+                  "task): a model completed the entries not measured; its completions are never fitted as "
+                  "measurements (they are shown apart, under \"The completed matrix\").", ""]
+    if "coverage" in result:
+        lines += [f"Every fit below uses the measured entries only: {result['coverage']['fit_note']}.", ""]
     for note in result["notes"]:
         lines += [f"Note: {note}.", ""]
     for note in result["not_computed"].values():
@@ -589,6 +668,17 @@ def render_report(result: dict[str, Any], fit_md: str, files: list[str], md: Run
                                      for d in blk["domain_enrichment"]]), ""]
         image("residual_blocks.png", "residual with blocks")
 
+    if "completed" in result:
+        c = result["completed"]
+        lines += ["## The completed matrix (not measurements)", "",
+                  f"`Z_completed` is Z with its {c['n_predicted']:,} unmeasured entries filled in by the run's "
+                  "matrix completion. None of the analysis above uses it. Its R² below pools measurements and a "
+                  "model's predictions, so it describes the completion as much as forgetting: quote the measured "
+                  "table above.", "",
+                  f"R² over all {c['n_entries']:,} finite entries of Z_completed "
+                  f"([{COMPLETED_TABLE}]({COMPLETED_TABLE})):", "", _r2_markdown(c["r2"]), ""]
+        image(COMPLETED_HEATMAP, "Z_completed sorted as Z: not measurements")
+
     if result["over_steps"]:
         lines += ["## Forgetting over fine-tuning steps", "",
                   _md_table(["step", "R² rank 1", "mean Z", "measured"],
@@ -638,7 +728,10 @@ def drop_empty_rows(data: MatrixData, md: RunMetadata) -> tuple[MatrixData, RunM
         return data, md
     dropped = [data.row_names[i] for i in np.flatnonzero(~keep)]
     idx = np.flatnonzero(keep)
-    data = dataclasses.replace(data, Z=data.Z[keep], row_names=[data.row_names[i] for i in idx], test_rows=None)
+    data = dataclasses.replace(
+        data, Z=data.Z[keep], row_names=[data.row_names[i] for i in idx], test_rows=None,
+        Z_completed=None if data.Z_completed is None else data.Z_completed[keep],
+        measured=None if data.measured is None else data.measured[keep])
     md = dataclasses.replace(
         md, task_stats={k: [v[i] for i in idx] for k, v in md.task_stats.items()},
         Z_steps=None if md.Z_steps is None else md.Z_steps[keep],
@@ -664,7 +757,13 @@ def main(config: AnalyzeConfig) -> dict[str, Any]:
           f"{int(np.sum(~np.isfinite(data.Z)))} not measured"
           + (f"; run files: {', '.join(metadata.files)}" if metadata.files else ""), flush=True)
     result = analyze(data, config, metadata)
+    if "coverage" in result:
+        print(result["coverage"]["fit_note"])
     print(_r2_markdown(result["r2"]))
+    if "completed" in result:
+        print(f"completed matrix (Z_completed: {result['completed']['n_predicted']:,} entries are a completion's "
+              f"predictions, NOT measurements; {COMPLETED_TABLE}, {COMPLETED_HEATMAP}):")
+        print(_r2_markdown(result["completed"]["r2"]))
     for note in result["notes"]:
         print(f"note: {note}")
     for reason in result["not_computed"].values():
@@ -674,6 +773,7 @@ def main(config: AnalyzeConfig) -> dict[str, Any]:
     out = config.out_dir
     pngs = [f for f in result["files"] if f.endswith(".png")]
     wrote = [out / "report.md", out / "analysis.json", out / "fit_table.md",
+             *([out / COMPLETED_TABLE] if "completed" in result else []),
              f"{out}/ ({len(pngs)} figures: {', '.join(pngs[:3])}{', ...' if len(pngs) > 3 else ''})"]
     if result["tracker"]["path"]:
         wrote.append(result["tracker"]["path"] + (" (TensorBoard)" if config.tracker == "tensorboard" else ""))

@@ -24,6 +24,11 @@ test task's text without the revealed entries, and is scored on the same hidden 
 completion methods. It also reports ``example_macro_f1``, the original paper's per-example macro F1
 (F1 of each task example's own scores, averaged over examples); the completion methods predict one row
 per task and have no per-example predictions, so their cell is "—".
+
+Only measured entries (finite Z; NaN = not measured) are revealed and scored. A budgeted run's
+``Z_completed`` (the completion's predictions of the entries its collect did not measure) is never read
+as data: the console says how much of Z is measured, and the JSON records it (``measured``,
+``completed_not_used``).
 """
 
 from __future__ import annotations
@@ -213,9 +218,16 @@ def main(config: PredictConfig) -> dict:
         raise ValueError(f"--threshold {config.threshold}: the matrix is binary (0/1), so forgotten means "
                          "Z > threshold with a threshold in [0, 1); any other value puts every entry in one class")
     n_nan = int(np.sum(~np.isfinite(data.Z)))
+    coverage = data.coverage()
+    check_reveal(data, test_rows, config.k, config.reveal)
     print(f"matrix {data.source}: {data.Z.shape[0]} tasks x {data.Z.shape[1]} examples, {n_nan} not measured; "
           f"{len(test_rows)} test tasks ({_names_text([data.row_names[i] for i in test_rows])}), k={config.k}, "
           f"seeds={list(config.seeds)}, {'binary' if binary else 'real-valued'}", flush=True)
+    if n_nan or data.Z_completed is not None:
+        print(measured_line(coverage, data.Z_completed is not None), flush=True)
+    if coverage["n_disagree"]:
+        print(f"warning: the file's `measured` mask disagrees with Z's NaN on {coverage['n_disagree']:,} entries; "
+              "the finite entries of Z are taken as the measured ones", flush=True)
     result = completion.evaluate(
         data.Z, test_rows=test_rows, methods=methods, k=config.k, seeds=config.seeds, reveal=config.reveal,
         mode=config.mode, binary=binary, threshold=config.threshold, top_n=config.top_n, clip=config.clip,
@@ -244,9 +256,15 @@ def main(config: PredictConfig) -> dict:
                 texts = load(rcfg)
             rep_dot.add_to_protocol(result, texts.model, texts.data, data.Z, rcfg, label=label,
                                     echo=lambda msg: print(msg, flush=True))
+    if config.reveal == "reference":
+        warning = reference_shortfall(result, data.row_names, config.k)
+        if warning:
+            print(f"warning: {warning}", flush=True)
     print(result.table())
     report = dict(
         flags=settings, matrix=data.source, shape=list(data.Z.shape), not_measured=n_nan,
+        measured=coverage["n_measured"],
+        **({"completed_not_used": coverage["n_completed"]} if data.Z_completed is not None else {}),
         test_tasks=[data.row_names[i] for i in test_rows],
         config={f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
         versions=dict(python=platform.python_version(), jax=jax.__version__, numpy=np.__version__,
@@ -263,6 +281,54 @@ def main(config: PredictConfig) -> dict:
     print(closing([out, *([config.save_predictions] if config.save_predictions is not None else [])], first=out,
                   next_steps=next_steps(config, result)))
     return report
+
+
+def measured_line(coverage: dict[str, int], has_completed: bool) -> str:
+    """The console line on a matrix with unmeasured entries: how much of Z is measured, and that only
+    measured entries are revealed and scored (a budgeted run's completed entries never)."""
+    n, total = coverage["n_measured"], coverage["n_entries"]
+    text = f"measured: {n:,} of {total:,} entries of Z ({n / total:.1%}); only measured entries are revealed and scored"
+    if has_completed:
+        text += f", the {coverage['n_completed']:,} completed entries (Z_completed) are never used"
+    return text
+
+
+def check_reveal(data: MatrixData, test_rows: list[int], k: int, reveal: str) -> None:
+    """Refuse, naming the test tasks and their counts, a --k that leaves a test task nothing to score: a
+    distinct reveal takes k of its measured entries and the score needs one more (a budgeted run measures
+    only part of each row)."""
+    if reveal != "without_replacement":
+        return  # the reference reveal takes at most k and is checked after the draw (reference_shortfall)
+    n_measured = np.isfinite(data.Z[test_rows]).sum(axis=1)
+    short = [(data.row_names[t], int(c)) for t, c in zip(test_rows, n_measured) if c <= k]
+    if not short:
+        return
+    N = data.Z.shape[1]
+    named = ", ".join(f"{name!r} ({c} of {N} measured)" for name, c in short[:8])
+    named += f", ... ({len(short) - 8} more)" if len(short) > 8 else ""
+    fewest = min(c for _, c in short)
+    fix = (f"Lower --k to {fewest - 1} or fewer, or leave them out" if fewest > 1 else "Leave them out")
+    tasks = f"{len(short)} test task{'s' * (len(short) != 1)}"
+    raise ValueError(f"--k {k}: {tasks} with no more than k measured entries: {named}; each needs k revealed plus "
+                     f"at least one to score ({k + 1}). {fix} of the test tasks (--split)")
+
+
+def reference_shortfall(result, row_names: list[str], k: int) -> str | None:
+    """With --reveal reference (the same drawn columns for every test task) on a matrix with unmeasured
+    entries, test tasks get fewer revealed entries than the distinct columns drawn: what they got, or None."""
+    from jaxforget.completion import reference_reveal
+
+    revealed = np.asarray(result.reveal).sum(axis=-1)  # [S, T]
+    N = result.reveal.shape[-1]
+    drawn = np.array([int(reference_reveal(s, np.ones((1, N), bool), k).sum()) for s in result.seeds])  # [S]
+    if (revealed >= drawn[:, None]).all():
+        return None
+    s, t = np.unravel_index(np.argmin(revealed - drawn[:, None]), revealed.shape)
+    return (f"--reveal reference reveals the same drawn columns in every test task, and not all of them are "
+            f"measured here: test tasks got {revealed.min()}–{revealed.max()} revealed entries of the "
+            f"{drawn.min()}–{drawn.max()} distinct columns drawn (k = {k}); fewest: {revealed[s, t]} of {drawn[s]} "
+            f"in {row_names[result.test_rows[t]]!r}, seed {result.seeds[s]}; a task with none is predicted without "
+            "any entry of its own")
 
 
 def next_steps(config: PredictConfig, result) -> list[str]:

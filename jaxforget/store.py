@@ -42,6 +42,20 @@ class MatrixData:
     col_ids: list[str]
     source: str
     test_rows: list[int] | None = None  # set when the file defines a split (reference pickles)
+    # A budgeted run (collect --eval.budget, docs/collect.md) also holds these; Z's NaN stay the truth of
+    # "not measured", and Z_completed is a model's output, never to be fitted or scored as a measurement.
+    Z_completed: np.ndarray | None = None  # [M, N] float32: Z where measured, the completion elsewhere
+    measured: np.ndarray | None = None  # [M, N] bool, as the file saved it
+
+    def coverage(self) -> dict[str, int]:
+        """Entry counts of Z: ``n_entries``, ``n_measured`` (finite Z), ``n_completed`` (entries that only
+        Z_completed fills: finite there, NaN in Z) and ``n_disagree`` (entries where the saved
+        ``measured`` mask says otherwise than Z's NaN; 0 without a mask)."""
+        finite = np.isfinite(self.Z)
+        completed = 0 if self.Z_completed is None else int((np.isfinite(self.Z_completed) & ~finite).sum())
+        disagree = 0 if self.measured is None else int((self.measured != finite).sum())
+        return dict(n_entries=int(finite.size), n_measured=int(finite.sum()), n_completed=completed,
+                    n_disagree=disagree)
 
 
 def _names(values, n: int, prefix: str) -> list[str]:
@@ -90,6 +104,11 @@ def _load_npz(path: Path) -> MatrixData:
             Z = _checked(f[key], path, f"array {key!r}")
             rows = f["task_names"].tolist() if "task_names" in f else None
             cols = f["example_ids"].tolist() if "example_ids" in f else None
+            completed = measured = None
+            if key == "Z" and "Z_completed" in f:  # a budgeted run's completion of Z
+                completed = _checked(f["Z_completed"], path, "array 'Z_completed'")
+            if key == "Z" and "measured" in f:
+                measured = _mask(f["measured"], path, "measured")
     except ValueError as e:
         if str(e).startswith(str(path)):  # ours, already naming the file
             raise
@@ -99,7 +118,20 @@ def _load_npz(path: Path) -> MatrixData:
     for name, values, n in (("task_names", rows, Z.shape[0]), ("example_ids", cols, Z.shape[1])):
         if values is not None and len(values) != n:
             raise ValueError(f"{path}: {name} has {len(values)} entries for a matrix of shape {Z.shape}")
-    return MatrixData(Z, _names(rows, Z.shape[0], "task"), _names(cols, Z.shape[1], "ex"), str(path))
+    for name, array in (("Z_completed", completed), ("measured", measured)):
+        if array is not None and array.shape != Z.shape:
+            raise ValueError(f"{path}: {name} has shape {array.shape} but Z has shape {Z.shape}; both come from "
+                             "one budgeted run (collect --eval.budget): reassemble the run")
+    return MatrixData(Z, _names(rows, Z.shape[0], "task"), _names(cols, Z.shape[1], "ex"), str(path),
+                      Z_completed=completed, measured=measured)
+
+
+def _mask(values: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """A saved boolean mask (bool, or 0/1 numbers) as bool."""
+    values = np.asarray(values)
+    if values.dtype != bool and not (np.issubdtype(values.dtype, np.number) and np.isin(values, (0, 1)).all()):
+        raise ValueError(f"{path}: array {key!r} must be a boolean mask (or 0/1); got {values.dtype} values")
+    return values.astype(bool)
 
 
 def _cell(text: str) -> float:
