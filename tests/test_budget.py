@@ -65,6 +65,25 @@ def test_rank_correlation_and_precision_against_scipy_and_by_hand():
     assert (s["n"], s["top"], s["n_top_held"], s["precision"], s["rmse"]) == (400, 100, 10, 1.0, 0.0)
 
 
+def test_the_sampled_r2_is_fit_tables_on_a_full_matrix_and_close_on_a_tenth():
+    from jaxforget.completion import fit_table, planted_matrix, sampled_rank_r2
+
+    Z = np.asarray(planted_matrix(40, 3000, rank=3, noise=0.1, n_blocks=0, seed=2).Z)
+    full = fit_table(Z)
+    got = sampled_rank_r2(Z, np.ones(Z.shape, bool))
+    for k in range(1, 6):
+        assert got[f"rank_{k}"] == pytest.approx(full[f"rank_{k}"], abs=1e-5)
+    b = Budget(n=3000, fraction=0.1, anchors=150)  # every pair of rows shares >= 150 columns (with 60: off by 0.1-0.4)
+    m = np.stack([b.first_round(i) for i in range(40)])
+    est = sampled_rank_r2(np.where(m, Z, np.nan), m)
+    naive = fit_table(np.where(m, Z, np.nan), m)  # rank-k fits to the sample itself overfit it
+    for k in range(1, 6):
+        assert abs(est[f"rank_{k}"] - full[f"rank_{k}"]) < 0.03, (k, est, full)
+    assert naive["rank_3"] - full["rank_3"] > 0.03
+    with pytest.raises(ValueError, match="share no measured column"):
+        sampled_rank_r2(Z[:2], np.array([[True, False] * 1500, [False, True] * 1500]))
+
+
 def test_the_held_back_error_estimates_the_error_on_the_unmeasured_entries():
     """On a planted rank-3 matrix with noise, the pooled RMSE on the held-back entries is within 20% of the
     RMSE of Z_completed against the truth on every unmeasured entry, for random and active selection."""
@@ -114,7 +133,7 @@ def test_a_budgeted_run_measures_its_share_and_the_measured_entries_are_the_full
     assert np.isfinite(got["Z_completed"]).all()
     assert (got["holdout"] <= m).all() and got["holdout"].sum(1).tolist() == [4, 4, 4]
     meta = RunDir(random_run).read_meta()
-    assert meta["budget"]["measured_fraction"] == 0.5 and meta["budget"]["method"] == "mf"
+    assert meta["budget"]["measured_fraction"] == 0.5 and meta["budget"]["method"] == "mf:reg=1"
     assert set(meta["budget"]["holdback"]["per_task"]) == set(meta["task_names"])
     row = RunDir(random_run).read_row(1)
     assert {"measured", "holdout", "z_fold", "fold_rmse", "eval_seconds"} <= set(row)
@@ -155,9 +174,10 @@ def test_stacked_lora_tasks_keep_their_own_entries(cache, tmp_path):
         runs[k] = np.load(RunDir(config.out).forgetting_path)
     np.testing.assert_array_equal(runs[2]["measured"], runs[1]["measured"])
     np.testing.assert_allclose(runs[2]["Z"], runs[1]["Z"], atol=2e-5)
-    # --eval.eval-every: the intermediate measurements cover the first round, NaN elsewhere
-    steps = runs[2]["Z_steps"]
-    assert np.isnan(steps[:, :-1][:, :, ~runs[2]["measured"][0]]).all()
+    # --eval.eval-every: every measurement of a task covers (at most) its own entries, NaN elsewhere
+    steps, measured = runs[2]["Z_steps"], runs[2]["measured"]
+    assert all(np.isnan(steps[i][:, ~measured[i]]).all() and np.isfinite(steps[i][:, measured[i]]).any()
+               for i in range(3))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -65,7 +65,7 @@ class Budget:
     fraction: float
     anchors: int
     select: str = "random"
-    method: str = "mf"
+    method: str = "mf:reg=1"
     holdout: float = 0.2
     seed: int = 0
 
@@ -78,6 +78,18 @@ class Budget:
         anchors = default_anchors(per_task) if e.anchors is None else e.anchors
         return cls(n=n, fraction=e.budget, anchors=anchors, select=e.select, method=e.completion,
                    holdout=e.holdout, seed=e.seed)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], n: int) -> Budget:
+        """The budget meta.json's ``budget`` record describes (:meth:`record`)."""
+        return cls(n=n, **{k: record[k] for k in ("fraction", "anchors", "select", "method", "holdout", "seed")})
+
+    def random_entries(self, measured: np.ndarray) -> np.ndarray:
+        """bool [M, N]: the entries of ``measured`` [M, N] that were drawn uniformly (anchors and random shares: all
+        of them with random selection, the first round with active), the ones an unbiased estimate may use."""
+        if self.select == "random":
+            return measured
+        return measured & np.stack([self.first_round(i) for i in range(measured.shape[0])])
 
     @property
     def per_task(self) -> int:

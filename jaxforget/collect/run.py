@@ -29,7 +29,7 @@ from jaxforget.collect.distributed import barrier, init_distributed, is_primary,
 from jaxforget.collect.engine import batch_sharding, build_engine
 from jaxforget.collect.loop import TaskFailed, epoch_cap_note, run_schedule, train_group
 from jaxforget.collect.setup import Setup, build_setup, read_em_records, read_run_tasks
-from jaxforget.completion import fit_table
+from jaxforget.completion import fit_table, sampled_rank_r2
 from jaxforget.exact_match import make_em_eval
 from jaxforget.models.sharding import to_host
 from jaxforget.cli import closing
@@ -77,7 +77,10 @@ def summarize(out: dict[str, np.ndarray], task_names: list[str], example_ids: li
         rows.append(("exact match", f"base right on {out['em_before'].mean():.1%} of {out['em_before'].size} examples; "
                                     f"forgotten (Z_em = 1) on "
                                     f"{np.nanmean(em) if np.isfinite(em).any() else float('nan'):.1%} of those measured"))
-    if Zok.shape[0] >= 2:
+    if Zok.shape[0] >= 2 and budget is not None:
+        rows.append(("R² (centred)", "estimated for the whole matrix from the measured entries (sampled_rank_r2)"))
+        rows += [(f"  {r2_label(k)}", f"{v:.3f}") for k, v in budget["r2_estimated"].items()]
+    elif Zok.shape[0] >= 2:
         ranks = tuple(range(1, min(5, *Zok.shape) + 1))
         table = fit_table(Zok, ranks=ranks)
         if abs(table["multiplicative"] - table["rank_1"]) < 5e-4:  # the same fit on a fully measured Z: one row
@@ -179,7 +182,11 @@ def assemble(run: RunDir, task_names: list[str], example_ids: list[str], e: Eval
         Z_completed, scores = complete(out["Z"], out["measured"], out["holdout"], out["failed"], budget)
         out.update(Z_completed=Z_completed, anchors=budget.anchor_columns())
         ok = ~out["failed"]
+        uniform = budget.random_entries(out["measured"])[ok]
+        ranks = range(1, min(5, int(ok.sum()), len(example_ids)) + 1)
+        estimated = sampled_rank_r2(out["Z"][ok], uniform, ranks) if ok.sum() >= 2 else {}
         record = dict(budget.record(), measured_fraction=float(out["measured"][ok].mean()) if ok.any() else 0.0,
+                      r2_estimated=estimated,
                       measured_entries=int(out["measured"].sum()), holdback=dict(
                           pooled=scores["pooled"],
                           per_task={n: s for n, s in zip(task_names, scores["per_task"]) if s is not None}))

@@ -27,7 +27,7 @@ from jaxforget.completion.additive import (
 )
 from jaxforget.completion.baselines import BASELINES, baseline_predictions
 from jaxforget.completion._common import check_options, mm, prepare
-from jaxforget.completion.goodness import LOW_RANK_ITERS, LOW_RANK_REG, fit_table, rank_fit
+from jaxforget.completion.goodness import LOW_RANK_ITERS, LOW_RANK_REG, fit_table, rank_fit, sampled_rank_r2
 from jaxforget.completion.knn import KNNFit, fit_knn, knn, similarity
 from jaxforget.completion.logistic import fit_logistic_mf, logistic_mf
 from jaxforget.completion.low_rank import (
@@ -61,7 +61,7 @@ __all__ = [
     "AdditiveFit", "Completer", "KNNFit", "LowRankFit", "METHODS", "Method", "Planted", "ProtocolResult",
     "additive", "all_metrics", "baseline_predictions", "classification", "col_mean_fit", "complete_rows", "evaluate",
     "exact_additive", "fit_additive", "fit_knn", "fit_logistic_mf", "fit_low_rank", "fit_method", "fit_soft_impute",
-    "fit_svd_sgd", "fit_table", "fit_truncated_svd", "knn", "logistic_mf", "low_rank", "multiplicative",
+    "fit_svd_sgd", "fit_table", "sampled_rank_r2", "fit_truncated_svd", "knn", "logistic_mf", "low_rank", "multiplicative",
     "planted_matrix", "precision_at_n", "r2", "reference_reveal", "reveal_mask", "check_options", "mm", "prepare",
     "rank_fit", "rmse",
     "roc_auc", "row_mean_fit", "similarity", "soft_impute", "split_rows", "truncated_svd",
