@@ -229,3 +229,73 @@ def test_replay_end_to_end_on_a_budgeted_run_reuses_the_none_arm_for_the_oracle(
             f"here after the run's own fine-tuning of {TASK} (the run's completed entries are never used).") in report
     assert R.budget_note(dataclasses.replace(context, Z=np.nan_to_num(context.Z)), []) == ""
 
+
+# ------------------------------------------------------------------------------------------------
+# forecast --append
+
+
+def test_forecast_append_keeps_a_budgeted_forgetting_npz_valid(tiny_run, full_Z, tmp_path):
+    from jaxforget.completion import Completer
+    from jaxforget.forecast import ForecastConfig, main
+
+    run = budgeted_copy(tiny_run, tmp_path / "run", n_tasks=2)
+    old = RunDir(run).read_forgetting()
+    old_meta = RunDir(run).read_meta()
+    summary = main(ForecastConfig(run=run, task=TASKS[2], k=10, methods=("additive",), measure_all=True, append=True,
+                                  top_n=5), echo=lambda *_: None)
+    f = np.load(run / "forecast" / TASKS[2] / "measured" / "forecast.npz")
+    np.testing.assert_allclose(f["z"], full_Z[2], rtol=0, atol=1e-6)  # the row collect trains at this position
+    # completed against the measured entries only: the completion's matrix with the mask, never as measured
+    rev = f["revealed/seed0"]
+    revealed = np.zeros(50, bool)
+    revealed[rev] = True
+    z_row = np.where(revealed, f["z"], 0.0)
+    masked = Completer(old["Z_completed"], old["measured"], method="additive").fold_in(z_row, revealed)
+    np.testing.assert_allclose(f["pred/additive/seed0"], np.where(revealed, f["z"], masked), rtol=0, atol=1e-5)
+    unmasked = Completer(old["Z_completed"], method="additive").fold_in(z_row, revealed)
+    assert np.abs(unmasked - masked)[~revealed].max() > 1e-4
+    assert summary["scores"]["additive"]["rmse"]["mean"] > 0
+    # the appended forgetting.npz: every key, the old rows as they were, the new row measured whole
+    new = RunDir(run).read_forgetting()
+    assert set(new) == set(old) and new["Z"].shape == (3, 50) and new["task_names"].tolist() == list(TASKS)
+    check_budget_format(new)
+    for key in ("Z", "measured", "holdout", "Z_completed"):
+        np.testing.assert_array_equal(new[key][:2], old[key])
+    np.testing.assert_array_equal(new["Z"][2], f["z"])
+    assert new["measured"][2].all() and not new["holdout"][2].any()
+    np.testing.assert_array_equal(new["Z_completed"][2], new["Z"][2])
+    np.testing.assert_array_equal(new["anchors"], old["anchors"])
+    row = RunDir(run).read_row(2)
+    assert row["measured"].all() and not row["holdout"].any()  # its row file as collect writes a budgeted row
+    meta = RunDir(run).read_meta()
+    assert meta["task_names"] == list(TASKS)
+    assert meta["budget"]["measured_entries"] == int(old["measured"].sum()) + 50
+    assert meta["budget"]["measured_fraction"] == pytest.approx((old["measured"].sum() + 50) / 150, abs=1e-12)
+    assert {k: v for k, v in meta["budget"].items() if not k.startswith("measured")} == {
+        k: v for k, v in old_meta["budget"].items() if not k.startswith("measured")}
+
+
+def test_append_refuses_what_it_cannot_extend(tmp_path):
+    from jaxforget.forecast import with_budget_keys
+
+    M, N = 2, 6
+    Z = np.arange(M * N, dtype=np.float32).reshape(M, N)
+    Z[0, 1] = np.nan
+    measured = np.isfinite(Z)
+    old = dict(Z=Z, measured=measured, holdout=np.zeros((M, N), bool), Z_completed=np.nan_to_num(Z),
+               anchors=np.array([0], np.int64), failed=np.zeros(M, bool))
+    out = dict(Z=np.concatenate([Z, np.ones((1, N), np.float32)]), failed=np.zeros(M + 1, bool))
+    path = tmp_path / "forgetting.npz"
+    got = with_budget_keys(old, out, path)
+    assert got["measured"][2].all() and got["Z_completed"][2].tolist() == [1.0] * N and not got["holdout"][2].any()
+    # a key the assembly already builds for M + 1 rows is kept as built
+    built = dict(out, measured=np.zeros((M + 1, N), bool))
+    assert not with_budget_keys(old, built, path)["measured"].any()
+    with pytest.raises(RunError, match=r"forgetting.npz: holds foo, which forecast --append cannot extend by a row; "
+                                       "nothing appended"):
+        with_budget_keys(dict(old, foo=np.zeros(M)), out, path)
+    wrong = dict(old, measured=np.ones((M, N), bool))
+    with pytest.raises(RunError, match="its measured mask is not where the rows' Z is finite; reassemble it with "
+                                       f"python -m jaxforget.collect --merge {tmp_path}"):
+        with_budget_keys(wrong, out, path)
+
