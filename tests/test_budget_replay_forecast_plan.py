@@ -299,3 +299,73 @@ def test_append_refuses_what_it_cannot_extend(tmp_path):
                                        f"python -m jaxforget.collect --merge {tmp_path}"):
         with_budget_keys(wrong, out, path)
 
+
+# ------------------------------------------------------------------------------------------------
+# plan
+
+
+def _olmo_1b_plan(**changes):
+    """The paper's OLMo-1B plan of docs/plan.md (its model FLOPs per step as planned there), without compiling."""
+    from jaxforget import plan as P
+
+    step = dict(argument_bytes=0, output_bytes=0, alias_bytes=0, temp_bytes=0, xla_flops=0.0)
+    plan = P.Plan(n_devices=1, mesh=dict(data=1, fsdp=1, tensor=1), n_params=1_177_000_000, param_bytes=0,
+                  base_copy_bytes=0, optimizer_bytes=0, train=P.StepPlan(**step, model_flops=61.14e12),
+                  eval=P.StepPlan(**step, model_flops=20.38e12), train_shape=(8, 1024), eval_shape=(8, 1024),
+                  steps_per_task=1000, eval_batches=17734, n_upstream=141871, evals_per_task=1, n_tasks=85,
+                  peak_tflops=989.0, mfu=0.4)
+    return dataclasses.replace(plan, **changes)
+
+
+def test_plan_budget_arithmetic_against_a_hand_count():
+    from jaxforget.plan import fmt_seconds
+
+    full = _olmo_1b_plan()
+    rate = 0.4 * 989e12
+    train, base = 85 * 1000 * 61.14e12, 17734 * 20.38e12
+    full_share = (85 * 17734 * 20.38e12 + base) / (train + 85 * 17734 * 20.38e12 + base)
+    assert full.seconds == pytest.approx((train + 85 * 17734 * 20.38e12 + base) / rate, rel=1e-12)
+    assert full.seconds / 3600 == pytest.approx(25.5, abs=0.05)  # docs/plan.md's figure (printed as 25 h)
+    assert full.eval_share == pytest.approx(full_share, rel=1e-12) and 0.85 < full_share < 0.86  # ~85% evaluation
+    assert "budget" not in full.report()  # F = 1: the report as before
+    assert "85 tasks x (1000 steps + 1 x 17734 eval batches): 25 h at 40% MFU" in full.report()
+    for fraction in (0.05, 0.3, 0.5):
+        per_task = round(fraction * 141871)  # examples each task measures, anchors included
+        batches = math.ceil(per_task / 8)
+        seconds = (train + 85 * batches * 20.38e12 + base) / rate
+        plan = _olmo_1b_plan(budget=fraction)
+        assert (plan.task_examples, plan.task_eval_batches) == (per_task, batches)
+        assert plan.seconds == pytest.approx(seconds, rel=1e-12)
+        eval_flops = 85 * batches * 20.38e12 + base
+        assert plan.eval_share == pytest.approx(eval_flops / (train + eval_flops), rel=1e-12)
+        saved = full.seconds - seconds
+        line = next(ln for ln in plan.report().splitlines() if ln.startswith("  budget"))
+        assert line == (f"  budget          {fraction:g}: each task measures {per_task:,} of the 141,871 upstream "
+                         f"examples ({batches} eval batches), the base model all; evaluation "
+                         f"{eval_flops / (train + eval_flops):.0%} of the time ({full_share:.0%} measuring all); saves "
+                         f"{fmt_seconds(saved)} ({saved / full.seconds:.0%}) of 25 h")
+        assert f"85 tasks x (1000 steps + 1 x {batches} eval batches): {fmt_seconds(seconds)} at" in plan.report()
+    # per-step evaluations (--eval.eval-every) measure the budget too; a tiny budget still measures one example
+    every = _olmo_1b_plan(budget=0.3, evals_per_task=3)
+    assert every.seconds == pytest.approx((train + 85 * 3 * 5321 * 20.38e12 + base) / rate, rel=1e-12)
+    assert _olmo_1b_plan(budget=1e-9).task_examples == 1
+
+
+def test_plan_budget_flag_compiles_checks_its_range_and_names_the_collect_flag(tmp_path, capsys):
+    from test_plan import TINY, _parse, tiny_args, write_config
+
+    from jaxforget import plan as P
+
+    path = write_config(tmp_path / "m", TINY)
+    p = P.plan(P.PlanCommand(**_parse(tiny_args(path, "--data.n-upstream", "1000", "--plan.budget", "0.25"))))
+    assert (p.budget, p.task_examples, p.task_eval_batches, p.eval_batches) == (0.25, 250, 63, 250)
+    printed = capsys.readouterr().out
+    assert "  budget          0.25: each task measures 250 of the 1,000 upstream examples (63 eval batches)" in printed
+    assert printed.splitlines()[-1].endswith("--eval.budget 0.25")
+    assert p.seconds < p.unbudgeted.seconds
+    for bad, message in (("0", "--plan.budget must be in (0, 1]; got 0.0"),
+                         ("1.5", "--plan.budget must be in (0, 1]; got 1.5"),
+                         ("nan", "--plan.budget must be a finite number in (0, 1]; got nan")):
+        with pytest.raises(SystemExit) as e:
+            P.cli(tiny_args(path, "--plan.budget", bad))
+        assert e.value.code == 2 and message in capsys.readouterr().err
