@@ -34,6 +34,13 @@ other flags in the same directory are refused unless ``--force``):
 ``--append`` (with ``--measure-all``) writes the measured row into the run as task M + 1: its row file,
 ``meta.json`` (task names and ``data.task_names``), ``forgetting.npz`` and ``tasks.jsonl``, as if collect
 had been run with the task listed last from the start (same seed rule, same batches).
+
+A budgeted run (``collect --eval.budget F``: Z NaN where not measured) is completed against its measured
+entries only (NaN = not measured; its ``Z_completed`` is never read). ``--append`` keeps its
+forgetting.npz valid (:func:`with_budget_keys`): the new row, measured whole, is ``measured`` everywhere,
+held back nowhere (``holdout``), and its ``Z_completed`` row is its Z; the other rows' completed entries
+stay as the run's last refit made them (``collect --merge`` refits them with the new row), and
+meta.json's ``budget.measured_fraction`` / ``measured_entries`` count the new row.
 """
 
 from __future__ import annotations
@@ -185,7 +192,8 @@ def _main(config: ForecastConfig, methods: list[Method], run: RunDir, echo) -> d
     # run or a wrong --task fails before the model is loaded
     state = run_state(run)
     recorded = run.read_run_meta()
-    Z = run.read_forgetting()["Z"].astype(np.float32)
+    forgetting = run.read_forgetting()
+    Z = forgetting["Z"].astype(np.float32)  # NaN = not measured; a budgeted run's Z_completed is never read
     base = run.read_base()
     if base is None:
         raise RunError(f"{run.base_path}: missing; the run's base-model NLL is needed (finish the run)")
@@ -283,9 +291,11 @@ def _main(config: ForecastConfig, methods: list[Method], run: RunDir, echo) -> d
     _write_outputs(out_dir, config, summary, rows, revealed_all, z_true, setup, nll_before, seen, M)
     if config.append:
         n_train = [len(setup.task_train[n]) for n in setup.task_names] + [len(examples)]
+        # a budgeted run's rows record which entries they measured (this one: all) and held back (none)
+        budgeted = dict(measured=np.ones(N, bool), holdout=np.zeros(N, bool)) if "measured" in forgetting else {}
         row = RunDir.row_arrays(name=name, nll_after=nll_after, train_losses=np.asarray(loop.losses[0], np.float32),
                                 steps_run=np.asarray(plan.n_steps), train_tokens=np.asarray(loop.n_tokens[0]),
-                                seconds=np.asarray(seconds), seed=np.asarray(plan.seed))
+                                seconds=np.asarray(seconds), seed=np.asarray(plan.seed), **budgeted)
         append_row(run, row, n_train, state, em_base_correct_only=cc.eval.em_base_correct_only)
         echo(f"appended {name} to {run.root} as task {M} (Z is now {M + 1} x {N})")
     echo((out_dir / "report.md").read_text())
@@ -434,6 +444,11 @@ def append_row(run: RunDir, row: dict[str, np.ndarray], n_train: list[int], stat
     new_meta = {**meta, "task_names": names + [name], "config": config}
     out = run.assemble(names + [name], list(meta["example_ids"]), em_base_correct_only=em_base_correct_only,
                        rows={M: row}, write=False)
+    out = with_budget_keys(run.read_forgetting(), out, run.forgetting_path)
+    if isinstance(meta.get("budget"), dict) and "measured" in out:  # the achieved fraction, as collect records it
+        ok = ~out["failed"]
+        new_meta["budget"] = {**meta["budget"], "measured_entries": int(out["measured"].sum()),
+                              "measured_fraction": float(out["measured"][ok].mean()) if ok.any() else 0.0}
     records = task_records(run, names + [name], n_train, rows={M: row})
     tasks_jsonl = run.root / "tasks.jsonl"
     before = {p: (p.read_bytes() if p.is_file() else None) for p in (run.forgetting_path, tasks_jsonl, run.meta_path)}
@@ -453,6 +468,36 @@ def append_row(run: RunDir, row: dict[str, np.ndarray], n_train: list[int], stat
         if isinstance(e, OSError):
             raise RunError(f"{run.root}: could not append {name} ({e}); the run is as it was") from None
         raise
+
+
+BUDGET_ROW_KEYS = ("measured", "holdout", "Z_completed")
+"""forgetting.npz keys of a budgeted run (collect --eval.budget) with one row per task."""
+BUDGET_RUN_KEYS = ("anchors",)
+"""forgetting.npz keys of a budgeted run that do not depend on the tasks."""
+
+
+def with_budget_keys(old: dict[str, np.ndarray], out: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
+    """The assembly ``out`` of M + 1 rows (the last one appended, measured whole) completed with the keys of the
+    run's forgetting.npz ``old`` (M rows) that the assembly does not rebuild: ``measured`` (the new row: every
+    entry), ``holdout`` (none), ``Z_completed`` (the new row's Z; the other rows as the run's last refit left them)
+    and ``anchors``. A key the assembly already has for M + 1 rows is kept. A RunError naming ``path`` when old holds
+    a key not known here (nothing appended rather than a forgetting.npz that lacks it) or when its ``measured``
+    mask is not where its Z is finite."""
+    M, z_new = old["Z"].shape[0], out["Z"][-1]
+    unknown = sorted(set(old) - set(out) - set(BUDGET_ROW_KEYS) - set(BUDGET_RUN_KEYS))
+    if unknown:
+        raise RunError(f"{path}: holds {', '.join(unknown)}, which forecast --append cannot extend by a row; "
+                       "nothing appended")
+    if "measured" in old and not np.array_equal(old["measured"], np.isfinite(out["Z"][:M])):
+        raise RunError(f"{path}: its measured mask is not where the rows' Z is finite; reassemble it with "
+                       f"python -m jaxforget.collect --merge {path.parent}")
+    new_row = dict(measured=np.isfinite(z_new), holdout=np.zeros(z_new.shape, bool), Z_completed=z_new)
+    extended = dict(out)
+    for key in BUDGET_ROW_KEYS:
+        if key in old and key not in out:
+            extended[key] = np.concatenate([old[key], new_row[key][None].astype(old[key].dtype)])
+    extended.update({key: old[key] for key in BUDGET_RUN_KEYS if key in old and key not in out})
+    return extended
 
 
 def cli(argv: list[str] | None = None) -> dict:

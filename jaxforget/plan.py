@@ -8,7 +8,10 @@ temporary bytes of each step per device; the parameter and optimizer bytes per d
 the shardings; XLA's cost analysis gives the FLOPs per step. The wall time of the run is the FLOPs
 of all its steps at a stated MFU of a stated peak. With ``--plan.device-memory`` the plan says
 whether the run fits and, when it does not, which knob (remat, fsdp, batch, parameter dtype) would
-make it fit, by planning again with that knob changed.
+make it fit, by planning again with that knob changed. With ``--plan.budget F`` (collect's
+``--eval.budget F``) each task's evaluations measure round(F·N) of the N upstream examples instead of
+all of them (the base model still measures all N): the plan prints the time with the budget and what
+it saves.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m jaxforget.plan \\
         --model.path olmo-7b-config --mesh 1 8 1 --train.batch-size 8 --train.buckets 1024 \\
@@ -47,6 +50,10 @@ class PlanConfig:
     """Tasks in the run (the paper: 85); each takes --train.max-steps steps (the epoch cap is not applied)."""
     suggest: bool = True
     """When the run does not fit, plan again with each knob changed and report those that fit."""
+    budget: float = 1.0
+    """Fraction of the upstream examples each task measures (0 < F <= 1), as collect's --eval.budget F: the base
+    model is measured on all N, each task on round(F·N) of them (anchors included) at every evaluation; the cost of
+    completing the rest of its row is not counted. 1: every entry, as without a budget."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +66,7 @@ class PlanCommand(CollectConfig):
 RANGES: dict[str, Range] = {
     # collect's flags as collect checks them, and --plan.* (tests/test_robustness.py checks that none is missing)
     **COLLECT_RANGES, "plan.mfu": Range(0, 1, lo_open=True), "plan.peak_tflops": above(0), "plan.n_tasks": at_least(1),
+    "plan.budget": Range(0, 1, lo_open=True),
 }
 
 
@@ -114,6 +122,12 @@ def fmt_flops(n: float) -> str:
     return _scaled(n, ((1, "FLOP"), (1e3, "kFLOP"), (1e6, "MFLOP"), (1e9, "GFLOP"), (1e12, "TFLOP"), (1e15, "PFLOP")))
 
 
+def budget_examples(fraction: float, n: int) -> int:
+    """The upstream examples a task measures under a budget ``fraction`` of ``n``: round(fraction * n), at least 1
+    and at most n (collect --eval.budget's count per task, anchors included)."""
+    return min(n, max(1, int(round(fraction * n))))
+
+
 def fmt_seconds(s: float) -> str:
     """A duration: < 0.01 s, 0.42 s, 12 s, 3.5 min, 2.1 h, 3.2 days."""
     if s < 0.01:
@@ -164,6 +178,9 @@ class Plan:
     eval_shape: tuple[int, ...]
     steps_per_task: int
     eval_batches: int
+    """Batches of one evaluation of all N upstream examples (the base model's; a task's without a budget)."""
+    n_upstream: int
+    """N, the upstream examples the base model measures."""
     evals_per_task: int
     n_tasks: int
     peak_tflops: float
@@ -171,6 +188,18 @@ class Plan:
     device_memory: int | None = None
     suggestions: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     """(flags, planned peak bytes) of the knob changes that fit."""
+    budget: float = 1.0
+    """--plan.budget: the fraction of the N examples each evaluation of a task measures."""
+
+    @property
+    def task_examples(self) -> int:
+        """Upstream examples one evaluation of a task measures: all N, or round(budget * N) with a budget."""
+        return self.n_upstream if self.budget >= 1 else budget_examples(self.budget, self.n_upstream)
+
+    @property
+    def task_eval_batches(self) -> int:
+        """Eval batches of one evaluation of a task (eval_batches without a budget)."""
+        return self.eval_batches if self.budget >= 1 else -(-self.task_examples // self.eval_shape[0])
 
     @property
     def peak_bytes(self) -> int:
@@ -185,12 +214,25 @@ class Plan:
         return None if self.device_memory is None else self.peak_bytes <= HEADROOM * self.device_memory
 
     @property
+    def eval_flops(self) -> float:
+        """Model FLOPs of the run's evaluations: every task's (with the budget) and the base model's, of all N."""
+        return (self.n_tasks * self.evals_per_task * self.task_eval_batches + self.eval_batches) * self.eval.model_flops
+
+    @property
     def seconds(self) -> float:
         """Wall time of the whole run: every device's FLOPs at `mfu` of `peak_tflops`."""
-        flops = self.n_tasks * (self.steps_per_task * self.train.model_flops
-                                + self.evals_per_task * self.eval_batches * self.eval.model_flops)
-        flops += self.eval_batches * self.eval.model_flops  # the base model's NLL, once
+        flops = self.n_tasks * self.steps_per_task * self.train.model_flops + self.eval_flops
         return flops / (self.n_devices * self.mfu * self.peak_tflops * 1e12)
+
+    @property
+    def eval_share(self) -> float:
+        """The evaluations' share of the run's FLOPs (its time)."""
+        return self.eval_flops / (self.n_tasks * self.steps_per_task * self.train.model_flops + self.eval_flops)
+
+    @property
+    def unbudgeted(self) -> "Plan":
+        """The same run measuring every entry (--plan.budget 1)."""
+        return dataclasses.replace(self, budget=1.0, suggestions=[])
 
     def report(self) -> str:
         mesh = " x ".join(f"{k} {v}" for k, v in self.mesh.items())
@@ -207,9 +249,17 @@ class Plan:
             f"(XLA cost analysis: {fmt_flops(self.eval.xla_flops)})",
             f"  peak            {fmt_bytes(self.peak_bytes)}",
             f"  time            {self.n_tasks} tasks x ({self.steps_per_task} steps + {self.evals_per_task} x "
-            f"{self.eval_batches} eval batches): {fmt_seconds(self.seconds)} at {self.mfu:.0%} MFU of "
+            f"{self.task_eval_batches} eval batches): {fmt_seconds(self.seconds)} at {self.mfu:.0%} MFU of "
             f"{self.peak_tflops:.0f} TFLOP/s per device ({fmt_seconds(self.seconds / self.n_tasks)} per task)",
         ]
+        if self.budget < 1:
+            full = self.unbudgeted
+            saved = full.seconds - self.seconds
+            lines.append(
+                f"  budget          {self.budget:g}: each task measures {self.task_examples:,} of the "
+                f"{self.n_upstream:,} upstream examples ({self.task_eval_batches} eval batches), the base model all; "
+                f"evaluation {self.eval_share:.0%} of the time ({full.eval_share:.0%} measuring all); saves "
+                f"{fmt_seconds(saved)} ({saved / full.seconds:.0%}) of {fmt_seconds(full.seconds)}")
         if self.device_memory is not None:
             verdict = "fits" if self.fits else "does not fit"
             lines.append(f"  {verdict} in {fmt_bytes(self.device_memory)} per device "
@@ -381,8 +431,9 @@ def plan_run(config: PlanCommand) -> Plan:
                 base_copy_bytes=_shard_bytes(params) if t.mode == "full" else 0,
                 optimizer_bytes=_shard_bytes(state.opt_state), train=train, eval=evaluate,
                 train_shape=lead + (B, T), eval_shape=(EB, ET), steps_per_task=t.max_steps,
-                eval_batches=-(-config.data.n_upstream // EB), evals_per_task=evals_per_task, n_tasks=p.n_tasks,
-                peak_tflops=peak, mfu=p.mfu, device_memory=device_memory)
+                eval_batches=-(-config.data.n_upstream // EB), n_upstream=config.data.n_upstream,
+                evals_per_task=evals_per_task, n_tasks=p.n_tasks, peak_tflops=peak, mfu=p.mfu,
+                device_memory=device_memory, budget=p.budget)
 
 
 def knob_changes(config: PlanCommand, n_available: int) -> list[tuple[str, PlanCommand]]:
@@ -437,7 +488,8 @@ def plan(config: PlanCommand, echo=print) -> Plan:
             if est is not None:
                 result.suggestions.append(est)
     echo(result.report())
-    echo(closing([], next_steps=[f"python -m jaxforget.collect {' '.join(collect_flags(asked))}".rstrip()
+    budget = [f"--eval.budget {config.plan.budget:g}"] if config.plan.budget < 1 else []
+    echo(closing([], next_steps=[f"python -m jaxforget.collect {' '.join(collect_flags(asked) + budget)}".rstrip()
                                  + ("   (after the changes above)" if result.fits is False else "")]))
     return result
 

@@ -13,7 +13,8 @@ are drawn from the pool without replacement by a selection rule (:mod:`jaxforget
 to a score per pool example. The score:
 
 - ``random``: uniform;
-- ``oracle``: the task's true row of Z (measured by the run: a full fine-tuning and a pass over the pool);
+- ``oracle``: the task's true row of Z (measured by the run: a full fine-tuning and a pass over the pool; on a
+  budgeted run, the pool examples the run did not measure are measured here: :func:`oracle_row`);
 - ``offline:<method>``: the row predicted by matrix completion (``jaxforget.completion``, e.g. additive,
   knn_baseline, mf) from the other tasks' rows plus ``k`` measured entries of this task's row — measured,
   like the oracle's row, after a full fine-tuning on the task (here: the run's own), so its ``k`` extra
@@ -60,6 +61,15 @@ TensorBoard events under the run's ``RUN/tb/replay`` (``RUN/tb/replay_<name>`` f
 (:mod:`jaxforget.replay_report`: inference at the task level — one paired t-test per
 contrast, Holm-adjusted, intervals, an equivalence test and the minimum detectable effect — and the
 per-task and per-domain tables).
+
+A budgeted run (``collect --eval.budget F``: Z NaN where not measured) is read as measured: no arm ever
+scores or ranks by a completed entry (the run's ``Z_completed`` is never read). Offline and online fit
+the completion on the measured entries of the training rows (NaN = not observed) and reveal only
+measured entries (offline: ``k`` of the task's measured candidates, so each replay task needs more than
+``k`` of them). The oracle ranks by the task's true row over the whole pool: where the run measured only
+part of it, replay fine-tunes the task again exactly as the run did (its seed, its batches, no replay:
+the ``none`` arm at the run's seed, whose result is reused when --measure all measured it) and measures
+the pool, keeping the run's values where it has them (:func:`oracle_row`).
 """
 
 from __future__ import annotations
@@ -427,12 +437,12 @@ class Context:
     """--replay-weight: the engine whose train step weighs task and replay rows apart."""
 
     def train_rows_for(self, row: int) -> list[int]:
-        """The rows that train the completion of task ``row``'s prediction: with --folds every finite row
-        outside its fold, else ``train_rows``."""
+        """The rows that train the completion of task ``row``'s prediction: with --folds every row outside its
+        fold with a measured candidate entry, else ``train_rows``."""
         if not self.folds:
             return self.train_rows
         return [i for i in range(self.Z.shape[0]) if self.folds.get(i, -1) != self.folds[row]
-                and np.isfinite(self.Z[i]).any()]
+                and np.isfinite(self.Z[i, self.columns.candidates]).any()]
 
     def measured(self, replayed: np.ndarray, probe: np.ndarray | None = None) -> np.ndarray:
         """The upstream indices measured after a fine-tuning that replayed ``replayed``: all of them
@@ -486,7 +496,10 @@ def load_context(config: ReplayConfig, echo=print) -> Context:
                          f"largest train bucket {max(train.buckets)}: they cannot be replayed")
 
     task_rows, folds = replay_rows(config, task_names, Z)
-    train_rows = [i for i in range(len(task_names)) if i not in task_rows and np.isfinite(Z[i]).any()]
+    columns = ColumnSplit.make(Z.shape[1], config.heldout_fraction, config.heldout_seed)
+    # a training row needs a measured candidate entry (a budgeted run's rows are partly NaN)
+    train_rows = [i for i in range(len(task_names))
+                  if i not in task_rows and np.isfinite(Z[i, columns.candidates]).any()]
     needs_train = any(Strategy.parse(s).kind in ("offline", "online") for s in config.strategies)
     if needs_train and not folds and not train_rows:
         raise ValueError("offline and online prediction need at least one measured task besides --tasks "
@@ -499,15 +512,33 @@ def load_context(config: ReplayConfig, echo=print) -> Context:
     if gap > 1e-3:
         raise RunError(f"{run.base_path}: the base model's NLL now differs from the run's by up to {gap:.3g}: the "
                        "base model or data changed since the run, so its Z no longer describes this model")
-    columns = ColumnSplit.make(Z.shape[1], config.heldout_fraction, config.heldout_seed)
     if config.k > columns.candidates.size:
         raise ValueError(f"--k {config.k}: only {columns.candidates.size} candidate examples")
+    check_revealable(config, task_names, Z, columns, task_rows, folds)
     weighted = None
     if config.replay_weight is not None:
         weighted = copy.copy(engine)  # the same engine, its train step weighing the task's rows and the replayed apart
         weighted.train_step = make_train_step(engine.split, engine.tx, schedule=make_tx(cc.train)[0].schedule(),
                                               task_rows=cc.train.batch_size, extra_weight=config.replay_weight)
     return Context(config, cc, setup, engine, Z, nll_before, columns, task_rows, train_rows, folds, weighted)
+
+
+def check_revealable(config: ReplayConfig, task_names: list[str], Z: np.ndarray, columns: ColumnSplit,
+                     task_rows: list[int], folds: dict[int, int]) -> None:
+    """Offline prediction reveals --k measured candidate entries of each row it predicts (the replay tasks; with
+    --folds every row of their folds) and needs more than k: a ValueError naming the rows with too few (on a
+    budgeted run, the rows measure only part of the pool)."""
+    if not any(Strategy.parse(s).kind == "offline" for s in config.strategies):
+        return
+    wanted = {folds[r] for r in task_rows} if folds else set()
+    predicted = [i for i in folds if folds[i] in wanted] if folds else task_rows
+    counts = {task_names[i]: int(np.isfinite(Z[i, columns.candidates]).sum()) for i in predicted}
+    short = {name: n for name, n in counts.items() if n <= config.k}
+    if short:
+        budgeted = any(np.isnan(Z[i]).any() for i in predicted)
+        raise ValueError(f"--k {config.k}: offline prediction reveals k measured candidate entries of a task's row and "
+                         f"needs more than k; measured candidates per task: {short} (of {columns.candidates.size}"
+                         f"{'; the run measured only part of each row' if budgeted else ''}); lower --k")
 
 
 def replay_rows(config: ReplayConfig, task_names: list[str], Z: np.ndarray) -> tuple[list[int], dict[int, int]]:
@@ -562,6 +593,68 @@ def offline_scores(ctx: Context, strategy: Strategy, seed: int) -> dict[int, tup
     return out
 
 
+ORACLE_GAP = 1e-3
+"""Largest |replay's - the run's| forgetting on the pool examples both measured, beyond which :func:`oracle_row`
+warns that its fine-tuning did not reproduce the run's (nondeterministic kernels, another device)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleRow:
+    """What the oracle ranks the pool by for one task: its true forgetting."""
+
+    z: np.ndarray
+    """[N]: the run's row where the run measured it; on the pool examples it did not (a budgeted run) replay's own
+    measurement; NaN on the other examples the run did not measure."""
+    measured_here: int
+    """Pool examples whose score is replay's measurement, the run having not measured them (0: it measured all)."""
+    gap: float
+    """Largest |replay's - the run's| over the pool examples both measured (NaN when replay measured none)."""
+
+
+def oracle_row(ctx: Context, row: int, results: Path | None = None) -> OracleRow:
+    """The oracle's row for task ``row``: the run's row when it measured every pool example. Otherwise (a budgeted
+    run) the forgetting of the whole pool after the run's own fine-tuning of the task: the ``none`` arm's result at
+    the run's training seed when ``results`` holds one that measured the pool (--measure all), else that
+    fine-tuning done again here (:func:`reproduce`: the pool's forward passes, the oracle's documented cost). The
+    run's values are kept where it has them; ``gap`` compares the two there (a warning above :data:`ORACLE_GAP`)."""
+    pool, z_run = ctx.columns.candidates, ctx.Z[row]
+    if np.isfinite(z_run[pool]).all():
+        return OracleRow(z_run, 0, math.nan)
+    name, seed = ctx.setup.task_names[row], ctx.collect_config.train.seed
+    z = None
+    path = None if results is None else results / f"{name}.s{seed}.{Strategy('none').file_label}.npz"
+    if path is not None and path.exists():
+        old = _load_result(path)
+        if old["status"] == "ok" and np.isfinite(old["z"][pool]).all():
+            z = np.asarray(old["z"], np.float32)
+    if z is None:
+        z = reproduce(ctx, row)
+    both = pool[np.isfinite(z_run[pool])]
+    gap = float(np.max(np.abs(z[both] - z_run[both]))) if both.size else math.nan
+    if gap > ORACLE_GAP:
+        log.warning("oracle: task %s fine-tuned again as the run did differs from the run's row by up to %.3g on "
+                    "the pool examples the run measured: the reproduction is not exact (another device or "
+                    "nondeterministic kernels?); its values fill the examples the run did not measure", name, gap)
+    filled, missing = z_run.copy(), pool[~np.isfinite(z_run[pool])]
+    filled[missing] = z[missing]
+    return OracleRow(filled, int(missing.size), gap)
+
+
+def reproduce(ctx: Context, row: int) -> np.ndarray:
+    """[N] the forgetting of the candidate pool (NaN elsewhere) after task ``row`` is fine-tuned as the run
+    fine-tuned it: its training seed, its batches, no replay (the ``none`` arm at the run's seed)."""
+    engine, seed, name = ctx.engine, ctx.collect_config.train.seed, ctx.setup.task_names[row]
+    plan = engine.schedule(name, ctx.setup.task_train[name], task_seed(seed, row))
+    loop = TrainLoop(engine, [plan], engine.start([engine.initial_params(row, seed)]),
+                     log_every=ctx.collect_config.log_every)
+    for _ in loop:
+        pass
+    if loop.failed[0]:
+        raise RunError(f"oracle: task {name} failed when fine-tuned again as the run did ({loop.failed[0]}), "
+                       "so the pool examples the run did not measure cannot be measured")
+    return ctx.measure(loop.state.params, ctx.columns.candidates) - ctx.nll_before
+
+
 @dataclasses.dataclass
 class Trace:
     """What one fine-tuning fed the model, for tests and audits: per step, the upstream indices replayed."""
@@ -613,9 +706,9 @@ class _Replay:
 
 
 def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline: dict | None = None,
-              trace: Trace | None = None, progress=None) -> dict[str, np.ndarray]:
-    """Fine-tune task `row` with `strategy` (training seed `seed`) and measure the upstream examples.
-    Returns the result fields (see the module docstring)."""
+              oracle: OracleRow | None = None, trace: Trace | None = None, progress=None) -> dict[str, np.ndarray]:
+    """Fine-tune task `row` with `strategy` (training seed `seed`) and measure the upstream examples; the
+    oracle ranks by `oracle` (default: :func:`oracle_row`). Returns the result fields (see the module docstring)."""
     cfg, setup = ctx.config, ctx.setup
     engine = ctx.weighted_engine if ctx.weighted_engine is not None and strategy.kind != "none" else ctx.engine
     t = ctx.collect_config.train
@@ -643,7 +736,8 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
     if strategy.kind == "random":
         scores = np.zeros(pool.size)
     elif strategy.kind == "oracle":
-        scores = ctx.Z[row, pool]
+        oracle = oracle if oracle is not None else oracle_row(ctx, row)
+        scores = oracle.z[pool]
         extra_forward = pool.size
     elif strategy.kind == "offline":
         scores, revealed = offline[row]
@@ -723,7 +817,9 @@ def fine_tune(ctx: Context, row: int, seed: int, strategy: Strategy, *, offline:
         **(dict(online_probe=np.asarray(ONLINE_PROBE), probe=np.asarray(probe_cols, np.int64),
                 probe_forgetting=np.asarray(probe_z),
                 probe_final_forgetting=np.asarray(np.mean(z[probe_cols]) if probe_cols.size else np.nan),
-                switch_step=np.asarray(switch)) if strategy.kind == "online" else {}))
+                switch_step=np.asarray(switch)) if strategy.kind == "online" else {}),
+        **(dict(oracle_measured_here=np.asarray(oracle.measured_here), oracle_gap=np.asarray(oracle.gap))
+           if strategy.kind == "oracle" else {}))
 
 
 def _online_choice(ctx: Context, state, strategy: Strategy, row: int, seed: int, crn: dict[str, np.ndarray],
@@ -812,6 +908,7 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
 
     results: list[dict[str, Any]] = []
     offline: dict[tuple[str, int], dict] = {}
+    oracles: dict[int, OracleRow] = {}
     jobs = [(row, seed, s) for seed in config.seeds for row in ctx.task_rows for s in strategies]
     with tqdm(total=len(jobs), disable=config.quiet, desc="replay", unit="fine-tune") as progress:
         for row, seed, s in jobs:
@@ -828,7 +925,9 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
                 continue
             if s.kind == "offline" and (s.method, seed) not in offline:
                 offline[s.method, seed] = offline_scores(ctx, s, seed)
-            fields = fine_tune(ctx, row, seed, s, offline=offline.get((s.method, seed)))
+            if s.kind == "oracle" and row not in oracles:
+                oracles[row] = oracle_row(ctx, row, out / "results")
+            fields = fine_tune(ctx, row, seed, s, offline=offline.get((s.method, seed)), oracle=oracles.get(row))
             atomic_write_npz(path, **fields)
             results.append({k: (v.item() if np.ndim(v) == 0 else v) for k, v in fields.items()})
             if fields["status"] != "ok":
@@ -845,7 +944,8 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
               f"k {config.k}; budget in {config.budget}"
               f"{'' if config.replay_weight is None else f', replay loss added with weight {config.replay_weight:g}'}"
               f"{f'; {config.folds} cross-fitted folds' if config.folds else ''}; common random numbers across arms; "
-              f"{ctx.columns.heldout.size} held-out / {ctx.columns.candidates.size} candidate examples.")
+              f"{ctx.columns.heldout.size} held-out / {ctx.columns.candidates.size} candidate examples."
+              f"{budget_note(ctx, results)}")
     tb = tb_dir(config.run, out)
     report = write_report(out, summary, header=header, task_names=task_names, seeds=list(config.seeds),
                           config=to_jsonable(dataclasses.asdict(config)),
@@ -859,6 +959,19 @@ def main(config: ReplayConfig, echo=print) -> dict[str, Any]:
                  next_steps=[f"python -m jaxforget.forecast {config.run} --task <a new task>   (forecast a task the run "
                              "did not train)"]))
     return summary
+
+
+def budget_note(ctx: Context, results: list[dict[str, Any]]) -> str:
+    """The report header's sentence on a budgeted run (its rows partly NaN): what each arm reads, and the tasks
+    whose oracle scores replay measured (from the ``results``); "" otherwise."""
+    measured = np.isfinite(ctx.Z[[i for i in range(ctx.Z.shape[0]) if np.isfinite(ctx.Z[i]).any()]])
+    if measured.all():
+        return ""
+    here = sorted({str(r["task"]) for r in results if r.get("oracle_measured_here", 0) > 0})
+    return (f" Budgeted run: {measured.mean():.1%} of Z's entries measured; offline and online complete from the "
+            "measured entries only and reveal only measured ones; the oracle ranks by the task's true row"
+            + (f", the pool measured here after the run's own fine-tuning of {', '.join(here)}" if here else "")
+            + " (the run's completed entries are never used).")
 
 
 def forget_other_replay(store: RunDir, compared: dict[str, Any], echo) -> None:
