@@ -8,8 +8,8 @@ temporary bytes of each step per device; the parameter and optimizer bytes per d
 the shardings; XLA's cost analysis gives the FLOPs per step. The wall time of the run is the FLOPs
 of all its steps at a stated MFU of a stated peak. With ``--plan.device-memory`` the plan says
 whether the run fits and, when it does not, which knob (remat, fsdp, batch, parameter dtype) would
-make it fit, by planning again with that knob changed. With ``--plan.budget F`` (collect's
-``--eval.budget F``) each task's evaluations measure round(F·N) of the N upstream examples instead of
+make it fit, by planning again with that knob changed. With ``--eval.budget F`` (collect's
+own flag) each task's evaluations measure round(F·N) of the N upstream examples instead of
 all of them (the base model still measures all N): the plan prints the time with the budget and what
 it saves.
 
@@ -27,6 +27,7 @@ from typing import Any
 
 from jaxforget.cli import Range, above, at_least, closing, range_errors
 from jaxforget.collect.config import RANGES as COLLECT_RANGES
+from jaxforget.collect.budget import per_task_count
 from jaxforget.collect.config import CollectConfig, check_config, resolve_lengths
 
 # bfloat16 dense peak of one device, TFLOP/s, by jax device_kind (the spec sheets' figures).
@@ -50,10 +51,6 @@ class PlanConfig:
     """Tasks in the run (the paper: 85); each takes --train.max-steps steps (the epoch cap is not applied)."""
     suggest: bool = True
     """When the run does not fit, plan again with each knob changed and report those that fit."""
-    budget: float = 1.0
-    """Fraction of the upstream examples each task measures (0 < F <= 1), as collect's --eval.budget F: the base
-    model is measured on all N, each task on round(F·N) of them (anchors included) at every evaluation; the cost of
-    completing the rest of its row is not counted. 1: every entry, as without a budget."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +63,6 @@ class PlanCommand(CollectConfig):
 RANGES: dict[str, Range] = {
     # collect's flags as collect checks them, and --plan.* (tests/test_robustness.py checks that none is missing)
     **COLLECT_RANGES, "plan.mfu": Range(0, 1, lo_open=True), "plan.peak_tflops": above(0), "plan.n_tasks": at_least(1),
-    "plan.budget": Range(0, 1, lo_open=True),
 }
 
 
@@ -123,9 +119,9 @@ def fmt_flops(n: float) -> str:
 
 
 def budget_examples(fraction: float, n: int) -> int:
-    """The upstream examples a task measures under a budget ``fraction`` of ``n``: round(fraction * n), at least 1
-    and at most n (collect --eval.budget's count per task, anchors included)."""
-    return min(n, max(1, int(round(fraction * n))))
+    """The upstream examples a task measures under --eval.budget ``fraction`` of ``n`` (collect's own count,
+    anchors included: :func:`jaxforget.collect.budget.per_task_count`)."""
+    return per_task_count(fraction, n)
 
 
 def fmt_seconds(s: float) -> str:
@@ -189,7 +185,7 @@ class Plan:
     suggestions: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     """(flags, planned peak bytes) of the knob changes that fit."""
     budget: float = 1.0
-    """--plan.budget: the fraction of the N examples each evaluation of a task measures."""
+    """--eval.budget: the fraction of the N examples each evaluation of a task measures."""
 
     @property
     def task_examples(self) -> int:
@@ -231,7 +227,7 @@ class Plan:
 
     @property
     def unbudgeted(self) -> "Plan":
-        """The same run measuring every entry (--plan.budget 1)."""
+        """The same run measuring every entry (--eval.budget 1)."""
         return dataclasses.replace(self, budget=1.0, suggestions=[])
 
     def report(self) -> str:
@@ -433,7 +429,7 @@ def plan_run(config: PlanCommand) -> Plan:
                 train_shape=lead + (B, T), eval_shape=(EB, ET), steps_per_task=t.max_steps,
                 eval_batches=-(-config.data.n_upstream // EB), n_upstream=config.data.n_upstream,
                 evals_per_task=evals_per_task, n_tasks=p.n_tasks, peak_tflops=peak, mfu=p.mfu,
-                device_memory=device_memory, budget=p.budget)
+                device_memory=device_memory, budget=config.eval.budget)
 
 
 def knob_changes(config: PlanCommand, n_available: int) -> list[tuple[str, PlanCommand]]:
@@ -488,8 +484,7 @@ def plan(config: PlanCommand, echo=print) -> Plan:
             if est is not None:
                 result.suggestions.append(est)
     echo(result.report())
-    budget = [f"--eval.budget {config.plan.budget:g}"] if config.plan.budget < 1 else []
-    echo(closing([], next_steps=[f"python -m jaxforget.collect {' '.join(collect_flags(asked) + budget)}".rstrip()
+    echo(closing([], next_steps=[f"python -m jaxforget.collect {' '.join(collect_flags(asked))}".rstrip()
                                  + ("   (after the changes above)" if result.fits is False else "")]))
     return result
 

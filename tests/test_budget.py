@@ -101,8 +101,8 @@ def test_the_held_back_error_estimates_the_error_on_the_unmeasured_entries():
         assert truth < 0.75 * float(np.sqrt(np.mean((Z - Z[m].mean()) ** 2)))  # beats the measured entries' mean
         if select == "random":
             assert held == pytest.approx(truth, rel=0.2), (held, truth)
-        else:  # the unmeasured entries are the ones the completion is surest of: the estimate is conservative
-            assert held >= 0.8 * truth, (held, truth)
+        else:  # active columns are not a uniform sample: the estimate is looser (docs/collect.md#budget)
+            assert held == pytest.approx(truth, rel=0.3), (held, truth)
 
 
 # ------------------------------------------------------------------------------------------------

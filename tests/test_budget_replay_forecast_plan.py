@@ -357,15 +357,15 @@ def test_plan_budget_flag_compiles_checks_its_range_and_names_the_collect_flag(t
     from jaxforget import plan as P
 
     path = write_config(tmp_path / "m", TINY)
-    p = P.plan(P.PlanCommand(**_parse(tiny_args(path, "--data.n-upstream", "1000", "--plan.budget", "0.25"))))
+    p = P.plan(P.PlanCommand(**_parse(tiny_args(path, "--data.n-upstream", "1000", "--eval.budget", "0.25"))))
     assert (p.budget, p.task_examples, p.task_eval_batches, p.eval_batches) == (0.25, 250, 63, 250)
     printed = capsys.readouterr().out
     assert "  budget          0.25: each task measures 250 of the 1,000 upstream examples (63 eval batches)" in printed
     assert printed.splitlines()[-1].endswith("--eval.budget 0.25")
     assert p.seconds < p.unbudgeted.seconds
-    for bad, message in (("0", "--plan.budget must be in (0, 1]; got 0.0"),
-                         ("1.5", "--plan.budget must be in (0, 1]; got 1.5"),
-                         ("nan", "--plan.budget must be a finite number in (0, 1]; got nan")):
+    for bad, message in (("0", "--eval.budget must be in (0, 1]; got 0.0"),
+                         ("1.5", "--eval.budget must be in (0, 1]; got 1.5"),
+                         ("nan", "--eval.budget must be a finite number in (0, 1]; got nan")):
         with pytest.raises(SystemExit) as e:
-            P.cli(tiny_args(path, "--plan.budget", bad))
+            P.cli(tiny_args(path, "--eval.budget", bad))
         assert e.value.code == 2 and message in capsys.readouterr().err

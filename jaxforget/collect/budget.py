@@ -29,8 +29,9 @@ Completion, with a registered :mod:`jaxforget.completion` method (``--eval.compl
   and a second fit without the held-back entries (``--eval.holdout`` of each task's random share, anchors
   excluded) gives the error bars: per task the RMSE, Spearman correlation and top-100 precision of the
   completion on those measured entries (:func:`holdout_scores`). Their fit has (1 - holdout) of the
-  random share, so they slightly overstate the error of ``Z_completed``; under active selection the
-  unmeasured columns are the ones the completion is surest of, so there they overstate it more.
+  random share, so with random selection they slightly overstate the error of ``Z_completed`` (by 2-7%
+  on the built-in world); under active selection they understated it (by 6-12% there): the tasks
+  measure many of the same high-variance columns, which leaves the other columns fewer observations.
 """
 
 from __future__ import annotations
