@@ -89,10 +89,11 @@ def row_metrics(Zc: np.ndarray, Z: np.ndarray, measured: np.ndarray) -> dict[str
 def top_agreement(Zc: np.ndarray, Z: np.ndarray) -> dict[str, float]:
     """Overlap of the top-10 tasks and top-100 examples by mean forgetting (Z_completed against Z)."""
     t = lambda A, ax, n: set(np.argsort(-A.mean(axis=ax))[:n].tolist())  # noqa: E731
-    return dict(top10_tasks=len(t(Zc, 1, 10) & t(Z, 1, 10)) / 10, top100_examples=len(t(Zc, 0, 100) & t(Z, 0, 100)) / 100)
+    return dict(top10_tasks=len(t(Zc, 1, 10) & t(Z, 1, 10)) / 10,
+                top100_examples=len(t(Zc, 0, 100) & t(Z, 0, 100)) / 100)
 
 
-def method_ranking(Z: np.ndarray) -> list[str]:
+def method_ranking(Z: np.ndarray) -> tuple[list[str], dict[str, float]]:
     """predict's methods ordered by RMSE under the paper's protocol (the last 19 tasks as test rows, 3 seeds)."""
     from jaxforget.completion import evaluate
 
@@ -122,7 +123,8 @@ def main() -> None:
     full_dir = a.full or a.out / "full"
     if a.full is None:
         report["full_wall_s"] = run_collect(full_dir, world)
-    Z = np.load(full_dir / "forgetting.npz")["Z"].astype(np.float32)
+    full_npz = np.load(full_dir / "forgetting.npz")
+    Z, nll_before = full_npz["Z"].astype(np.float32), full_npz["nll_before"]
     M, N = Z.shape
     rows = [np.load(p) for p in sorted((full_dir / "rows").glob("task_*.npz"))]
     report.setdefault("full_wall_s", None)
@@ -141,7 +143,7 @@ def main() -> None:
         for select in ("random", "active"):
             for seed in a.budget_seeds:
                 e = dataclasses.replace(EvalConfig(), budget=F, select=select, seed=seed)
-                b = Budget.from_eval(e, N)
+                b = Budget.from_eval(e, N, nll_before)
                 t = time.perf_counter()
                 sim = simulate(Z, b)
                 m = sim["measured"]
@@ -161,7 +163,7 @@ def main() -> None:
         out = a.out / f"budget_{a.real:g}"
         wall = run_collect(out, [*world, "--eval.budget", str(a.real)])
         got = np.load(out / "forgetting.npz")
-        b = Budget.from_eval(dataclasses.replace(EvalConfig(), budget=a.real), N)
+        b = Budget.from_eval(dataclasses.replace(EvalConfig(), budget=a.real), N, nll_before)
         sim = simulate(Z, b)
         real_rows = [np.load(p) for p in sorted((out / "rows").glob("task_*.npz"))]
         report["real"] = dict(F=a.real, wall_s=wall, eval_s_per_task=float(np.mean([float(r["eval_seconds"])

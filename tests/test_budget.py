@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from jaxforget.collect import EvalConfig, cli, collect
-from jaxforget.collect.budget import Budget, holdout_scores, leverage_picks, simulate, spearman, top_precision
+from jaxforget.collect.budget import Budget, RowCompleter, holdout_scores, leverage_picks, simulate, spearman, top_precision
 from jaxforget.store import RunDir
 from tests.test_collect import flags, tiny
 from tests.test_stacked import lora
@@ -36,8 +36,27 @@ def test_each_task_measures_the_anchors_and_its_own_seeded_share():
     active = dataclasses.replace(b, select="active")
     first = active.first_round(0)
     assert first.sum() == 20 + 40  # the larger half of the 80 random ones
-    second = active.second_round(0, first, None)  # no fit yet: drawn at random
+    second = active.second_round(0, first, RowCompleter(active))  # no fit yet: drawn at random
     assert second.sum() == 40 and not (second & first).any()
+
+
+def test_stratified_draws_take_one_column_per_stratum_of_the_base_nll_with_equal_probabilities():
+    from jaxforget.collect.budget import strata_order
+
+    nll = np.random.default_rng(3).gamma(2.0, size=1000)
+    nll[7] = np.nan  # sorted last, drawn like any other
+    order = np.array(strata_order(nll))
+    assert order[-1] == 7 and (np.diff(nll[order[:-1]]) >= 0).all()
+    b = Budget(n=1000, fraction=0.1, anchors=20, strata=tuple(order))
+    rank = np.empty(1000, int)
+    rank[order] = np.arange(1000)
+    assert sorted(rank[b.anchor_columns()] // 50) == list(range(20))  # one anchor in each 50 sorted columns
+    first = b.first_round(4)
+    assert first.sum() == 100 and first[b.anchor_columns()].all()
+    counts = np.zeros(1000)
+    for seed in range(400):
+        counts += dataclasses.replace(b, seed=seed).first_round(0)
+    assert abs(counts.mean() / 400 - 0.1) < 1e-9 and counts.std() / 400 < 0.03  # every column about 1 in 10
 
 
 def test_active_picks_the_columns_of_largest_predictive_variance():
@@ -101,7 +120,7 @@ def test_the_held_back_error_estimates_the_error_on_the_unmeasured_entries():
         assert truth < 0.75 * float(np.sqrt(np.mean((Z - Z[m].mean()) ** 2)))  # beats the measured entries' mean
         if select == "random":
             assert held == pytest.approx(truth, rel=0.2), (held, truth)
-        else:  # active columns are not a uniform sample: the estimate is looser (docs/collect.md#budget)
+        else:  # active columns are not a uniform sample: the estimate is looser (docs/collect.md, Budget)
             assert held == pytest.approx(truth, rel=0.3), (held, truth)
 
 
@@ -124,7 +143,7 @@ def test_a_budgeted_run_measures_its_share_and_the_measured_entries_are_the_full
     full, got = np.load(RunDir(tiny_run).forgetting_path), np.load(RunDir(random_run).forgetting_path)
     assert "measured" not in full and "Z_completed" not in full  # F = 1: today's file
     m = got["measured"]
-    b = Budget.from_eval(budgeted(random_run).eval, 50)
+    b = Budget.from_eval(budgeted(random_run).eval, 50, got["nll_before"])
     assert (m.sum(1) == b.per_task).all() and m[:, got["anchors"]].all()
     np.testing.assert_array_equal(m, [b.first_round(i) for i in range(3)])
     np.testing.assert_allclose(got["Z"][m], full["Z"][m], atol=1e-6)  # another batch composition, same NLL
@@ -141,16 +160,18 @@ def test_a_budgeted_run_measures_its_share_and_the_measured_entries_are_the_full
     assert "measured" in summary and "held back" in summary
 
 
-def test_active_selection_is_replayed_exactly_by_simulate(cache, tmp_path, tiny_run):
-    out = tmp_path / "active"
-    assert collect(budgeted(out, "active"), echo=lambda *_: None) == 0
+@pytest.mark.parametrize("select", ["active", "forgotten"])
+def test_two_round_selection_is_replayed_exactly_by_simulate(cache, tmp_path, tiny_run, select):
+    out = tmp_path / select
+    assert collect(budgeted(out, select), echo=lambda *_: None) == 0
     got, full = np.load(RunDir(out).forgetting_path), np.load(RunDir(tiny_run).forgetting_path)
-    b = Budget.from_eval(budgeted(out, "active").eval, 50)
+    b = Budget.from_eval(budgeted(out, select).eval, 50, got["nll_before"])
     sim = simulate(np.where(got["measured"], got["Z"], full["Z"]), b)
     np.testing.assert_array_equal(got["measured"], sim["measured"])
     np.testing.assert_allclose(got["Z_completed"], sim["Z_completed"], atol=1e-6)
     assert (got["measured"].sum(1) == b.per_task).all()
-    assert RunDir(out).read_meta()["budget"]["active"]["criterion"].startswith("predictive variance")
+    criterion = RunDir(out).read_meta()["budget"]["active"]["criterion"]
+    assert criterion.startswith("predictive variance" if select == "active" else "highest fold-in")
 
 
 def test_shards_then_a_plain_resume_give_the_same_budgeted_run(random_run, tmp_path):

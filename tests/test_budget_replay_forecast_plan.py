@@ -57,7 +57,7 @@ def budgeted_copy(src: Path, dst: Path, *, n_tasks: int | None = None, fraction:
     out = run.assemble(names, meta["example_ids"], write=False)
     Z = out["Z"]
     Z_completed = np.where(measured, Z, np.asarray(additive(Z, measured).predict())).astype(np.float32)
-    atomic_write_npz(run.forgetting_path, **out, measured=measured, holdout=held, Z_completed=Z_completed,
+    atomic_write_npz(run.forgetting_path, **{**out, "measured": measured, "holdout": held}, Z_completed=Z_completed,
                      anchors=anchors)
     return dst
 

@@ -5,7 +5,14 @@ Which entries a task measures (:class:`Budget`), F·N of them in all:
 - *anchors* (``--eval.anchors``): columns drawn once from the seed and measured for every task; they
   tie the rows together for the completion;
 - a *random share*, drawn per task from (seed, task index), so a task's entries depend neither on the
-  order tasks finish in nor on ``--shard``, ``--tasks-per-step``, ``--distributed`` or a resume;
+  order tasks finish in nor on ``--shard``, ``--tasks-per-step``, ``--distributed`` or a resume.
+
+Both are *stratified* on the base model's NLL (:func:`stratified`): the columns sorted by it are cut
+into as many equal strata as columns are drawn, and one column is drawn from each. Every column is
+equally likely, as in a simple random draw (so means over the measured entries stay unbiased), but
+the sample spans the range of base NLL, which on the built-in world correlates 0.59 with a column's
+forgetting (RMS over tasks), so estimates from it vary less: the whole matrix's R² by rank at a tenth
+of the entries was within 0.019 of the full matrix's for six seeds, against up to 0.044 unstratified.
 - with ``--eval.select active``, half of that share is drawn at random (first round) and the rest is
   chosen after it (second round) as the columns the completion is **least sure of**: the largest
   predictive variance of the task's row under a ridge fold-in on the column factors of the rows
@@ -15,7 +22,8 @@ Which entries a task measures (:class:`Budget`), F·N of them in all:
   fold-in), and the choice never depends on the row's own values, so the fit stays unbiased (the
   entries are missing at random given what was measured). Under the multiplicative model
   Z_ij = α_i β_j the two criteria pick the same columns (the variance grows with β_j², the
-  forgetting with α_i β_j).
+  forgetting with α_i β_j). ``--eval.select forgotten`` takes the other criterion: the columns of the
+  highest fold-in prediction from the first round's values (the examples replay would want).
 
 The base model is measured on all N examples (Z needs its NLL wherever a task is measured).
 
@@ -69,21 +77,28 @@ class Budget:
     method: str = "mf:reg=1"
     holdout: float = 0.2
     seed: int = 0
+    strata: tuple[int, ...] | None = dataclasses.field(default=None, repr=False)
+    """The columns in the order the draws are stratified on (:func:`strata_order` of the base model's NLL);
+    None: unstratified."""
 
     @classmethod
-    def from_eval(cls, e: Any, n: int) -> Budget | None:
-        """The budget of an ``EvalConfig`` (``--eval.*``) over ``n`` examples; None when every entry is measured."""
+    def from_eval(cls, e: Any, n: int, nll_before: np.ndarray | None = None) -> Budget | None:
+        """The budget of an ``EvalConfig`` (``--eval.*``) over ``n`` examples, its draws stratified on
+        ``nll_before`` (the base model's NLL; collect always passes it); None when every entry is measured."""
         if e.budget >= 1:
             return None
         per_task = per_task_count(e.budget, n)
         anchors = default_anchors(per_task) if e.anchors is None else e.anchors
+        strata = None if nll_before is None else strata_order(nll_before)
         return cls(n=n, fraction=e.budget, anchors=anchors, select=e.select, method=e.completion,
-                   holdout=e.holdout, seed=e.seed)
+                   holdout=e.holdout, seed=e.seed, strata=strata)
 
-    @classmethod
-    def from_record(cls, record: dict[str, Any], n: int) -> Budget:
-        """The budget meta.json's ``budget`` record describes (:meth:`record`)."""
-        return cls(n=n, **{k: record[k] for k in ("fraction", "anchors", "select", "method", "holdout", "seed")})
+    def _draw(self, rng: np.random.Generator, allowed: np.ndarray, k: int) -> np.ndarray:
+        """``k`` distinct columns where ``allowed`` (bool [N]): stratified on :attr:`strata`, else uniform."""
+        if self.strata is None:
+            return rng.choice(np.flatnonzero(allowed), k, replace=False)
+        order = np.asarray(self.strata)
+        return stratified(rng, order[allowed[order]], k)
 
     def random_entries(self, measured: np.ndarray) -> np.ndarray:
         """bool [M, N]: the entries of ``measured`` [M, N] that were drawn uniformly (anchors and random shares: all
@@ -99,7 +114,7 @@ class Budget:
 
     def anchor_columns(self) -> np.ndarray:
         """int64 [anchors]: the columns every task measures (sorted)."""
-        return np.sort(np.random.default_rng([self.seed, 0]).choice(self.n, self.anchors, replace=False))
+        return np.sort(self._draw(np.random.default_rng([self.seed, 0]), np.ones(self.n, bool), self.anchors))
 
     def _anchor_mask(self) -> np.ndarray:
         mask = np.zeros(self.n, bool)
@@ -111,24 +126,27 @@ class Budget:
         random selection, the larger half with active)."""
         mask = self._anchor_mask()
         rest = self.per_task - self.anchors
-        k = rest if self.select == "random" else rest - rest // 2
-        pool = np.flatnonzero(~mask)
-        mask[np.random.default_rng([self.seed, 1, task]).choice(pool, k, replace=False)] = True
+        k = rest if self.select == "random" else rest - rest // 2  # two rounds: the larger half first
+        mask[self._draw(np.random.default_rng([self.seed, 1, task]), ~mask, k)] = True
         return mask
 
-    def second_round(self, task: int, first: np.ndarray, factors: np.ndarray | None) -> np.ndarray:
-        """bool [N]: the columns task ``task`` measures after ``first`` (active selection; none with random):
-        the most uncertain under ``factors`` (:meth:`RowCompleter.factors`), or drawn at random while
-        there are none yet."""
+    def second_round(self, task: int, first: np.ndarray, completer: RowCompleter,
+                     z_first: np.ndarray | None = None) -> np.ndarray:
+        """bool [N]: the columns task ``task`` measures after ``first`` (none with random selection). active: the
+        most uncertain under the column factors of ``completer`` (:func:`leverage_picks`); forgotten: the highest
+        of the row's fold-in from its first-round values ``z_first`` (Z, NaN elsewhere). Drawn at random while
+        ``completer`` has no fit yet."""
         k = self.per_task - int(first.sum())
         mask = np.zeros(self.n, bool)
-        if k <= 0:
+        if k <= 0 or self.select == "random":
             return mask
-        if factors is None:
-            pool = np.flatnonzero(~first)
-            mask[np.random.default_rng([self.seed, 2, task]).choice(pool, k, replace=False)] = True
+        if completer.completer is None:
+            mask[self._draw(np.random.default_rng([self.seed, 2, task]), ~first, k)] = True
+        elif self.select == "active":
+            mask[leverage_picks(completer.factors(), first, k)] = True
         else:
-            mask[leverage_picks(factors, first, k)] = True
+            pred = np.where(first, -np.inf, completer.fold_in(z_first, first))
+            mask[np.argsort(-pred, kind="stable")[:k]] = True
         return mask
 
     def held_back(self, task: int, first: np.ndarray) -> np.ndarray:
@@ -145,7 +163,22 @@ class Budget:
         return dict(fraction=self.fraction, per_task=self.per_task, anchors=self.anchors, select=self.select,
                     method=self.method, holdout=self.holdout, seed=self.seed,
                     active=dict(criterion="predictive variance (leverage)", rank=ACTIVE_RANK,
-                                blocks=ACTIVE_BLOCKS) if self.select == "active" else None)
+                                blocks=ACTIVE_BLOCKS) if self.select == "active" else
+                    dict(criterion="highest fold-in prediction") if self.select == "forgotten" else None)
+
+
+def strata_order(nll_before: np.ndarray) -> tuple[int, ...]:
+    """The columns sorted by the base model's NLL (ties by index; a non-finite NLL last)."""
+    x = np.asarray(nll_before, np.float64)
+    return tuple(np.lexsort((np.arange(x.size), np.where(np.isfinite(x), x, np.inf))).tolist())
+
+
+def stratified(rng: np.random.Generator, ordered: np.ndarray, k: int) -> np.ndarray:
+    """``k`` of the columns ``ordered`` (sorted by the stratifying value): one drawn uniformly from each of
+    ``k`` consecutive strata of (nearly) equal size. Each column has probability k / len(ordered), as in a
+    simple random draw."""
+    edges = np.linspace(0, ordered.size, k + 1).round().astype(int)
+    return ordered[edges[:-1] + np.floor(rng.random(k) * np.diff(edges)).astype(int)]
 
 
 def per_task_count(fraction: float, n: int) -> int:
@@ -171,7 +204,7 @@ def budget_errors(e: Any, n: int) -> list[str]:
         errors.append(f"--eval.anchors {anchors}: must be below the {per_task} examples each task measures "
                       f"(--eval.budget {e.budget:g} of {n}), to leave a random share")
     rest = per_task - anchors
-    if e.holdout > 0 and int(round(e.holdout * (rest - rest // 2 if e.select == "active" else rest))) < 1:
+    if e.holdout > 0 and int(round(e.holdout * (rest - rest // 2 if e.select != "random" else rest))) < 1:
         errors.append(f"--eval.holdout {e.holdout:g}: holds back no entry of the {rest} random ones a task measures; "
                       "raise --eval.budget or --eval.holdout, or set --eval.holdout 0 (no error bars)")
     try:
@@ -326,9 +359,10 @@ def complete(Z: np.ndarray, measured: np.ndarray, holdout: np.ndarray, failed: n
             per_task[i] = holdout_scores(pred[row], Zok[row], hok[row])
         scored = [s for s in per_task if s is not None and s["n"] > 0]
         err = np.concatenate([pred[r][hok[r]] - Zok[r][hok[r]] for r in range(Zok.shape[0])])
+        sp, pr = (np.array([s[k] for s in scored]) for k in ("spearman", "precision"))
         pooled = dict(n=int(err.size), rmse=float(np.sqrt(np.mean(err**2))),
-                      spearman_median=float(np.nanmedian([s["spearman"] for s in scored])),
-                      precision_mean=float(np.nanmean([s["precision"] for s in scored])))
+                      spearman_median=float(np.median(sp[np.isfinite(sp)])) if np.isfinite(sp).any() else math.nan,
+                      precision_mean=float(np.mean(pr[np.isfinite(pr)])) if np.isfinite(pr).any() else math.nan)
     return Z_completed, dict(per_task=per_task, pooled=pooled)
 
 
@@ -345,7 +379,7 @@ def simulate(Z_full: np.ndarray, budget: Budget) -> dict[str, Any]:
     fold = []
     for i in range(M):
         first = budget.first_round(i)
-        second = budget.second_round(i, first, completer.factors()) if budget.select == "active" else False
+        second = budget.second_round(i, first, completer, np.where(first, Z_full[i], np.nan).astype(np.float32))
         measured[i], holdout[i] = first | second, budget.held_back(i, first)
         z = np.where(measured[i], Z_full[i], np.nan).astype(np.float32)
         pred = completer.fold_in(z, measured[i] & ~holdout[i])

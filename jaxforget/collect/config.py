@@ -198,14 +198,15 @@ class EvalConfig:
     anchors: int | None = None
     """With --eval.budget: examples measured for every task (shared columns that tie the rows together for the
     completion), part of the budget. Default: a fifth of each task's measured examples."""
-    select: Literal["random", "active"] = "random"
-    """With --eval.budget: random measures a seeded random share per task; active draws half of it at random, then
-    measures the columns the completion of the task's row is least sure of (largest predictive variance on the
-    column factors of the rows finished so far; docs/collect.md#budget says why not the most forgotten)."""
+    select: Literal["random", "active", "forgotten"] = "random"
+    """With --eval.budget: random measures a seeded random share per task. active and forgotten draw half of it at
+    random, then measure the columns the completion of the task's row is least sure of (active: largest predictive
+    variance on the column factors of the rows finished so far), or predicts most forgotten (forgotten: the highest
+    of the row's fold-in). docs/collect.md compares the three."""
     completion: str = "mf:reg=1"
     """With --eval.budget: the completion method (jaxforget.completion, options as method:key=value, e.g.
     mf:rank=3): rows folded in as they arrive, refitted on every measured entry at the end. Default: the most
-    accurate on the built-in world at --eval.budget 0.1 (docs/collect.md#budget)."""
+    accurate on the built-in world at --eval.budget 0.1 (docs/collect.md, "Budget")."""
     holdout: float = 0.2
     """With --eval.budget: share of each task's random measured examples (anchors excluded) held back from a second
     refit that reports the completion's error per task (RMSE, Spearman, top-100 precision). 0: no error bars."""

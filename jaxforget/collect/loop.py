@@ -182,7 +182,7 @@ def epoch_cap_note(steps: dict[str, int], max_steps: int, max_epochs: float) -> 
 
 def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run: RunDir, engine: Engine,
                 tracker, progress, em_eval: Callable[[Any], np.ndarray] | None = None, budget: Budget | None = None,
-                choose: Callable[[list[int], list[np.ndarray]], list[np.ndarray]] | None = None
+                choose: Callable[[list[int], list[np.ndarray], np.ndarray], list[np.ndarray]] | None = None
                 ) -> list[dict[str, Any] | TaskFailed]:
     """Fine-tune tasks `indices` (at most K) together, each from its own start, and measure their
     upstream NLL. Returns, per task, its row fields or the TaskFailed that ended it.
@@ -198,7 +198,7 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
 
     With a `budget` (--eval.budget) each task measures its first round of columns (the union of the
     group's is evaluated, each task keeping its own), then, with active selection, the second round that
-    ``choose(indices, first_rounds)`` returns; nll_after is NaN where not measured, and the row also holds
+    ``choose(indices, first_rounds, nll)`` returns (nll: their first-round NLL, (K, N)); nll_after is NaN where not measured, and the row also holds
     ``measured`` and ``holdout`` (bool [N]; :mod:`jaxforget.collect.budget`). Intermediate measurements
     (--eval.eval-every) cover the first round.
     """
@@ -266,7 +266,7 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
         nll_after = measure(state.params, first)
         measured = first
         if budget is not None and choose is not None:
-            second = choose(indices, first)
+            second = choose(indices, first, nll_after)
             if any(s.any() for s in second):
                 more = measure(state.params, second)
                 nll_after = np.where(np.isnan(nll_after), more, nll_after)

@@ -5,6 +5,7 @@ and assemble Z with its summary when every task is done (:func:`merge` does only
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import platform
 import shutil
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 import jaxforget
 from jaxforget.cli import config_from_dict
-from jaxforget.collect.budget import Budget, RowCompleter, complete, holdout_scores
+from jaxforget.collect.budget import Budget, RowCompleter, complete, holdout_scores, strata_order
 from jaxforget.collect.config import (CollectConfig, EvalConfig, check_config, config_dict, recorded_config,
                                       resolve_lengths)
 from jaxforget.collect.distributed import barrier, init_distributed, is_primary, on_primary, silent
@@ -92,7 +93,8 @@ def summarize(out: dict[str, np.ndarray], task_names: list[str], example_ids: li
                  for k, v in table.items()]
     names_ok = [n for n, f in zip(task_names, ok) if f]
     seen = np.isfinite(Zok)
-    for what, means, names in (("tasks", _mean(Zok, seen, 1), names_ok), ("examples", _mean(Zok, seen, 0), example_ids)):
+    for what, means, names in (("tasks", _mean(Zok, seen, 1), names_ok),
+                               ("examples", _mean(Zok, seen, 0), example_ids)):
         if len(names) < RANKED:
             continue
         order = [i for i in np.argsort(-means, kind="stable") if np.isfinite(means[i])]
@@ -177,7 +179,7 @@ def assemble(run: RunDir, task_names: list[str], example_ids: list[str], e: Eval
     every measured entry), ``anchors`` and, in meta.json's ``budget``, the settings and the held-back error bars
     (:func:`jaxforget.collect.budget.complete`)."""
     out = run.assemble(task_names, example_ids, em_base_correct_only=e.em_base_correct_only, write=False)
-    budget = Budget.from_eval(e, len(example_ids))
+    budget = Budget.from_eval(e, len(example_ids), out["nll_before"])
     if budget is not None:
         Z_completed, scores = complete(out["Z"], out["measured"], out["holdout"], out["failed"], budget)
         out.update(Z_completed=Z_completed, anchors=budget.anchor_columns())
@@ -279,16 +281,20 @@ def _collect(config: CollectConfig, run: RunDir, locks: contextlib.ExitStack, ec
     tracker = open_tracker("tensorboard", run.tb_dir) if primary else open_tracker("none")
     if not resumed:
         tracker.hparams(_flat(config_dict(config)), {"tasks": float(len(task_names))})
-    budget = Budget.from_eval(config.eval, len(example_ids))
+    budget = None
+    if config.eval.budget < 1:  # its draws are stratified on the base NLL, which process 0 holds
+        order = on_primary(lambda: list(strata_order(nll_before)), "order the upstream examples by the base NLL")
+        budget = dataclasses.replace(Budget.from_eval(config.eval, len(example_ids)), strata=tuple(order))
     completer = RowCompleter(budget) if budget is not None and primary else None
     if completer is not None:
         completer.update(ok_rows([run.read_row(j) for j in run.finished()], nll_before))  # a resumed run's rows
     choose = None
-    if budget is not None and budget.select == "active":
+    if budget is not None and budget.select != "random":
 
-        def choose(indices: list[int], first: list[np.ndarray]) -> list[np.ndarray]:
-            picked = on_primary(lambda: [np.flatnonzero(budget.second_round(i, f, completer.factors())).tolist()
-                                         for i, f in zip(indices, first)], "choose the active columns")
+        def choose(indices: list[int], first: list[np.ndarray], nll: np.ndarray) -> list[np.ndarray]:
+            picked = on_primary(lambda: [np.flatnonzero(budget.second_round(i, f, completer, z - nll_before)).tolist()
+                                         for i, f, z in zip(indices, first, nll)],
+                                "choose the second-round columns")
             masks = [np.zeros(len(example_ids), bool) for _ in picked]
             for m, cols in zip(masks, picked):
                 m[cols] = True
