@@ -501,6 +501,18 @@ COMPLETED_TABLE = "completed_fit_table.md"
 measurements."""
 
 
+def estimated_r2_note(estimated: dict[str, float]) -> str:
+    """The line a budgeted run's R² gets: the whole matrix's R² by rank as collect estimated it from the measured
+    entries (``sampled_rank_r2``, meta.json ``budget.r2_estimated``), beside the fits below, which are fitted and
+    scored on the measured entries themselves and so overstate the higher ranks at a small budget."""
+    from jaxforget.analysis import r2_label
+
+    values = ", ".join(f"{r2_label(k)} {v:.3f}" for k, v in estimated.items())
+    return ("R² of the whole matrix, estimated from the measured entries (collect's sampled_rank_r2: "
+            f"docs/collect.md, \"Budget\"): {values}. The table below fits and scores rank-k models on the "
+            "measured entries themselves, which overstates the higher ranks when few entries are measured")
+
+
 def fit_note(coverage: dict[str, int], has_completed: bool) -> str:
     """How many entries the fits used: ``fitted on 12,345 of 170,000 entries (7.3%) measured; 8,500
     completed entries not used`` (the last part for a file with Z_completed)."""
@@ -595,6 +607,8 @@ def render_report(result: dict[str, Any], fit_md: str, files: list[str], md: Run
                   f"{budget.get('select', '?')}`, {budget.get('anchors', '?')} anchor columns measured for every "
                   "task): a model completed the entries not measured; its completions are never fitted as "
                   "measurements (they are shown apart, under \"The completed matrix\").", ""]
+        if budget.get("r2_estimated"):
+            lines += [estimated_r2_note(budget["r2_estimated"]), ""]
     if "coverage" in result:
         lines += [f"Every fit below uses the measured entries only: {result['coverage']['fit_note']}.", ""]
     for note in result["notes"]:
@@ -759,6 +773,9 @@ def main(config: AnalyzeConfig) -> dict[str, Any]:
     result = analyze(data, config, metadata)
     if "coverage" in result:
         print(result["coverage"]["fit_note"])
+    estimated = ((metadata.meta or {}).get("budget") or {}).get("r2_estimated")
+    if estimated:
+        print(estimated_r2_note(estimated))
     print(_r2_markdown(result["r2"]))
     if "completed" in result:
         print(f"completed matrix (Z_completed: {result['completed']['n_predicted']:,} entries are a completion's "

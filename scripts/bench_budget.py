@@ -10,7 +10,7 @@ The world: ``--world.n-tasks 85 --data.n-upstream 10000`` by default (the paper'
    model's), three tasks each after a warm-up, against F = 1 timed in the same process.
 3. One real budgeted run (``--real F``, random selection): its wall time and evaluation seconds per task, and
    its measured entries and Z_completed against the replay below (the same draws and fits).
-4. Every budget x selection replayed on the full run's Z by ``jaxforget.collect.budget.simulate`` (a measured
+4. Every budget x selection (random, active, forgotten) x seed replayed on the full run's Z by ``jaxforget.collect.budget.simulate`` (a measured
    entry is the full run's, as a real budgeted run measures it: tests/test_budget.py checks the replay
    against real runs): the R² table by rank estimated from the measured entries (``sampled_rank_r2``) against
    the full matrix's; per task the completion's RMSE, Spearman and top-100 precision against the fully
@@ -111,7 +111,7 @@ def main() -> None:
     p.add_argument("--n-upstream", type=int, default=10000)
     p.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5])
     p.add_argument("--real", type=float, default=0.1, help="the budget of the real budgeted run (0: none)")
-    p.add_argument("--budget-seeds", type=int, nargs="+", default=[0], help="--eval.seed values replayed")
+    p.add_argument("--budget-seeds", type=int, nargs="+", default=[0, 1, 2], help="--eval.seed values replayed")
     a = p.parse_args()
     from jaxforget.collect.budget import Budget, simulate
     from jaxforget.collect.config import EvalConfig
@@ -140,7 +140,7 @@ def main() -> None:
     report["full_r2"] = {k: full_r2[k] for k in ranks}
     results = []
     for F in a.budgets:
-        for select in ("random", "active"):
+        for select in ("random", "active", "forgotten"):
             for seed in a.budget_seeds:
                 e = dataclasses.replace(EvalConfig(), budget=F, select=select, seed=seed)
                 b = Budget.from_eval(e, N, nll_before)
@@ -181,7 +181,27 @@ def main() -> None:
         base = report["full_wall_s"] or report["full_task_s"]
         report["wall_s_derived"] = {str(F): base - M * (secs[1.0] - secs[F]) for F in a.budgets}
     (a.out / "bench_budget.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {a.out / 'bench_budget.json'}")
+    (a.out / "bench_budget.md").write_text(markdown(results))
+    print(markdown(results))
+    print(f"wrote {a.out / 'bench_budget.json'}, {a.out / 'bench_budget.md'}")
+
+
+COLUMNS = (("r2_max_abs_diff", "R²: max |Δ|", 3), ("rmse", "RMSE", 3), ("baseline_rmse", "baseline RMSE", 3),
+           ("spearman", "Spearman", 2), ("precision_100", "top-100 precision", 2),
+           ("held_over_truth", "held-back / true RMSE", 2), ("top100_examples", "top-100 examples shared", 2),
+           ("top10_tasks", "top-10 tasks shared", 1))
+
+
+def markdown(results: list[dict]) -> str:
+    """One row per (F, selection), each cell the seeds' values joined by " / "."""
+    lines = ["| F | select | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    cells: dict[tuple, list[dict]] = {}
+    for r in results:
+        cells.setdefault((r["F"], r["select"]), []).append(r)
+    for (F, select), rs in cells.items():
+        lines.append(f"| {F:g} | {select} | " + " | ".join(" / ".join(f"{r[k]:.{d}f}" for r in rs)
+                                                          for k, _, d in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -214,3 +214,18 @@ def test_budget_flags_are_checked_before_any_work(tmp_path, capsys, args, messag
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_analyze_of_a_budgeted_run_gives_collects_estimated_r2_beside_its_measured_fits(random_run, tmp_path,
+                                                                                         capsys):
+    import shutil
+
+    from jaxforget.analyze import cli as analyze
+
+    run = tmp_path / "run"
+    shutil.copytree(random_run, run, ignore=shutil.ignore_patterns("tb", "locks"))
+    analyze([str(run), "--max-rank", "2"])
+    printed = capsys.readouterr().out
+    estimated = RunDir(run).read_meta()["budget"]["r2_estimated"]
+    assert f"rank 1 {estimated['rank_1']:.3f}" in printed and "estimated from the measured entries" in printed
+    assert "fitted on 75 of 150 entries (50.0%) measured" in printed

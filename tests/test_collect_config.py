@@ -12,7 +12,7 @@ import pytest
 from test_collect import flags
 
 from jaxforget.cli import numeric_fields
-from jaxforget.collect import CollectConfig, TrainConfig, check_config, cli
+from jaxforget.collect import CollectConfig, EvalConfig, TrainConfig, check_config, cli
 from jaxforget.collect.config import RANGES, DataConfig, LoraTarget, ModelConfig, resolve_lengths
 
 BAD_FLAGS = [
@@ -58,7 +58,8 @@ def test_a_bad_flag_is_refused_by_name_before_anything_is_written(tmp_path, caps
 
 def test_every_numeric_flag_has_a_range():
     full = resolve_lengths(CollectConfig(mesh=(1,), tasks_per_pass=1, num_processes=1, process_id=0,  # all given
-                                         data=DataConfig(chunk_tokens=64, chunk_docs=10)))
+                                         data=DataConfig(chunk_tokens=64, chunk_docs=10),
+                                         eval=EvalConfig(budget=0.5, anchors=1)))
     assert set(numeric_fields(full)) == set(RANGES)
     check_config(dataclasses.replace(full, distributed=True))  # the defaults are in range
 

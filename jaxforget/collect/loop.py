@@ -276,7 +276,7 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
     for k, name in enumerate(names):
         if not failed[k]:
             failed[k] = diverged(losses[k], t.divergence_factor)
-        seen = nll_after[k] if measured is None or failed[k] else nll_after[k][measured[k]]
+        seen = None if failed[k] else nll_after[k] if measured is None else nll_after[k][measured[k]]
         if not failed[k] and not np.all(np.isfinite(seen)):
             failed[k] = "non-finite upstream NLL after fine-tuning"
         if not failed[k]:
