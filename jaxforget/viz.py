@@ -11,6 +11,7 @@ paper's marginal strips: column means above, row means on the right.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,8 @@ def _draw_matrix(fig: Figure, rect, Z: np.ndarray, vmax: float, *, title: str | 
     if ylabel:
         main.set_ylabel(ylabel)
     if marginals:
-        with np.errstate(all="ignore"):  # an all-missing column has no mean: shown as missing
+        with warnings.catch_warnings():  # an all-missing column has no mean: shown as missing
+            warnings.simplefilter("ignore", RuntimeWarning)
             col_mean = np.nanmean(np.where(np.isfinite(Z), Z, np.nan), axis=0)
             row_mean = np.nanmean(np.where(np.isfinite(Z), Z, np.nan), axis=1)
         top.imshow(np.ma.masked_invalid(col_mean[None, :]), cmap=_cmap(), norm=norm, aspect="auto",

@@ -186,7 +186,7 @@ def main() -> None:
     print(f"wrote {a.out / 'bench_budget.json'}, {a.out / 'bench_budget.md'}")
 
 
-COLUMNS = (("r2_max_abs_diff", "R²: max |Δ|", 3), ("rmse", "RMSE", 3), ("baseline_rmse", "baseline RMSE", 3),
+COLUMNS = (("r2_max_abs_diff", "R² max abs Δ", 3), ("rmse", "RMSE", 3), ("baseline_rmse", "baseline RMSE", 3),
            ("spearman", "Spearman", 2), ("precision_100", "top-100 precision", 2),
            ("held_over_truth", "held-back / true RMSE", 2), ("top100_examples", "top-100 examples shared", 2),
            ("top10_tasks", "top-10 tasks shared", 1))

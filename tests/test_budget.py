@@ -158,6 +158,8 @@ def test_a_budgeted_run_measures_its_share_and_the_measured_entries_are_the_full
     assert {"measured", "holdout", "z_fold", "fold_rmse", "eval_seconds"} <= set(row)
     summary = (random_run / "summary.md").read_text()
     assert "measured" in summary and "held back" in summary
+    assert "| arith_reversed | 4 |" in summary  # the per-task table of the held-back error
+    assert list((random_run / "tb" / "budget").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("select", ["active", "forgotten"])

@@ -134,3 +134,26 @@ def test_cluster_flags_are_checked_before_any_work(tmp_path, capsys):
     assert cli(["--out", str(tmp_path / "c"), "--distributed", "--coordinator", "localhost"]) == 2
     assert "expected host:port" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.slow  # two processes with gloo, ~20 s
+@pytest.mark.parametrize("select", ["forgotten"])
+def test_a_budgeted_two_process_run_equals_one_process(cache, tmp_path, select):
+    """--eval.budget with a second round: process 0 alone reads the rows, folds them in and chooses the
+    columns; every process measures the same columns."""
+    import jax
+
+    if not hasattr(jax.config, "jax_cpu_collectives_implementation"):
+        pytest.skip(f"jax {jax.__version__} has no cross-process CPU collectives (gloo) for a multi-process run")
+    budget = ["--eval.budget", "0.5", "--eval.select", select]
+    ref = tmp_path / "one"
+    base = small(ref)
+    config = dataclasses.replace(base, eval=dataclasses.replace(base.eval, budget=0.5, select=select))
+    assert collect(config, echo=lambda *_: None) == 0
+    out = tmp_path / "two"
+    p0, p1 = _run_two_processes([*small_flags(out), *budget, "--mesh", *map(str, MESH)], cache)
+    assert p0.returncode == 0 and p1.returncode == 0, (p0.stderr[-3000:], p1.stderr[-3000:])
+    one, two = np.load(RunDir(ref).forgetting_path), np.load(RunDir(out).forgetting_path)
+    np.testing.assert_array_equal(two["measured"], one["measured"])
+    np.testing.assert_allclose(two["Z"], one["Z"], atol=1e-5)
+    np.testing.assert_allclose(two["Z_completed"], one["Z_completed"], atol=1e-4)

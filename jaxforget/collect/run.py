@@ -137,9 +137,18 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def write_summary(run: RunDir, text: str) -> Path:
-    """RUN/summary.md: the closing summary kept beside Z (the console scrolls away)."""
+    """RUN/summary.md: the closing summary kept beside Z (the console scrolls away); a budgeted run's also has
+    the completion's held-back error per task."""
     path = run.root / "summary.md"
-    atomic_write_bytes(path, f"# {run.root}\n\n```\n{text}\n```\n\nNext: `python -m jaxforget.analyze "
+    per_task = ((run.read_meta().get("budget") or {}).get("holdback") or {}).get("per_task") or {}
+    table = ""
+    if per_task:
+        top = next(iter(per_task.values()))["top"]
+        table = ("\n## The completion's error per task, on its held-back measured entries\n\n"
+                 f"| task | held back | RMSE | Spearman | top-{top} precision (entries) |\n|---|---|---|---|---|\n"
+                 + "".join(f"| {name} | {s['n']} | {s['rmse']:.4f} | {s['spearman']:.3f} | {s['precision']:.2f} "
+                           f"({s['n_top_held']}) |\n" for name, s in per_task.items()))
+    atomic_write_bytes(path, f"# {run.root}\n\n```\n{text}\n```\n{table}\nNext: `python -m jaxforget.analyze "
                              f"{run.root}` (R² table, heatmaps, patterns).\n".encode())
     return path
 
@@ -193,6 +202,11 @@ def assemble(run: RunDir, task_names: list[str], example_ids: list[str], e: Eval
                           pooled=scores["pooled"],
                           per_task={n: s for n, s in zip(task_names, scores["per_task"]) if s is not None}))
         run.update_meta(budget=record)
+        with open_tracker("tensorboard", run.tb_dir / "budget") as tb:  # per task, x = task index
+            for i, sc in enumerate(scores["per_task"]):
+                for k in ("rmse", "spearman", "precision"):
+                    if sc is not None and np.isfinite(sc[k]):
+                        tb.scalar(f"budget/holdout_{k}", sc[k], i)
     atomic_write_npz(run.forgetting_path, **out)
     return out
 
