@@ -193,7 +193,7 @@ class EvalConfig:
     """Z_em only on the examples the base model answers right (NaN elsewhere), as the paper."""
     budget: float = 1.0
     """Fraction of the upstream examples measured after each task, 0 < F <= 1: the anchors plus a seeded random
-    share (--eval.select); the rest of the row is completed (--eval.completion): forgetting.npz keeps Z (NaN where
+    share, both stratified on the base model's NLL (--eval.select); the rest of the row is completed (--eval.completion): forgetting.npz keeps Z (NaN where
     not measured), the `measured` mask and Z_completed. The base model is measured on all. 1: every entry."""
     anchors: int | None = None
     """With --eval.budget: examples measured for every task (shared columns that tie the rows together for the
