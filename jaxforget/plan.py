@@ -26,8 +26,8 @@ import re
 from typing import Any
 
 from jaxforget.cli import Range, above, at_least, closing, range_errors
-from jaxforget.collect.config import RANGES as COLLECT_RANGES
 from jaxforget.collect.budget import per_task_count
+from jaxforget.collect.config import RANGES as COLLECT_RANGES
 from jaxforget.collect.config import CollectConfig, check_config, resolve_lengths
 
 # bfloat16 dense peak of one device, TFLOP/s, by jax device_kind (the spec sheets' figures).
@@ -118,12 +118,6 @@ def fmt_flops(n: float) -> str:
     return _scaled(n, ((1, "FLOP"), (1e3, "kFLOP"), (1e6, "MFLOP"), (1e9, "GFLOP"), (1e12, "TFLOP"), (1e15, "PFLOP")))
 
 
-def budget_examples(fraction: float, n: int) -> int:
-    """The upstream examples a task measures under --eval.budget ``fraction`` of ``n`` (collect's own count,
-    anchors included: :func:`jaxforget.collect.budget.per_task_count`)."""
-    return per_task_count(fraction, n)
-
-
 def fmt_seconds(s: float) -> str:
     """A duration: < 0.01 s, 0.42 s, 12 s, 3.5 min, 2.1 h, 3.2 days."""
     if s < 0.01:
@@ -189,13 +183,14 @@ class Plan:
 
     @property
     def task_examples(self) -> int:
-        """Upstream examples one evaluation of a task measures: all N, or round(budget * N) with a budget."""
-        return self.n_upstream if self.budget >= 1 else budget_examples(self.budget, self.n_upstream)
+        """Upstream examples one evaluation of a task measures: round(budget * N), collect's own count (all N
+        without a budget)."""
+        return per_task_count(self.budget, self.n_upstream)
 
     @property
     def task_eval_batches(self) -> int:
         """Eval batches of one evaluation of a task (eval_batches without a budget)."""
-        return self.eval_batches if self.budget >= 1 else -(-self.task_examples // self.eval_shape[0])
+        return -(-self.task_examples // self.eval_shape[0])
 
     @property
     def peak_bytes(self) -> int:
@@ -210,6 +205,11 @@ class Plan:
         return None if self.device_memory is None else self.peak_bytes <= HEADROOM * self.device_memory
 
     @property
+    def train_flops(self) -> float:
+        """Model FLOPs of the run's training steps."""
+        return self.n_tasks * self.steps_per_task * self.train.model_flops
+
+    @property
     def eval_flops(self) -> float:
         """Model FLOPs of the run's evaluations: every task's (with the budget) and the base model's, of all N."""
         return (self.n_tasks * self.evals_per_task * self.task_eval_batches + self.eval_batches) * self.eval.model_flops
@@ -217,13 +217,12 @@ class Plan:
     @property
     def seconds(self) -> float:
         """Wall time of the whole run: every device's FLOPs at `mfu` of `peak_tflops`."""
-        flops = self.n_tasks * self.steps_per_task * self.train.model_flops + self.eval_flops
-        return flops / (self.n_devices * self.mfu * self.peak_tflops * 1e12)
+        return (self.train_flops + self.eval_flops) / (self.n_devices * self.mfu * self.peak_tflops * 1e12)
 
     @property
     def eval_share(self) -> float:
         """The evaluations' share of the run's FLOPs (its time)."""
-        return self.eval_flops / (self.n_tasks * self.steps_per_task * self.train.model_flops + self.eval_flops)
+        return self.eval_flops / (self.train_flops + self.eval_flops)
 
     @property
     def unbudgeted(self) -> "Plan":

@@ -72,17 +72,17 @@ def eval_seconds(world_args: list[str], budgets: list[float], n_tasks: int = 3) 
 def row_metrics(Zc: np.ndarray, Z: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     """Per task on its unmeasured entries against the fully measured row: completion and baseline RMSE
     (medians), Spearman (median) and top-100 precision (mean, the row's top 100 of all N)."""
-    from jaxforget.collect.budget import spearman, top_precision
+    from jaxforget.analysis import correlation
+    from jaxforget.completion import precision_at_n
 
-    rm, bm, sp, pr = [], [], [], []
+    rm, bm, sp = [], [], []
     for i in range(Z.shape[0]):
         u = ~measured[i]
         rm.append(np.sqrt(np.mean((Zc[i, u] - Z[i, u]) ** 2)))
         bm.append(np.sqrt(np.mean((Z[i, measured[i]].mean() - Z[i, u]) ** 2)))
-        sp.append(spearman(Zc[i, u], Z[i, u]))
-        pr.append(top_precision(Zc[i], Z[i], 100))
+        sp.append(correlation(Zc[i, u], Z[i, u]).spearman)
     return dict(rmse=float(np.median(rm)), baseline_rmse=float(np.median(bm)), spearman=float(np.median(sp)),
-                precision_100=float(np.mean(pr)),
+                precision_100=float(precision_at_n(Zc, Z, np.ones(Z.shape, bool), 100)),  # mean over rows
                 pooled_rmse=float(np.sqrt(np.mean((Zc[~measured] - Z[~measured]) ** 2))))
 
 

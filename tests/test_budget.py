@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from jaxforget.collect import EvalConfig, cli, collect
-from jaxforget.collect.budget import Budget, RowCompleter, holdout_scores, leverage_picks, simulate, spearman, top_precision
+from jaxforget.collect.budget import Budget, RowCompleter, holdout_scores, leverage_picks, simulate
 from jaxforget.store import RunDir
 from tests.test_collect import flags, tiny
 from tests.test_stacked import lora
@@ -78,8 +78,14 @@ def test_active_picks_the_columns_of_largest_predictive_variance():
 def test_rank_correlation_and_precision_against_scipy_and_by_hand():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=60).round(1), rng.normal(size=60).round(1)  # ties
-    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
-    assert top_precision(np.array([5.0, 4, 3, 2, 1]), np.array([5.0, 1, 4, 2, 3]), 2) == 0.5
+    everything = np.ones(60, bool)
+    assert holdout_scores(a, b, everything)["spearman"] == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    # of the 2 of 40 held-back entries predicted highest (top 100 of 2,000, scaled), one is among the 2 highest
+    pred, true = np.zeros(2000), np.zeros(2000)
+    pred[:5], true[:5] = [5.0, 4, 3, 2, 1], [5.0, 1, 4, 2, 3]
+    held = np.zeros(2000, bool)
+    held[:40] = True
+    assert holdout_scores(pred, true, held)["precision"] == 0.5
     s = holdout_scores(np.arange(4000.0), np.arange(4000.0), np.arange(4000) % 10 == 0)
     assert (s["n"], s["top"], s["n_top_held"], s["precision"], s["rmse"]) == (400, 100, 10, 1.0, 0.0)
 

@@ -289,50 +289,25 @@ class RowCompleter:
 # the end of the run: Z_completed and the error bars
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Midranks of ``x`` (ties share their mean rank, as scipy.stats.rankdata)."""
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    ranks = np.empty(x.size)
-    start = 0
-    for end in np.r_[np.flatnonzero(np.diff(xs)) + 1, xs.size]:
-        ranks[order[start:end]] = (start + end + 1) / 2.0
-        start = end
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation of two vectors (NaN with fewer than 3 entries or a constant one)."""
-    if a.size < 3:
-        return float("nan")
-    ra, rb = _ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = math.sqrt(float(ra @ ra) * float(rb @ rb))
-    return float(ra @ rb / den) if den > 0 else float("nan")
-
-
-def top_precision(pred: np.ndarray, true: np.ndarray, n_top: int) -> float:
-    """Of the ``n_top`` entries with the highest ``pred``, the fraction among the ``n_top`` with the highest
-    ``true`` (ties broken by position)."""
-    n_top = min(n_top, pred.size)
-    if n_top < 1:
-        return float("nan")
-    p = np.argsort(-pred, kind="stable")[:n_top]
-    t = np.argsort(-true, kind="stable")[:n_top]
-    return float(np.intersect1d(p, t).size / n_top)
-
-
 def holdout_scores(pred: np.ndarray, Z: np.ndarray, held: np.ndarray, n_top: int = TOP) -> dict[str, float]:
     """One task's completion error on its held-back entries ``held`` (bool [N]) of the measured row ``Z``:
     RMSE, Spearman, and the top-``n_top`` precision scaled to the held-back sample (of the
     round(n_held · n_top / N) held-back entries predicted highest, the fraction among the as many
     measured highest: the share of the row's top n_top / N the completion finds, estimated on a
-    uniform sample; its ``n_top_held`` says how many entries it rests on)."""
+    uniform sample; its ``n_top_held`` says how many entries it rests on). Spearman is
+    :func:`jaxforget.analysis.correlation`'s (NaN under 3 entries or for a constant prediction), the precision
+    :func:`jaxforget.completion.precision_at_n` (ties at random, in expectation)."""
+    from jaxforget.analysis import correlation
+    from jaxforget.completion import precision_at_n
+
     p, z = pred[held], Z[held]
     n_top = min(n_top, max(1, Z.size // 20))
-    k = max(1, int(round(p.size * n_top / Z.size))) if p.size else 0
-    return dict(n=int(p.size), rmse=float(np.sqrt(np.mean((p - z) ** 2))) if p.size else float("nan"),
-                spearman=spearman(p, z), precision=top_precision(p, z, k), top=n_top, n_top_held=k)
+    if not p.size:
+        return dict(n=0, rmse=math.nan, spearman=math.nan, precision=math.nan, top=n_top, n_top_held=0)
+    k = max(1, int(round(p.size * n_top / Z.size)))
+    return dict(n=int(p.size), rmse=float(np.sqrt(np.mean((p - z) ** 2))), spearman=correlation(p, z).spearman,
+                precision=float(precision_at_n(p[None], z[None], np.ones((1, p.size), bool), k)), top=n_top,
+                n_top_held=k)
 
 
 def complete(Z: np.ndarray, measured: np.ndarray, holdout: np.ndarray, failed: np.ndarray, budget: Budget

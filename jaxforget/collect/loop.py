@@ -197,10 +197,10 @@ def train_group(indices: list[int], *, setup: Setup, config: CollectConfig, run:
     --eval.eval-every; with --save-models the fine-tuned model is written to RUN/models/<task>.
 
     With a `budget` (--eval.budget) each task measures its first round of columns (the union of the
-    group's is evaluated, each task keeping its own), then, with active selection, the second round that
-    ``choose(indices, first_rounds, nll)`` returns (nll: their first-round NLL, (K, N)); nll_after is NaN where not measured, and the row also holds
-    ``measured`` and ``holdout`` (bool [N]; :mod:`jaxforget.collect.budget`). Intermediate measurements
-    (--eval.eval-every) cover the first round.
+    group's is evaluated, each task keeping its own), then, with two-round selection, the second round
+    that ``choose(indices, first_rounds, nll)`` returns (nll: their first-round NLL, (K, N)); nll_after is
+    NaN where not measured, and the row also holds ``measured`` and ``holdout`` (bool [N];
+    :mod:`jaxforget.collect.budget`). Intermediate measurements (--eval.eval-every) cover the first round.
     """
     t, K, n_real = config.train, engine.k, len(indices)
     names = [setup.task_names[i] for i in indices]
