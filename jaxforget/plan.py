@@ -212,7 +212,8 @@ class Plan:
     @property
     def eval_flops(self) -> float:
         """Model FLOPs of the run's evaluations: every task's (with the budget) and the base model's, of all N."""
-        return (self.n_tasks * self.evals_per_task * self.task_eval_batches + self.eval_batches) * self.eval.model_flops
+        batches = self.n_tasks * self.evals_per_task * self.task_eval_batches + self.eval_batches
+        return batches * self.eval.model_flops
 
     @property
     def seconds(self) -> float:
@@ -252,7 +253,8 @@ class Plan:
             saved = full.seconds - self.seconds
             lines.append(
                 f"  budget          {self.budget:g}: each task measures {self.task_examples:,} of the "
-                f"{self.n_upstream:,} upstream examples ({self.task_eval_batches} eval batches), the base model all; "
+                f"{self.n_upstream:,} upstream examples ({self.task_eval_batches} eval batches), the base model "
+                f"all; "
                 f"evaluation {self.eval_share:.0%} of the time ({full.eval_share:.0%} measuring all); saves "
                 f"{fmt_seconds(saved)} ({saved / full.seconds:.0%}) of {fmt_seconds(full.seconds)}")
         if self.device_memory is not None:

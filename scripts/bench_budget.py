@@ -10,9 +10,9 @@ The world: ``--world.n-tasks 85 --data.n-upstream 10000`` by default (the paper'
    model's), three tasks each after a warm-up, against F = 1 timed in the same process.
 3. One real budgeted run (``--real F``, random selection): its wall time and evaluation seconds per task, and
    its measured entries and Z_completed against the replay below (the same draws and fits).
-4. Every budget x selection (random, active, forgotten) x seed replayed on the full run's Z by ``jaxforget.collect.budget.simulate`` (a measured
-   entry is the full run's, as a real budgeted run measures it: tests/test_budget.py checks the replay
-   against real runs): the R² table by rank estimated from the measured entries (``sampled_rank_r2``) against
+4. Every budget x selection (random, active, forgotten) x seed replayed on the full run's Z by
+   ``jaxforget.collect.budget.simulate`` (a measured entry is the full run's, as a real budgeted run
+   measures it: tests/test_budget.py checks the replay against real runs): the R² table by rank estimated from the measured entries (``sampled_rank_r2``) against
    the full matrix's; per task the completion's RMSE, Spearman and top-100 precision against the fully
    measured row on the unmeasured entries, beside the trivial baseline (each row's measured mean); the
    held-back RMSE against that error; whether the analysis' top-10 tasks and top-100 examples (by mean
