@@ -12,8 +12,8 @@ The world: ``--world.n-tasks 85 --data.n-upstream 10000`` by default (the paper'
    its measured entries and Z_completed against the replay below (the same draws and fits).
 4. Every budget x selection (random, active, forgotten) x seed replayed on the full run's Z by
    ``jaxforget.collect.budget.simulate`` (a measured entry is the full run's, as a real budgeted run
-   measures it: tests/test_budget.py checks the replay against real runs): the R² table by rank estimated from the measured entries (``sampled_rank_r2``) against
-   the full matrix's; per task the completion's RMSE, Spearman and top-100 precision against the fully
+   measures it: tests/test_budget.py checks the replay against real runs): the R² table by rank
+   estimated from the measured entries (``sampled_rank_r2``) against the full matrix's; per task the completion's RMSE, Spearman and top-100 precision against the fully
    measured row on the unmeasured entries, beside the trivial baseline (each row's measured mean); the
    held-back RMSE against that error; whether the analysis' top-10 tasks and top-100 examples (by mean
    forgetting, Z_completed against full Z) agree; and, at ``--real F``, whether predict's ranking of methods
