@@ -12,12 +12,13 @@ The world: ``--world.n-tasks 85 --data.n-upstream 10000`` by default (the paper'
    its measured entries and Z_completed against the replay below (the same draws and fits).
 4. Every budget x selection (random, active, forgotten) x seed replayed on the full run's Z by
    ``jaxforget.collect.budget.simulate`` (a measured entry is the full run's, as a real budgeted run
-   measures it: tests/test_budget.py checks the replay against real runs): the R² table by rank
-   estimated from the measured entries (``sampled_rank_r2``) against the full matrix's; per task the completion's RMSE, Spearman and top-100 precision against the fully
-   measured row on the unmeasured entries, beside the trivial baseline (each row's measured mean); the
-   held-back RMSE against that error; whether the analysis' top-10 tasks and top-100 examples (by mean
-   forgetting, Z_completed against full Z) agree; and, at ``--real F``, whether predict's ranking of methods
-   (additive, knn_baseline, mf; 3 seeds) is the full matrix's.
+   measures it: tests/test_budget.py checks the replay against real runs): the R² table by rank estimated
+   from the measured entries (``sampled_rank_r2``) against the full matrix's; per task the completion's
+   RMSE, Spearman and top-100 precision against the fully measured row on the unmeasured entries, beside the
+   trivial baseline (each row's measured mean); the held-back RMSE against that error; whether the analysis'
+   top-10 tasks and top-100 examples (by mean forgetting, Z_completed against full Z) agree; and, at
+   ``--real F``, whether predict's ranking of methods (additive, knn_baseline, mf; 3 seeds) is the full
+   matrix's.
 5. Whole-run wall time of every budget: measured for F = 1 and ``--real``; the others the full run's minus
    M x the evaluation seconds saved per task (step 2), stated as derived.
 
